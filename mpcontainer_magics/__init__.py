@@ -1,0 +1,97 @@
+"""mpcontainer_magics: run one notebook cell on many CPU architectures, side by side.
+
+    %load_ext mpcontainer_magics
+    %%container --platform linux/amd64,linux/arm64,linux/s390x --image alpine:3.16
+
+From Python (or awaited directly in a notebook cell)::
+
+    import mpcontainer_magics as mpc
+    async with mpc.connect() as client:
+        result = await client.run("uname -m", platforms="linux/amd64,linux/arm64")
+
+Importing this package stays cheap: pandas, docker-py and httpx load on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+from typing import TYPE_CHECKING, Any
+
+from .client import DEFAULT_IMAGE, Client, PlatformReport, connect
+from .compare import PlatformResult, RunResult
+from .errors import (
+    DigestMismatch,
+    EmulationUnavailable,
+    EngineError,
+    EngineUnavailable,
+    ImageError,
+    ImageNotFound,
+    InvalidArgument,
+    InvalidPlatform,
+    MPCError,
+    NonZeroExit,
+    PlatformNotOffered,
+    RegistryError,
+    RunError,
+    RunTimeout,
+)
+from .platforms import Platform, host_platform, parse_platforms
+
+if TYPE_CHECKING:
+    from .magics import ContainerMagics
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "Client",
+    "DigestMismatch",
+    "EmulationUnavailable",
+    "EngineError",
+    "EngineUnavailable",
+    "ImageError",
+    "ImageNotFound",
+    "InvalidArgument",
+    "InvalidPlatform",
+    "MPCError",
+    "NonZeroExit",
+    "Platform",
+    "PlatformNotOffered",
+    "PlatformReport",
+    "PlatformResult",
+    "RegistryError",
+    "RunError",
+    "RunResult",
+    "RunTimeout",
+    "connect",
+    "host_platform",
+    "load_ipython_extension",
+    "parse_platforms",
+    "unload_ipython_extension",
+]
+
+_loaded: dict[int, ContainerMagics] = {}
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext mpcontainer_magics``: register the magics, reap dead kernels' containers."""
+    from .magics import ContainerMagics
+
+    if id(ipython) in _loaded:
+        return
+    magics = ContainerMagics(ipython)
+    ipython.register_magics(magics)
+    magics.start()
+    _loaded[id(ipython)] = magics
+    atexit.register(magics.close)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext mpcontainer_magics``: remove this kernel's containers and the magics."""
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    atexit.unregister(magics.close)
+    magics.close()
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("container", None)
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)

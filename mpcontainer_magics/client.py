@@ -1,0 +1,173 @@
+"""The async client: the one API that the magics, widgets and Python users all go through.
+
+    async with mpc.connect() as client:
+        result = await client.run("uname -m", platforms="linux/amd64,linux/s390x", image=IMG)
+        result.to_frame()
+
+``connect()`` can also be awaited directly (``client = await mpc.connect()``); then call
+``await client.aclose()`` when done so every container is removed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .compare import LineCallback, RunResult, gather_or_cancel, resolve_platforms, run_on_platforms
+from .engines.base import Engine, PulledImage
+from .errors import InvalidArgument
+from .platforms import Platform, parse_platforms
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_IMAGE = "alpine:3.16"
+ENGINES = ("auto", "docker")
+
+#: What ``platforms=`` accepts: None (native), "all" (every platform the image offers),
+#: "linux/amd64,linux/arm64", or a sequence of strings/Platforms.
+PlatformsSpec = str | Sequence[str | Platform] | None
+
+
+def platforms_arg(spec: PlatformsSpec) -> list[Platform] | Literal["all"] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return "all"
+    return parse_platforms(spec)
+
+
+@dataclass(frozen=True)
+class PlatformReport:
+    """What an engine can run, and (for an image) what the image offers."""
+
+    engine: str
+    native: Platform
+    emulated: tuple[Platform, ...]
+    image: str | None = None
+    offered: tuple[Platform, ...] = ()
+
+    def runnable(self, platform: Platform) -> str:
+        if platform.matches(self.native):
+            return "native"
+        if any(platform.matches(p) for p in self.emulated):
+            return "emulated"
+        return "no emulation"
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        listed = list(self.offered) if self.image else [self.native, *self.emulated]
+        rows = [{"platform": str(p), "runs": self.runnable(p)} for p in listed]
+        return pd.DataFrame(rows, columns=["platform", "runs"])
+
+    def __str__(self) -> str:
+        lines = [
+            f"engine: {self.engine}",
+            f"native platform: {self.native}",
+            "emulated platforms: " + (", ".join(map(str, self.emulated)) or "none"),
+        ]
+        if self.image:
+            offered = ", ".join(f"{p} ({self.runnable(p)})" for p in self.offered)
+            lines.append(f"{self.image} offers: {offered or 'nothing'}")
+        return "\n".join(lines)
+
+
+class Client:
+    """A connection to one engine. Every container it starts is removed by ``aclose()``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        platforms: PlatformsSpec = None,
+        image: str = DEFAULT_IMAGE,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        on_line: LineCallback | None = None,
+    ) -> RunResult:
+        """Run ``command`` on each platform concurrently, in a fresh container each.
+
+        A string is run as a POSIX ``sh`` script; a sequence is an argv run as is.
+        Non-zero exits, timeouts and platforms without emulation are recorded in the
+        result; call ``result.check()`` to turn them into exceptions.
+        """
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+            raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout}")
+        argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        if not argv:
+            raise InvalidArgument("nothing to run: the command is empty")
+        return await run_on_platforms(
+            self.engine,
+            image,
+            argv,
+            platforms_arg(platforms),
+            env=env,
+            workdir=workdir,
+            timeout=timeout,
+            on_line=on_line,
+        )
+
+    async def pull(
+        self, image: str = DEFAULT_IMAGE, *, platforms: PlatformsSpec = None
+    ) -> list[PulledImage]:
+        """Fetch ``image`` for each platform concurrently (always asks the registry again)."""
+        targets = await resolve_platforms(self.engine, image, platforms_arg(platforms))
+        return await gather_or_cancel(self.engine.pull(image, p, refresh=True) for p in targets)
+
+    async def platforms(self, image: str | None = None) -> PlatformReport:
+        """The engine's native and emulated platforms, and what ``image`` offers."""
+        offered = await self.engine.image_platforms(image) if image else []
+        return PlatformReport(
+            engine=self.engine.name,
+            native=await self.engine.native_platform(),
+            emulated=tuple(await self.engine.emulated_platforms()),
+            image=image,
+            offered=tuple(offered),
+        )
+
+
+async def open_engine(kind: str = "auto") -> Engine:
+    """The engine called ``kind``; "auto" picks Docker (the embedded engine comes later)."""
+    if kind not in ENGINES:
+        raise InvalidArgument(f"unknown engine {kind!r}; use one of: {', '.join(ENGINES)}")
+    from .engines.docker import DockerEngine  # lazy: docker-py is slow to import
+
+    return await DockerEngine.connect()
+
+
+class connect:
+    """Open a :class:`Client`; use as ``async with connect() as client`` or ``await connect()``."""
+
+    def __init__(self, engine: str = "auto") -> None:
+        self._kind = engine
+        self._client: Client | None = None
+
+    async def _open(self) -> Client:
+        return Client(await open_engine(self._kind))
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._open()
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()

@@ -1,0 +1,341 @@
+"""Run one command on N platforms at once and compare what each printed.
+
+``run_on_platforms`` pulls every platform's image concurrently, then runs the command in a
+fresh container per platform concurrently, so a cell costs about as much as its slowest
+platform. Output is decoded incrementally (a multibyte character split across two chunks
+survives) and handed out line by line while the containers still run.
+
+A platform that times out or cannot run (no emulation) does not sink the others: its row
+records why, and ``RunResult.check()`` turns such rows into the matching exception once the
+caller has the result in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import html
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from .engines.base import Engine, PulledImage
+from .errors import EngineError, MPCError, NonZeroExit, RunTimeout
+from .platforms import Platform
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+T = TypeVar("T")
+
+#: ``on_line(platform, stream, line)``: one complete line (without its newline) as it arrives.
+LineCallback = Callable[[Platform, str, str], None]
+
+COLUMNS = [
+    "platform",
+    "exit_code",
+    "stdout",
+    "stderr",
+    "duration_s",
+    "emulated",
+    "image_digest",
+    "engine",
+    "error",
+]
+
+
+@dataclass(frozen=True)
+class PlatformResult:
+    """What one platform did."""
+
+    platform: Platform
+    exit_code: int | None  # None when the command did not finish (see ``error``)
+    stdout: str
+    stderr: str
+    duration_s: float
+    emulated: bool
+    image_digest: str | None
+    engine: str
+    error: str | None = None
+    timed_out: bool = False
+    exception: MPCError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.error is None
+
+
+class RunResult:
+    """The results of one command on several platforms; index by platform, position or str."""
+
+    def __init__(
+        self,
+        image: str,
+        argv: Sequence[str],
+        results: Iterable[PlatformResult],
+        *,
+        timeout: float | None = None,
+        wall_s: float = 0.0,
+    ) -> None:
+        self.image = image
+        self.argv = tuple(argv)
+        self.results = tuple(results)
+        self.timeout = timeout
+        self.wall_s = wall_s
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[PlatformResult]:
+        return iter(self.results)
+
+    def __getitem__(self, key: int | str | Platform) -> PlatformResult:
+        if isinstance(key, int):
+            return self.results[key]
+        wanted = Platform.parse(key) if isinstance(key, str) else key
+        for result in self.results:
+            if result.platform.matches(wanted):
+                return result
+        raise KeyError(f"{wanted} is not in this result; it has {', '.join(self.platform_names)}")
+
+    @property
+    def platform_names(self) -> list[str]:
+        return [str(r.platform) for r in self.results]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def stdout(self) -> dict[str, str]:
+        return {str(r.platform): r.stdout for r in self.results}
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = [
+            {
+                "platform": str(r.platform),
+                "exit_code": r.exit_code,
+                "stdout": r.stdout,
+                "stderr": r.stderr,
+                "duration_s": round(r.duration_s, 3),
+                "emulated": r.emulated,
+                "image_digest": r.image_digest,
+                "engine": r.engine,
+                "error": r.error,
+            }
+            for r in self.results
+        ]
+        frame = pd.DataFrame(rows, columns=COLUMNS)
+        frame["exit_code"] = frame["exit_code"].astype("Int64")
+        return frame
+
+    def summary(self) -> str:
+        """Which outputs agree across platforms and which differ, in a few lines."""
+        if not self.results:
+            return "no platforms ran"
+        lines = [_agreement("exit code", {r.platform: _exit_text(r) for r in self.results})]
+        lines += _line_differences("stdout", {r.platform: r.stdout for r in self.results})
+        lines += _line_differences("stderr", {r.platform: r.stderr for r in self.results})
+        return "\n".join(lines)
+
+    def check(self, *, nonzero: bool = False) -> RunResult:
+        """Raise for platforms that timed out or failed to run (and non-zero exits if asked)."""
+        timed_out = [str(r.platform) for r in self.results if r.timed_out]
+        if timed_out:
+            finished = [str(r.platform) for r in self.results if r.exit_code is not None]
+            raise RunTimeout(
+                f"{', '.join(timed_out)} did not finish within the {self.timeout:g} s limit and "
+                f"{'was' if len(timed_out) == 1 else 'were'} stopped; results of "
+                f"{', '.join(finished) or 'no platform'} are kept. Raise --timeout if the "
+                "command needs longer (emulated platforms are slower).",
+                self,
+            )
+        for r in self.results:
+            if r.exception is not None:
+                raise r.exception
+        failed = [r for r in self.results if r.exit_code]
+        if nonzero and failed:
+            codes = ", ".join(f"{r.exit_code} on {r.platform}" for r in failed)
+            raise NonZeroExit(f"the command exited non-zero: {codes}", self)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{self.to_frame().to_string(index=False)}\n{self.summary()}"
+
+    def _repr_html_(self) -> str:
+        def highlight(row: pd.Series) -> list[str]:
+            bad = row["exit_code"] != 0 or row["error"] is not None
+            return ["background-color: #fdd" if bad else "" for _ in row]
+
+        styled = self.to_frame().style.apply(highlight, axis=1).hide(axis="index")
+        return f"{styled.to_html()}<pre>{html.escape(self.summary())}</pre>"
+
+
+def _exit_text(result: PlatformResult) -> str:
+    if result.exit_code is not None:
+        return str(result.exit_code)
+    return "timed out" if result.timed_out else "did not run"
+
+
+def _groups(values: Mapping[Platform, str]) -> list[tuple[str, list[Platform]]]:
+    """Platforms grouped by equal value, largest group first."""
+    grouped: dict[str, list[Platform]] = {}
+    for platform, value in values.items():
+        grouped.setdefault(value, []).append(platform)
+    return sorted(grouped.items(), key=lambda item: -len(item[1]))
+
+
+def _agreement(what: str, values: Mapping[Platform, str]) -> str:
+    groups = _groups(values)
+    if len(groups) == 1:
+        return f"{what}: same on all {len(values)} platforms ({_clip(groups[0][0])})"
+    return f"{what} differs: " + "; ".join(
+        f"{_clip(value)} on {', '.join(map(str, platforms))}" for value, platforms in groups
+    )
+
+
+def _line_differences(what: str, texts: Mapping[Platform, str], limit: int = 8) -> list[str]:
+    groups = _groups(texts)
+    if len(groups) == 1:
+        state = "empty everywhere" if not groups[0][0] else f"same on all {len(texts)} platforms"
+        return [f"{what}: {state}"]
+    split = {p: t.splitlines() for p, t in texts.items()}
+    longest = max(len(lines) for lines in split.values())
+    diffs = []
+    for index in range(longest):
+        values = {p: lines[index] if index < len(lines) else "" for p, lines in split.items()}
+        if len(set(values.values())) > 1:
+            diffs.append(_agreement(f"{what} line {index + 1}", values))
+    shown = diffs[:limit]
+    if len(diffs) > limit:
+        shown.append(f"... and {len(diffs) - limit} more differing {what} lines")
+    return shown
+
+
+def _clip(text: str, width: int = 40) -> str:
+    text = repr(text.strip())
+    return text if len(text) <= width else text[: width - 4] + "...'"
+
+
+class _LineSplitter:
+    """Decodes one stream incrementally and hands out complete lines; keeps the full text."""
+
+    def __init__(self, emit: Callable[[str], None] | None) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._emit = emit
+        self._pending = ""
+        self._parts: list[str] = []
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        text = self._decoder.decode(chunk, final=final)
+        self._parts.append(text)
+        if self._emit is None:
+            return
+        *complete, self._pending = (self._pending + text).split("\n")
+        for line in complete:
+            self._emit(line)
+        if final and self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+
+    def close(self) -> str:
+        self.feed(b"", final=True)
+        return "".join(self._parts)
+
+
+async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Like ``asyncio.gather`` but on the first failure cancel (and await) the rest."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def resolve_platforms(
+    engine: Engine, image: str, platforms: Sequence[Platform] | Literal["all"] | None
+) -> list[Platform]:
+    """None → the engine's native platform; "all" → every platform the image offers."""
+    if platforms is None:
+        return [await engine.native_platform()]
+    if platforms == "all":
+        return await engine.image_platforms(image)
+    return list(platforms)
+
+
+async def run_on_platforms(
+    engine: Engine,
+    image: str,
+    argv: Sequence[str],
+    platforms: Sequence[Platform] | Literal["all"] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    timeout: float | None = None,
+    on_line: LineCallback | None = None,
+) -> RunResult:
+    """Run ``argv`` on every platform concurrently; per-platform failures land in the result."""
+    started = time.perf_counter()
+    targets = await resolve_platforms(engine, image, platforms)
+    pulled = await gather_or_cancel(engine.pull(image, p) for p in targets)
+    native = await engine.native_platform()
+    results = await gather_or_cancel(
+        _run_one(engine, p, argv, env, workdir, timeout, on_line, native) for p in pulled
+    )
+    return RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
+
+
+async def _run_one(
+    engine: Engine,
+    image: PulledImage,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    workdir: str | None,
+    timeout: float | None,
+    on_line: LineCallback | None,
+    native: Platform,
+) -> PlatformResult:
+    def emitter(stream: str) -> Callable[[str], None] | None:
+        if on_line is None:
+            return None
+        return lambda line: on_line(image.platform, stream, line)
+
+    streams = {name: _LineSplitter(emitter(name)) for name in ("stdout", "stderr")}
+    exit_code: int | None = None
+    error: str | None = None
+    exception: MPCError | None = None
+    started = time.perf_counter()
+    try:
+        outcome = await asyncio.wait_for(
+            engine.run(
+                image,
+                argv,
+                env=env,
+                workdir=workdir,
+                on_output=lambda stream, chunk: streams[stream].feed(chunk),
+            ),
+            timeout,
+        )
+        exit_code, duration = outcome.exit_code, outcome.duration_s
+    except asyncio.TimeoutError:
+        error, duration = f"timed out after {timeout:g} s", time.perf_counter() - started
+    except EngineError as exc:
+        error, exception, duration = str(exc), exc, time.perf_counter() - started
+    return PlatformResult(
+        platform=image.platform,
+        exit_code=exit_code,
+        stdout=streams["stdout"].close(),
+        stderr=streams["stderr"].close(),
+        duration_s=duration,
+        emulated=not image.platform.matches(native),
+        image_digest=image.digest,
+        engine=engine.name,
+        error=error,
+        timed_out=error is not None and exception is None,
+        exception=exception,
+    )

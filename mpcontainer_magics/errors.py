@@ -1,0 +1,111 @@
+"""The exceptions of mpcontainer_magics: one root, a small tree.
+
+Every message is one line that names what went wrong and how to fix it; the magics turn
+any of these into an IPython ``UsageError`` carrying that line, so users never see a
+traceback for a problem they can fix themselves.
+
+    MPCError
+    ├── InvalidArgument          (also a ValueError) a bad argument: engine name, timeout…
+    │   └── InvalidPlatform      a platform string that cannot be parsed or is unknown
+    ├── EngineError              the container engine failed
+    │   ├── EngineUnavailable    no engine reachable (Docker daemon down, bad DOCKER_HOST)
+    │   └── EmulationUnavailable a foreign platform cannot run: no QEMU/binfmt handler
+    ├── ImageError               resolving or pulling an image failed
+    │   ├── ImageNotFound        the registry (or local store) has no such image
+    │   ├── PlatformNotOffered   the image exists but not for the requested platform
+    │   └── RegistryError        the registry is unreachable or answered badly
+    │       └── DigestMismatch   content did not match its digest (refused, never used)
+    └── RunError                 a run finished, but not as asked
+        ├── RunTimeout           some platforms exceeded the time limit
+        └── NonZeroExit          a platform exited non-zero and the caller asked to raise
+
+``RunError`` carries the partial result (``.result``) so nothing computed is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .platforms import Platform
+
+
+class MPCError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class InvalidArgument(MPCError, ValueError):
+    """An argument that can never work, whatever the engine or image."""
+
+
+class InvalidPlatform(InvalidArgument):
+    """A platform string that is malformed or names an unknown os/arch."""
+
+
+class EngineError(MPCError):
+    """The container engine failed or refused an operation."""
+
+
+class EngineUnavailable(EngineError):
+    """No container engine could be reached."""
+
+
+class EmulationUnavailable(EngineError):
+    """The engine cannot run binaries of a foreign platform (no QEMU/binfmt handler)."""
+
+    def __init__(self, platform: Platform, detail: str = "") -> None:
+        self.platform = platform
+        self.detail = detail
+        super().__init__(
+            f"{platform} cannot run on this engine: no QEMU emulation is registered for "
+            f"{platform.architecture} ({detail or 'exec format error'}). Fix: "
+            "`docker run --privileged --rm tonistiigi/binfmt --install all`, or on Debian/Ubuntu "
+            "`apt-get install qemu-user-static binfmt-support`."
+        )
+
+
+class ImageError(MPCError):
+    """Resolving or pulling an image failed."""
+
+
+class ImageNotFound(ImageError):
+    """The image does not exist in its registry or in the local store."""
+
+
+class PlatformNotOffered(ImageError):
+    """The image exists, but has no variant for the requested platform."""
+
+    def __init__(self, image: str, platform: Platform, offered: Sequence[Platform]) -> None:
+        self.image = image
+        self.platform = platform
+        self.offered = list(offered)
+        listing = ", ".join(str(p) for p in offered) or "none"
+        super().__init__(
+            f"{image} has no variant for {platform}; it offers: {listing}. "
+            "Pick one of those with --platform."
+        )
+
+
+class RegistryError(ImageError):
+    """The registry is unreachable, refused access, or answered with something invalid."""
+
+
+class DigestMismatch(RegistryError):
+    """Downloaded content does not hash to the digest that named it."""
+
+
+class RunError(MPCError):
+    """A run completed (possibly partially) but not as asked; ``result`` holds what finished."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RunTimeout(RunError):
+    """One or more platforms did not finish within the time limit."""
+
+
+class NonZeroExit(RunError):
+    """A platform exited with a non-zero status and the caller asked for an exception."""

@@ -1,0 +1,478 @@
+"""A thin async client for the read side of the OCI distribution API, over httpx.
+
+Flow: ``Reference.parse`` normalises a name the way Docker does ("alpine" is
+registry-1.docker.io/library/alpine:latest). ``RegistryClient.resolve`` GETs the manifest the
+tag points to, with an Accept list naming all four manifest types so that a registry hands
+back an index rather than picking one platform for us. For an index, each entry's platform
+comes from the index itself; for a single manifest, from its config blob. Every manifest and
+blob is hashed and compared to the digest that named it before anything uses it.
+
+Auth follows the registry's challenge: a request without credentials gets a 401 carrying
+``WWW-Authenticate``; a Bearer challenge makes us fetch a token from its realm for the
+scope ``repository:<repo>:<actions>`` (cached per registry and scope; a push will ask for a
+wider scope and get its own token), a Basic challenge makes us send the user's credentials.
+Credentials come from the Docker config (``auths``, ``credHelpers``, ``credsStore``), so a
+``docker login`` is all a user needs. They never appear in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import DigestMismatch, ImageError, ImageNotFound, PlatformNotOffered, RegistryError
+from .platforms import Platform
+
+HUB = "registry-1.docker.io"
+# Docker stores Hub credentials under this legacy key, not under the registry's host name.
+HUB_AUTH_KEY = "https://index.docker.io/v1/"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+
+# The grammar of distribution/reference (github.com/distribution/reference, regexp.go).
+_DOMAIN = re.compile(
+    r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+    r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+)
+_PATH = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+_TAG = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
+# Only the algorithms OCI registers; anything else could not be verified.
+_DIGEST_HEX = {"sha256": 64, "sha512": 128}
+
+
+def _check_digest(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    if _DIGEST_HEX.get(algo) != len(hexpart) or not re.fullmatch(r"[0-9a-f]+", hexpart):
+        raise ValueError(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex digits>")
+    return digest
+
+
+def _verify(data: bytes, expected: str, ref: Reference, what: str) -> None:
+    """Raise DigestMismatch unless ``data`` hashes to ``expected`` (also if we cannot hash it)."""
+    algo = expected.partition(":")[0]
+    if algo in _DIGEST_HEX and f"{algo}:{hashlib.new(algo, data).hexdigest()}" == expected:
+        return
+    raise DigestMismatch(
+        f"the {what} of {ref.familiar} from registry {_host(ref.registry)} does not hash to "
+        f"{expected}; refusing to use it (the registry or a proxy altered it)"
+    )
+
+
+def _host(registry: str) -> str:
+    """How users know the registry: Docker Hub is "docker.io"."""
+    return "docker.io" if registry == HUB else registry
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A normalised image reference: registry host, repository path, tag and/or digest."""
+
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        def bad(why: str) -> ImageError:
+            return ImageError(f"invalid image reference {text!r}: {why}")
+
+        name, at, digest = text.partition("@")
+        if not name:
+            raise bad("the repository name is empty")
+        if at:
+            try:
+                _check_digest(digest)
+            except ValueError:
+                raise bad("the digest must look like sha256:<64 lowercase hex digits>") from None
+        tag = None
+        if name.rfind(":") > name.rfind("/"):
+            name, _, tag = name.rpartition(":")
+            if not _TAG.fullmatch(tag):
+                raise bad("a tag is up to 128 letters, digits, '_', '.' or '-'")
+        # Docker's rule: the first component is a registry only if it looks like a host.
+        first, slash, rest = name.partition("/")
+        if slash and ("." in first or ":" in first or first == "localhost"):
+            registry, repository = first, rest
+            if not _DOMAIN.fullmatch(registry):
+                raise bad(f"{registry!r} is not a valid registry host[:port]")
+        else:
+            registry, repository = "docker.io", name
+        if registry in ("docker.io", "index.docker.io"):
+            registry = HUB
+            if "/" not in repository:
+                repository = f"library/{repository}"
+        if repository != repository.lower():
+            raise bad("repository names must be lowercase")
+        if not _PATH.fullmatch(repository) or len(registry) + len(repository) >= 255:
+            raise bad("a repository name is lowercase letters, digits and '/', '.', '_', '-'")
+        return cls(registry, repository, tag or (None if at else "latest"), digest or None)
+
+    @property
+    def _familiar_name(self) -> str:
+        if self.registry != HUB:
+            return f"{self.registry}/{self.repository}"
+        official = self.repository.startswith("library/") and self.repository.count("/") == 1
+        return self.repository[len("library/") :] if official else self.repository
+
+    def _suffix(self) -> str:
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+    @property
+    def familiar(self) -> str:
+        """The name as ``docker images`` shows it: "alpine:3.16", "ghcr.io/o/r:1"."""
+        return self._familiar_name + self._suffix()
+
+    @property
+    def pull_name(self) -> str:
+        """What to hand ``docker pull`` to get exactly ``self.digest``: "alpine@sha256:..."."""
+        if self.digest is None:
+            raise ValueError(f"{self} has no digest; resolve it first")
+        return f"{self._familiar_name}@{self.digest}"
+
+    def with_digest(self, digest: str) -> Reference:
+        return replace(self, digest=_check_digest(digest))
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}{self._suffix()}"
+
+
+def _is_real(platform: Platform) -> bool:
+    # buildx adds attestation manifests to an index under the platform "unknown/unknown".
+    return "unknown" not in (platform.os, platform.architecture)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """What a tag points to, and the manifest digest of each platform it offers."""
+
+    reference: Reference
+    digest: str
+    media_type: str
+    manifests: tuple[tuple[Platform, str], ...]
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    def platforms(self) -> list[Platform]:
+        return [p for p, _ in self.manifests if _is_real(p)]
+
+    def manifest_digest(self, platform: Platform) -> str:
+        for offered, digest in self.manifests:
+            if _is_real(offered) and offered.matches(platform):
+                return digest
+        raise PlatformNotOffered(self.reference.familiar, platform, self.platforms())
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Split ``Bearer realm="https://a",scope="repository:x:pull,push"`` into scheme, params.
+
+    Quoted values may contain commas and backslash escapes, so a plain split would break them.
+    """
+    scheme, _, rest = header.strip().partition(" ")
+    params = {}
+    for m in re.finditer(r'([\w-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))', rest):
+        quoted = m.group(2)
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else m.group(3)
+        params[m.group(1).lower()] = value
+    return scheme.lower(), params
+
+
+def _is_insecure(registry: str) -> bool:
+    """Docker talks plain http to loopback registries only; so do we."""
+    host = urlsplit(f"//{registry}").hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _json(data: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what} is not a JSON object; is this really an OCI registry?")
+    return doc
+
+
+class RegistryClient:
+    """Read manifests and blobs from OCI registries; use ``async with RegistryClient() as c``.
+
+    ``docker_config`` is the directory holding config.json (as ``$DOCKER_CONFIG``); by
+    default ``$DOCKER_CONFIG`` or ``~/.docker``.
+    """
+
+    def __init__(
+        self,
+        *,
+        docker_config: str | os.PathLike[str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        config_dir = docker_config or os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker"
+        self._config_file = Path(config_dir) / "config.json"
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
+        self._auth: dict[tuple[str, str], str] = {}  # (registry, scope) -> Authorization value
+        self._credentials: dict[str, tuple[str, str] | None] = {}
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def resolve(self, ref: str | Reference) -> ResolvedImage:
+        """Find what ``ref`` points to and the per-platform manifest digests."""
+        ref = Reference.parse(ref) if isinstance(ref, str) else ref
+        body, media_type, digest = await self.get_manifest(ref)
+        doc = _json(body, f"the manifest of {ref.familiar}")
+        try:
+            if media_type in INDEX_TYPES:
+                # Nested indexes and entries without a platform are not runnable images.
+                entries = tuple(
+                    (Platform.from_oci(m["platform"]), _check_digest(m["digest"]))
+                    for m in doc["manifests"]
+                    if m.get("mediaType", DOCKER_MANIFEST) in MANIFEST_TYPES and "platform" in m
+                )
+                return ResolvedImage(ref, digest, media_type, entries)
+            config_digest = _check_digest(doc["config"]["digest"])
+            config = _json(await self.get_blob(ref, config_digest), f"the config of {ref.familiar}")
+            platform = Platform.from_oci(config)
+        # ValueError covers a malformed digest and an invalid platform object.
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise _malformed(ref, exc) from exc
+        return ResolvedImage(ref, digest, media_type, ((platform, digest),))
+
+    async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]:
+        """The exact manifest bytes, their media type and digest (verified when knowable)."""
+        path = f"manifests/{ref.digest or ref.tag}"
+        resp = await self._request("GET", ref, path, {"Accept": ACCEPT})
+        codes = _error_codes(resp)
+        if resp.status_code == 404 or codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}:
+            host = _host(ref.registry)
+            raise ImageNotFound(
+                f"image {ref.familiar} not found in registry {host}; "
+                "check the name and tag (docker pull would fail too)"
+            )
+        _raise_for_status(resp, ref, "manifest")
+        body = resp.content
+        for expected in (ref.digest, resp.headers.get("Docker-Content-Digest")):
+            if expected:
+                _verify(body, expected, ref, "manifest")
+        digest = ref.digest or f"sha256:{hashlib.sha256(body).hexdigest()}"
+        media_type = resp.headers.get("Content-Type", "").partition(";")[0].strip()
+        if media_type not in INDEX_TYPES | MANIFEST_TYPES:
+            # Some registries answer a generic content type; the document names its own.
+            media_type = str(_json(body, f"the manifest of {ref.familiar}").get("mediaType"))
+        if media_type not in INDEX_TYPES | MANIFEST_TYPES:
+            raise RegistryError(
+                f"{ref.familiar} has a manifest of unsupported type {media_type!r}; "
+                "only OCI and Docker schema 2 images are supported (re-push it with a current tool)"
+            )
+        return body, media_type, digest
+
+    async def get_blob(self, ref: Reference, digest: str) -> bytes:
+        """The blob named ``digest`` in ``ref``'s repository, verified against the digest."""
+        resp = await self._request("GET", ref, f"blobs/{_check_digest(digest)}")
+        if resp.status_code == 404:
+            raise RegistryError(
+                f"registry {_host(ref.registry)} lacks blob {digest} of {ref.familiar}; "
+                "the image is incomplete there, re-push it"
+            )
+        _raise_for_status(resp, ref, f"blob {digest}")
+        _verify(resp.content, digest, ref, f"blob {digest}")
+        return resp.content
+
+    async def _request(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        headers: dict[str, str] | None = None,
+        actions: str = "pull",
+    ) -> httpx.Response:
+        """``method`` /v2/<repo>/<path>, answering one auth challenge; a 401/403 after is fatal.
+
+        ``actions`` is the token scope's action list; a push will pass "pull,push".
+        """
+        scheme = "http" if _is_insecure(ref.registry) else "https"
+        url = f"{scheme}://{ref.registry}/v2/{ref.repository}/{path}"
+        scope = f"repository:{ref.repository}:{actions}"
+        headers = headers or {}
+        auth = self._auth.get((ref.registry, scope))
+        resp = await self._send(method, ref.registry, url, headers, auth)
+        if resp.status_code == 401:
+            # A cached token may have expired: always ask afresh after a 401.
+            challenges = resp.headers.get_list("WWW-Authenticate")
+            auth = await self._authorize(ref.registry, scope, challenges)
+            if auth:
+                resp = await self._send(method, ref.registry, url, headers, auth)
+        if resp.status_code in (401, 403):
+            login = "docker login" + ("" if ref.registry == HUB else f" {ref.registry}")
+            raise RegistryError(
+                f"registry {_host(ref.registry)} refused access to {ref.familiar} "
+                f"(HTTP {resp.status_code}); if the image exists, run `{login}` "
+                "with an account that may pull it"
+            )
+        return resp
+
+    async def _send(
+        self,
+        method: str,
+        registry: str,
+        url: str,
+        headers: dict[str, str],
+        auth: str | None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if auth:
+            headers = {**headers, "Authorization": auth}
+        try:
+            return await self._http.request(method, url, headers=headers, params=params)
+        except httpx.TransportError as exc:
+            raise RegistryError(
+                f"cannot reach registry {_host(registry)}: {_reason(exc)}; "
+                "check the registry address and that it is running"
+            ) from exc
+
+    async def _authorize(self, registry: str, scope: str, challenges: list[str]) -> str | None:
+        """Answer a 401's challenges; the Authorization value to retry with, or None."""
+        parsed = dict(parse_challenge(c) for c in challenges)
+        creds = await self._get_credentials(registry)
+        basic = "Basic " + base64.b64encode(":".join(creds).encode()).decode() if creds else None
+        bearer = parsed.get("bearer", {})
+        if "realm" in bearer:
+            params = {"scope": scope}
+            if "service" in bearer:
+                params["service"] = bearer["service"]
+            resp = await self._send("GET", registry, bearer["realm"], {}, basic, params)
+            if resp.status_code in (401, 403):
+                raise RegistryError(
+                    f"registry {_host(registry)} rejected the credentials in "
+                    f"{self._config_file}; run `docker login` for it again"
+                )
+            doc = _json(resp.content, f"the token from {_host(registry)}")
+            token = doc.get("token") or doc.get("access_token")
+            if not resp.is_success or not isinstance(token, str):
+                raise RegistryError(
+                    f"registry {_host(registry)} gave no token (HTTP {resp.status_code}); "
+                    "check that it is a working OCI registry"
+                )
+            self._auth[registry, scope] = f"Bearer {token}"
+        elif "basic" in parsed and basic:
+            self._auth[registry, scope] = basic
+        else:
+            return None
+        return self._auth[registry, scope]
+
+    async def _get_credentials(self, registry: str) -> tuple[str, str] | None:
+        """(user, secret) for ``registry`` from the Docker config, as the docker CLI finds them."""
+        if registry in self._credentials:
+            return self._credentials[registry]
+        try:
+            config = json.loads(self._config_file.read_text())
+        except FileNotFoundError:
+            config = {}
+        except (OSError, ValueError) as exc:
+            raise RegistryError(
+                f"cannot read Docker config {self._config_file}: {type(exc).__name__}; "
+                "fix or remove it"
+            ) from None
+        server = HUB_AUTH_KEY if registry == HUB else registry
+        helper = config.get("credHelpers", {}).get(server) or config.get("credsStore")
+        creds = await self._run_helper(helper, server) if helper else None
+        entry = config.get("auths", {}).get(server) or {}
+        if creds is None and entry.get("auth"):
+            try:
+                user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
+            except ValueError:  # binascii.Error, UnicodeDecodeError; never show the value
+                raise RegistryError(
+                    f"the auth entry for {server} in {self._config_file} is not base64 of "
+                    f"user:password; run `docker login` for {_host(registry)} again"
+                ) from None
+            creds = (user, secret)
+        self._credentials[registry] = creds
+        return creds
+
+    async def _run_helper(self, helper: str, server: str) -> tuple[str, str] | None:
+        # The credential-helper protocol: server URL on stdin, JSON {Username, Secret} out.
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                f"docker-credential-{helper}",
+                "get",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:  # helper not installed: Docker too would have no credentials
+            return None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(server.encode()), self._timeout)
+        except asyncio.TimeoutError:  # e.g. waiting for a keyring unlock prompt
+            proc.kill()
+            await proc.wait()
+            return None
+        try:
+            doc = json.loads(out) if proc.returncode == 0 else {}
+            return (doc["Username"], doc["Secret"]) if doc.get("Secret") else None
+        except (ValueError, KeyError, AttributeError):
+            return None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause; async httpx says "All connection attempts failed" over the real one."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            reason = os.strerror(cause.errno)  # e.g. "Connection refused"
+        cause = cause.__cause__ or cause.__context__
+    return reason
+
+
+def _error_codes(resp: httpx.Response) -> set[str]:
+    """The ``errors[].code`` values of a distribution-spec error body, if any."""
+    try:
+        return {str(e.get("code")) for e in resp.json().get("errors", [])}
+    except (ValueError, AttributeError, TypeError):
+        return set()
+
+
+def _raise_for_status(resp: httpx.Response, ref: Reference, what: str) -> None:
+    if not resp.is_success:
+        detail = ", ".join(sorted(_error_codes(resp))) or resp.reason_phrase
+        raise RegistryError(
+            f"registry {_host(ref.registry)} answered HTTP {resp.status_code} ({detail}) for the "
+            f"{what} of {ref.familiar}; check the registry's logs or try again"
+        )
+
+
+def _malformed(ref: Reference, exc: Exception) -> RegistryError:
+    return RegistryError(
+        f"registry {_host(ref.registry)} sent a malformed manifest for {ref.familiar} "
+        f"({type(exc).__name__}: {exc}); re-push the image"
+    )

@@ -1,0 +1,558 @@
+"""Tests of the registry client: unit tests over httpx.MockTransport, then real ones.
+
+The real tests (marked ``real``) talk to the local registry named by MPC_TEST_REGISTRY
+(e.g. 127.0.0.1:5055) holding MPC_TEST_IMAGE (an index of five platforms) and
+MPC_TEST_IMAGE_AMD64_ONLY (a single amd64 manifest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mpcontainer_magics.errors import (
+    DigestMismatch,
+    ImageError,
+    ImageNotFound,
+    PlatformNotOffered,
+    RegistryError,
+)
+from mpcontainer_magics.platforms import Platform
+from mpcontainer_magics.registry import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    HUB,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Reference,
+    RegistryClient,
+    parse_challenge,
+)
+
+D = "sha256:" + "ab" * 32
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def index_bytes(*platforms: dict, media_type: str = OCI_INDEX) -> bytes:
+    manifests = [
+        {"mediaType": OCI_MANIFEST, "digest": sha(json.dumps(p).encode()), "size": 1, "platform": p}
+        for p in platforms
+    ]
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}
+    ).encode()
+
+
+def resolve(handler: Handler, ref: str, config_dir: Path, **kw: object):
+    async def go():
+        transport = httpx.MockTransport(handler)
+        async with RegistryClient(docker_config=config_dir, transport=transport, **kw) as client:
+            return await client.resolve(ref)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    """An empty Docker config directory, so the user's real credentials are never read."""
+    return tmp_path
+
+
+def write_config(directory: Path, config: dict) -> None:
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# --- references -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "registry", "repository", "tag", "digest", "familiar", "full"),
+    [
+        ("alpine", HUB, "library/alpine", "latest", None, "alpine:latest",
+         f"{HUB}/library/alpine:latest"),
+        ("alpine:3.16", HUB, "library/alpine", "3.16", None, "alpine:3.16",
+         f"{HUB}/library/alpine:3.16"),
+        ("docker.io/x/y", HUB, "x/y", "latest", None, "x/y:latest", f"{HUB}/x/y:latest"),
+        ("docker.io/library/alpine:3.16", HUB, "library/alpine", "3.16", None, "alpine:3.16",
+         f"{HUB}/library/alpine:3.16"),
+        ("index.docker.io/busybox", HUB, "library/busybox", "latest", None, "busybox:latest",
+         f"{HUB}/library/busybox:latest"),
+        ("foo/bar", HUB, "foo/bar", "latest", None, "foo/bar:latest", f"{HUB}/foo/bar:latest"),
+        ("library/a/b", HUB, "library/a/b", "latest", None, "library/a/b:latest",
+         f"{HUB}/library/a/b:latest"),
+        ("localhost/a", "localhost", "a", "latest", None, "localhost/a:latest",
+         "localhost/a:latest"),
+        ("localhost:5000/a/b:t", "localhost:5000", "a/b", "t", None, "localhost:5000/a/b:t",
+         "localhost:5000/a/b:t"),
+        ("127.0.0.1:5055/mpc/busybox:1.35", "127.0.0.1:5055", "mpc/busybox", "1.35", None,
+         "127.0.0.1:5055/mpc/busybox:1.35", "127.0.0.1:5055/mpc/busybox:1.35"),
+        ("[::1]:5000/x:1", "[::1]:5000", "x", "1", None, "[::1]:5000/x:1", "[::1]:5000/x:1"),
+        ("ghcr.io/o/deep/img:v1.2-rc_3", "ghcr.io", "o/deep/img", "v1.2-rc_3", None,
+         "ghcr.io/o/deep/img:v1.2-rc_3", "ghcr.io/o/deep/img:v1.2-rc_3"),
+        ("my-reg.example.com/a__b/c-d.e", "my-reg.example.com", "a__b/c-d.e", "latest", None,
+         "my-reg.example.com/a__b/c-d.e:latest", "my-reg.example.com/a__b/c-d.e:latest"),
+        (f"a/b@{D}", HUB, "a/b", None, D, f"a/b@{D}", f"{HUB}/a/b@{D}"),
+        (f"a:t@{D}", HUB, "library/a", "t", D, f"a:t@{D}", f"{HUB}/library/a:t@{D}"),
+        (f"ghcr.io/o/r@{D}", "ghcr.io", "o/r", None, D, f"ghcr.io/o/r@{D}", f"ghcr.io/o/r@{D}"),
+    ],
+)  # fmt: skip
+def test_reference_parse(text, registry, repository, tag, digest, familiar, full):
+    ref = Reference.parse(text)
+    assert ref == Reference(registry, repository, tag, digest)
+    assert ref.familiar == familiar
+    assert str(ref) == full
+    assert Reference.parse(str(ref)) == ref  # the full form round-trips
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("Foo:bar", "repository names must be lowercase"),
+        ("", "empty"),
+        ("alpine:", "tag"),
+        ("alpine:a+b", "tag"),
+        ("alpine@sha256:abc", "digest"),
+        (f"alpine@md5:{'ab' * 16}", "digest"),
+        ("a//b", "repository name"),
+        ("ghcr.io/", "repository name"),
+        ("-x", "repository name"),
+        ("bad_host.com:port/x", "registry host"),
+        ("a b", "repository name"),
+    ],
+)
+def test_reference_parse_rejects(text, why):
+    with pytest.raises(ImageError, match="invalid image reference") as info:
+        Reference.parse(text)
+    assert why in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "pull_name"),
+    [
+        ("docker.io/library/alpine:3.16", f"alpine@{D}"),
+        ("alpine", f"alpine@{D}"),
+        ("someone/tool:1", f"someone/tool@{D}"),
+        ("127.0.0.1:5055/mpc/busybox:1.35", f"127.0.0.1:5055/mpc/busybox@{D}"),
+    ],
+)
+def test_pull_name(text, pull_name):
+    pinned = Reference.parse(text).with_digest(D)
+    assert pinned.pull_name == pull_name
+    assert pinned.tag == Reference.parse(text).tag  # kept for display
+
+
+def test_pull_name_needs_digest_and_with_digest_validates():
+    with pytest.raises(ValueError, match="no digest"):
+        _ = Reference.parse("alpine").pull_name
+    with pytest.raises(ValueError, match="invalid digest"):
+        Reference.parse("alpine").with_digest("sha256:nothex")
+
+
+# --- WWW-Authenticate -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "scheme", "params"),
+    [
+        (
+            'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+            'scope="repository:library/alpine:pull"',
+            "bearer",
+            {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+             "scope": "repository:library/alpine:pull"},
+        ),
+        (
+            'Bearer realm="https://r/token",scope="repository:a/b:pull,push",error="insufficient_scope"',
+            "bearer",
+            {"realm": "https://r/token", "scope": "repository:a/b:pull,push",
+             "error": "insufficient_scope"},
+        ),
+        ('Basic realm="Registry Realm"', "basic", {"realm": "Registry Realm"}),
+        ('Bearer realm="x", service="a \\"quoted\\", b"', "bearer",
+         {"realm": "x", "service": 'a "quoted", b'}),
+        ("bearer Realm=https://u/t,Service=s", "bearer", {"realm": "https://u/t", "service": "s"}),
+    ],
+)  # fmt: skip
+def test_parse_challenge(header, scheme, params):
+    assert parse_challenge(header) == (scheme, params)
+
+
+# --- HTTP behaviour -------------------------------------------------------------------------
+
+
+def manifest_response(body: bytes, media_type: str, **headers: str) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"Content-Type": media_type, **headers})
+
+
+def test_bearer_token_flow(cfg):
+    body = index_bytes({"os": "linux", "architecture": "amd64"})
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "auth.example.com":
+            return httpx.Response(200, json={"token": "T0K3N", "expires_in": 300})
+        if request.headers.get("Authorization") != "Bearer T0K3N":
+            challenge = (
+                'Bearer realm="https://auth.example.com/token",service="reg.example.com",'
+                'scope="repository:o/r:pull"'
+            )
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return manifest_response(body, OCI_INDEX, **{"Docker-Content-Digest": sha(body)})
+
+    async def go():
+        transport = httpx.MockTransport(handler)
+        async with RegistryClient(docker_config=cfg, transport=transport) as client:
+            first = await client.resolve("reg.example.com/o/r:1")
+            await client.resolve("reg.example.com/o/r:2")  # reuses the cached token
+            return first
+
+    resolved = asyncio.run(go())
+    assert resolved.digest == sha(body) and resolved.is_index
+    token_requests = [r for r in seen if r.url.host == "auth.example.com"]
+    assert len(token_requests) == 1
+    assert dict(token_requests[0].url.params) == {
+        "service": "reg.example.com",
+        "scope": "repository:o/r:pull",
+    }
+    assert "Authorization" not in token_requests[0].headers  # anonymous: no credentials
+    manifest_requests = [r for r in seen if r.url.host == "reg.example.com"]
+    assert [r.url.scheme for r in manifest_requests] == ["https"] * 3
+    assert [r.headers.get("Authorization") for r in manifest_requests] == [
+        None,
+        "Bearer T0K3N",
+        "Bearer T0K3N",
+    ]
+    accept = manifest_requests[0].headers["Accept"]
+    assert all(t in accept for t in (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+
+
+def test_docker_hub_token_request_carries_basic_credentials(cfg):
+    write_config(cfg, {"auths": {"https://index.docker.io/v1/": {"auth": b64("bob:hub-pw")}}})
+    body = index_bytes({"os": "linux", "architecture": "arm64"})
+    token_auth: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.docker.io":
+            token_auth.append(request.headers.get("Authorization"))
+            return httpx.Response(200, json={"access_token": "HUBTOKEN"})
+        assert request.url.host == HUB
+        if request.headers.get("Authorization") != "Bearer HUBTOKEN":
+            challenge = 'Bearer realm="https://auth.docker.io/token",service="registry.docker.io"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return manifest_response(body, OCI_INDEX)
+
+    resolved = resolve(handler, "alpine", cfg)
+    assert token_auth == [f"Basic {b64('bob:hub-pw')}"]
+    assert resolved.platforms() == [Platform("linux", "arm64")]
+
+
+def basic_registry(expected_auth: str, body: bytes, seen: list[httpx.Request]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.headers.get("Authorization") != expected_auth:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="reg"'})
+        return manifest_response(body, OCI_INDEX)
+
+    return handler
+
+
+def test_basic_credentials_from_docker_config(cfg):
+    write_config(cfg, {"auths": {"reg.example.com": {"auth": b64("alice:s3cret-pw")}}})
+    body = index_bytes({"os": "linux", "architecture": "amd64"})
+    seen: list[httpx.Request] = []
+    expected = f"Basic {b64('alice:s3cret-pw')}"
+    resolved = resolve(basic_registry(expected, body, seen), "reg.example.com/o/r:1", cfg)
+    assert resolved.digest == sha(body)
+    assert seen[-1].headers["Authorization"] == expected
+
+
+def test_credential_helper(cfg, tmp_path_factory, monkeypatch):
+    bindir = tmp_path_factory.mktemp("bin")
+    stdin_copy = bindir / "stdin"
+    helper = bindir / "docker-credential-fake"
+    helper.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = get ] || exit 3\ncat > "{stdin_copy}"\n'
+        'echo \'{"ServerURL": "reg.example.com", "Username": "carol", "Secret": "helper-pw"}\'\n'
+    )
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    write_config(cfg, {"credHelpers": {"reg.example.com": "fake"}, "credsStore": "missing"})
+    body = index_bytes({"os": "linux", "architecture": "amd64"})
+    seen: list[httpx.Request] = []
+    expected = f"Basic {b64('carol:helper-pw')}"
+    resolve(basic_registry(expected, body, seen), "reg.example.com/o/r:1", cfg)
+    assert seen[-1].headers["Authorization"] == expected
+    assert stdin_copy.read_text() == "reg.example.com"
+
+
+def test_missing_credential_store_means_no_credentials(cfg):
+    write_config(cfg, {"credsStore": "no-such-helper-here"})
+    seen: list[httpx.Request] = []
+    with pytest.raises(RegistryError, match=r"docker login reg\.example\.com"):
+        resolve(basic_registry("never", b"", seen), "reg.example.com/o/r:1", cfg)
+    assert [r.headers.get("Authorization") for r in seen] == [None]
+
+
+def test_forbidden_message_never_shows_the_password(cfg):
+    write_config(cfg, {"auths": {"reg.example.com": {"auth": b64("alice:s3cret-pw")}}})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "Authorization" not in request.headers:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="reg"'})
+        return httpx.Response(403, json={"errors": [{"code": "DENIED"}]})
+
+    with pytest.raises(RegistryError) as info:
+        resolve(handler, "reg.example.com/o/r:1", cfg)
+    message = str(info.value)
+    assert "docker login reg.example.com" in message and "HTTP 403" in message
+    assert "s3cret-pw" not in message and b64("alice:s3cret-pw") not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("registry", "scheme"),
+    [
+        ("127.0.0.1:5055", "http"),
+        ("127.1.2.3", "http"),
+        ("localhost:5000", "http"),
+        ("[::1]:5000", "http"),
+        ("ghcr.io", "https"),
+        ("10.0.0.1:5000", "https"),
+        ("localhost.example.com", "https"),
+    ],
+)
+def test_plain_http_only_for_loopback(cfg, registry, scheme):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+
+    with pytest.raises(ImageNotFound):
+        resolve(handler, f"{registry}/x:1", cfg)
+    assert seen[0].url.scheme == scheme
+
+
+def test_not_found(cfg):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+
+    with pytest.raises(ImageNotFound) as info:
+        resolve(handler, "127.0.0.1:5055/mpc/nope:1", cfg)
+    assert str(info.value) == (
+        "image 127.0.0.1:5055/mpc/nope:1 not found in registry 127.0.0.1:5055; "
+        "check the name and tag (docker pull would fail too)"
+    )
+
+
+def test_unreachable(cfg):
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    with pytest.raises(RegistryError, match=r"cannot reach registry reg\.example\.com: .*refused"):
+        resolve(handler, "reg.example.com/o/r:1", cfg)
+
+
+def test_digest_mismatch_by_digest(cfg):
+    body = index_bytes({"os": "linux", "architecture": "amd64"})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return manifest_response(body, OCI_INDEX)
+
+    with pytest.raises(DigestMismatch, match="refusing to use it"):
+        resolve(handler, f"reg.example.com/o/r@{D}", cfg)
+    assert resolve(handler, f"reg.example.com/o/r@{sha(body)}", cfg).digest == sha(body)
+
+
+def test_digest_mismatch_in_header(cfg):
+    body = index_bytes({"os": "linux", "architecture": "amd64"})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return manifest_response(body, OCI_INDEX, **{"Docker-Content-Digest": D})
+
+    with pytest.raises(DigestMismatch):
+        resolve(handler, "reg.example.com/o/r:1", cfg)
+
+
+def single_manifest_registry(config: bytes, served_config: bytes, content_type: str) -> Handler:
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "digest": sha(config), "size": len(config)},
+            "layers": [],
+        }
+    ).encode()  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/v2/o/r/blobs/{sha(config)}":
+            return httpx.Response(200, content=served_config)
+        assert request.url.path == "/v2/o/r/manifests/1"
+        return manifest_response(manifest, content_type)
+
+    return handler
+
+
+def test_single_manifest_platform_comes_from_config(cfg):
+    config = json.dumps({"architecture": "arm64", "os": "linux", "variant": "v8"}).encode()
+    # A generic Content-Type: the media type then comes from the document itself.
+    handler = single_manifest_registry(config, config, "application/json")
+    resolved = resolve(handler, "reg.example.com/o/r:1", cfg)
+    assert not resolved.is_index
+    assert resolved.media_type == DOCKER_MANIFEST
+    assert resolved.platforms() == [Platform.parse("linux/arm64")]
+    assert resolved.manifest_digest(Platform.parse("aarch64")) == resolved.digest
+
+
+def test_corrupted_config_blob_is_refused(cfg):
+    config = json.dumps({"architecture": "arm64", "os": "linux"}).encode()
+    handler = single_manifest_registry(config, config.replace(b"arm64", b"amd64"), DOCKER_MANIFEST)
+    with pytest.raises(DigestMismatch, match="blob"):
+        resolve(handler, "reg.example.com/o/r:1", cfg)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "match"),
+    [
+        (b"<html>hello</html>", "text/html", "not a JSON object"),
+        (b'{"schemaVersion": 1}', "application/vnd.docker.distribution.manifest.v1+prettyjws",
+         "unsupported type"),
+        (b'{"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": 3}', OCI_INDEX,
+         "malformed manifest"),
+    ],
+)  # fmt: skip
+def test_unexpected_manifests_are_registry_errors(cfg, body, content_type, match):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return manifest_response(body, content_type)
+
+    with pytest.raises(RegistryError, match=match):
+        resolve(handler, "reg.example.com/o/r:1", cfg)
+
+
+def test_index_skips_attestations_and_matches_normalised(cfg):
+    body = json.loads(
+        index_bytes(
+            {"os": "linux", "architecture": "amd64"},
+            {"os": "linux", "architecture": "arm64"},
+            {"os": "unknown", "architecture": "unknown"},
+            media_type=DOCKER_LIST,
+        )
+    )
+    body["manifests"][2]["annotations"] = {"vnd.docker.reference.type": "attestation-manifest"}
+    raw = json.dumps(body).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return manifest_response(raw, DOCKER_LIST)
+
+    resolved = resolve(handler, "reg.example.com/o/r:1", cfg)
+    assert resolved.is_index and len(resolved.manifests) == 3
+    assert resolved.platforms() == [Platform("linux", "amd64"), Platform("linux", "arm64")]
+    arm64_digest = body["manifests"][1]["digest"]
+    assert resolved.manifest_digest(Platform.parse("linux/arm64/v8")) == arm64_digest
+    with pytest.raises(PlatformNotOffered):
+        resolved.manifest_digest(Platform("unknown", "unknown"))
+    with pytest.raises(PlatformNotOffered) as info:
+        resolved.manifest_digest(Platform.parse("linux/s390x"))
+    message = str(info.value)
+    assert "reg.example.com/o/r:1" in message and "linux/s390x" in message
+    assert "linux/amd64, linux/arm64" in message and "unknown" not in message
+
+
+# --- against the real local registry --------------------------------------------------------
+
+REGISTRY = os.environ.get("MPC_TEST_REGISTRY", "").removeprefix("http://").rstrip("/")
+IMAGE = os.environ.get("MPC_TEST_IMAGE", f"{REGISTRY}/mpc/busybox:1.35")
+AMD64_ONLY = os.environ.get("MPC_TEST_IMAGE_AMD64_ONLY", f"{REGISTRY}/mpc/busybox-amd64only:1")
+real = pytest.mark.skipif(
+    not REGISTRY, reason="MPC_TEST_REGISTRY is unset (e.g. 127.0.0.1:5055); no local registry"
+)
+
+
+def real_resolve(ref: str | Reference):
+    async def go():
+        async with RegistryClient() as client:
+            return await client.resolve(ref)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.real
+@real
+def test_real_index():
+    resolved = real_resolve(IMAGE)
+    assert resolved.is_index
+    assert sorted(map(str, resolved.platforms())) == [
+        "linux/amd64",
+        "linux/arm/v7",
+        "linux/arm64",
+        "linux/ppc64le",
+        "linux/s390x",
+    ]
+    digests = [resolved.manifest_digest(p) for p in resolved.platforms()]
+    assert len(set(digests)) == 5
+    # Each per-platform manifest, fetched by digest, names the same platform in its config.
+    arm64 = Platform.parse("linux/arm64")
+    pinned = real_resolve(resolved.reference.with_digest(resolved.manifest_digest(arm64)))
+    assert pinned.platforms() == [arm64] and not pinned.is_index
+
+
+@pytest.mark.real
+@real
+def test_real_index_digest_matches_skopeo():
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed; it is the independent check")
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{IMAGE}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    assert real_resolve(IMAGE).digest == sha(raw)
+
+
+@pytest.mark.real
+@real
+def test_real_single_manifest():
+    resolved = real_resolve(AMD64_ONLY)
+    assert not resolved.is_index
+    assert resolved.platforms() == [Platform.parse("linux/amd64")]
+    with pytest.raises(PlatformNotOffered, match="it offers: linux/amd64"):
+        resolved.manifest_digest(Platform.parse("linux/arm64"))
+
+
+@pytest.mark.real
+@real
+def test_real_missing_tag():
+    with pytest.raises(ImageNotFound, match="not found in registry"):
+        real_resolve(replace(Reference.parse(IMAGE), tag="no-such-tag", digest=None))
+
+
+def test_real_unreachable():
+    # Port 1 on loopback: nothing listens there, so this needs no registry.
+    with pytest.raises(
+        RegistryError, match=r"cannot reach registry 127\.0\.0\.1:1: Connection refused; check"
+    ):
+        real_resolve("127.0.0.1:1/x:1")
