@@ -23,7 +23,6 @@ from IPython.core.magic_arguments import (
     MagicArgumentParser,
     argument,
     magic_arguments,
-    parse_argstring,
 )
 from IPython.display import display
 from traitlets import Enum, Unicode
@@ -44,6 +43,13 @@ SUBCOMMANDS = {
 
 def _line_parser(name: str) -> MagicArgumentParser:
     return MagicArgumentParser(prog=f"%container {name}", description=SUBCOMMANDS[name])
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:  # e.g. "No closing quotation"
+        raise UsageError(f"cannot parse {line!r}: {exc}") from None
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -166,8 +172,8 @@ class ContainerMagics(Magics):
         """
         if cell is None:
             return self._line(line)
-        args = parse_argstring(self.container, line)
-        return self._cell(args, cell)
+        # POSIX quoting, so that `-e 'GREETING=hello world'` works as in a terminal.
+        return self._cell(self.container.parser.parse_args(_split(line)), cell)
 
     def _cell(self, args: Any, cell: str) -> RunResult | None:
         if not cell.strip():
@@ -212,7 +218,7 @@ class ContainerMagics(Magics):
         return None
 
     def _line(self, line: str) -> Any:
-        words = shlex.split(line)
+        words = _split(line)
         if not words or words[0] not in SUBCOMMANDS:
             given = f"unknown subcommand {words[0]!r}; " if words else ""
             raise UsageError(

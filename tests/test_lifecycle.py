@@ -1,0 +1,60 @@
+"""Containers never outlive their kernel: unload, exit and SIGKILL are all cleaned up."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+from conftest import managed_containers
+
+from mpcontainer_magics.engines.base import LABEL_PID
+
+KERNEL_THAT_HANGS = """
+from IPython.testing.globalipapp import start_ipython
+ip = start_ipython()
+ip.run_line_magic("load_ext", "mpcontainer_magics")
+ip.run_cell_magic("container", "--image {image} --platform linux/amd64", "echo started; sleep 600")
+"""
+
+
+def start_hanging_kernel(image: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(KERNEL_THAT_HANGS.format(image=image))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    return proc
+
+
+def test_containers_of_a_killed_kernel_are_reaped_on_next_load(ip, test_image, docker_api):
+    proc = start_hanging_kernel(test_image)
+    theirs = {LABEL_PID: str(proc.pid)}
+    assert len(managed_containers(docker_api, **theirs)) == 1
+    proc.kill()  # SIGKILL: no atexit, no cleanup
+    proc.wait()
+    assert len(managed_containers(docker_api, **theirs)) == 1
+
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    try:
+        reaped = ip.magics_manager.registry["ContainerMagics"].startup.result(timeout=60)
+    finally:
+        ip.run_line_magic("unload_ext", "mpcontainer_magics")
+    assert reaped >= 1
+    assert managed_containers(docker_api, **theirs) == []
+
+
+def test_live_kernels_containers_are_not_reaped(ip, test_image, docker_api):
+    proc = start_hanging_kernel(test_image)
+    try:
+        ip.run_line_magic("load_ext", "mpcontainer_magics")
+        ip.magics_manager.registry["ContainerMagics"].startup.result(timeout=60)
+        ip.run_line_magic("unload_ext", "mpcontainer_magics")
+        assert len(managed_containers(docker_api, **{LABEL_PID: str(proc.pid)})) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the cell stops and removes its container
+        proc.wait(timeout=60)
+    assert managed_containers(docker_api, **{LABEL_PID: str(proc.pid)}) == []

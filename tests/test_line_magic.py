@@ -1,0 +1,59 @@
+"""``%container pull`` and ``%container platforms`` on the real engine."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+
+def test_platforms_reports_native_emulated_and_offered(shell, amd64_only_image, test_image):
+    report = shell.run_line_magic("container", "platforms")
+    assert str(report.native) == "linux/amd64"
+    emulated = {str(p) for p in report.emulated}
+    assert {"linux/arm64", "linux/s390x", "linux/ppc64le", "linux/arm/v7"} <= emulated
+    assert "linux/amd64" not in emulated
+
+    report = shell.run_line_magic("container", f"platforms {test_image}")
+    assert "offers: linux/amd64 (native), linux/arm64 (emulated)" in str(report)
+    assert len(report.offered) == 5
+
+    report = shell.run_line_magic("container", f"platforms {amd64_only_image}")
+    assert [str(p) for p in report.offered] == ["linux/amd64"]
+    assert report.to_frame().to_dict("records") == [{"platform": "linux/amd64", "runs": "native"}]
+
+
+def test_pull_pins_each_platform_by_digest(shell, test_image, docker_api, capsys):
+    shell.run_line_magic("container", f"pull {test_image} --platform linux/arm64,linux/s390x")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"{test_image} for linux/arm64",
+        f"{test_image} for linux/s390x",
+    ]
+    digests = [line.split(": ")[1] for line in lines]
+    # The engine holds each platform's image under its digest, with the right architecture.
+    repo = test_image.rsplit(":", 1)[0]
+    archs = [docker_api.inspect_image(f"{repo}@{d}")["Architecture"] for d in digests]
+    assert archs == ["arm64", "s390x"]
+
+
+def test_runs_after_pulls_never_mix_platforms(shell, test_image):
+    # The classic image store re-points the tag on every platform's pull: running by tag
+    # afterwards would run the last pulled platform everywhere.
+    shell.run_line_magic("container", f"pull {test_image} --platform all")
+    shell.run_cell_magic("container", "--platform linux/s390x,linux/amd64 --out res", "uname -m")
+    assert shell.user_ns["res"].stdout == {"linux/s390x": "s390x\n", "linux/amd64": "x86_64\n"}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "use %%container as a cell magic"),
+        ("frobnicate", "unknown subcommand 'frobnicate'"),
+        ("pull", "the following arguments are required: image"),
+        ("pull alpine --platform linux/arm65", "did you mean linux/arm64?"),
+    ],
+)
+def test_bad_line_magics(shell, line, message):
+    with pytest.raises(UsageError) as exc:
+        shell.run_line_magic("container", line)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
