@@ -166,9 +166,10 @@ class RunResult:
         return f"{self.to_frame().to_string(index=False)}\n{self.summary()}"
 
     def _repr_html_(self) -> str:
+        failed = [not r.ok for r in self.results]
+
         def highlight(row: pd.Series) -> list[str]:
-            bad = row["exit_code"] != 0 or row["error"] is not None
-            return ["background-color: #fdd" if bad else "" for _ in row]
+            return ["background-color: #fdd" if failed[row.name] else "" for _ in row]
 
         styled = self.to_frame().style.apply(highlight, axis=1).hide(axis="index")
         return f"{styled.to_html()}<pre>{html.escape(self.summary())}</pre>"

@@ -1,0 +1,86 @@
+"""Inside a real Jupyter kernel, whose event loop is already running.
+
+The magic must not try to run its own loop there, ``await`` on the API must work in a cell,
+and a kernel interrupt (the notebook's stop button) must stop and remove the cell's
+containers and leave the kernel usable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import managed_containers
+from jupyter_client.manager import start_new_kernel
+
+from mpcontainer_magics.engines.base import LABEL_PID
+
+
+@pytest.fixture
+def kernel() -> Iterator[tuple[Any, Any]]:
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+def execute(kc: Any, code: str, timeout: float = 120) -> tuple[dict[str, Any], list[dict]]:
+    outputs: list[dict] = []
+
+    def keep(msg: dict) -> None:
+        if msg["header"]["msg_type"] in {"stream", "display_data", "execute_result", "error"}:
+            outputs.append(msg)
+
+    reply = kc.execute_interactive(code, output_hook=keep, timeout=timeout)
+    return reply["content"], outputs
+
+
+def text_of(outputs: list[dict], name: str = "stdout") -> str:
+    return "".join(m["content"]["text"] for m in outputs if m["content"].get("name") == name)
+
+
+def test_magic_and_await_inside_a_kernel(kernel, test_image, docker_api):
+    km, kc = kernel
+    reply, _ = execute(kc, "%load_ext mpcontainer_magics")
+    assert reply["status"] == "ok"
+
+    cell = (
+        f"%%container --image {test_image} --platform linux/amd64,linux/s390x --out res\nuname -m"
+    )
+    reply, outputs = execute(kc, cell)
+    assert reply["status"] == "ok"
+    assert "[linux/s390x] s390x" in text_of(outputs)
+    html = [m["content"]["data"].get("text/html", "") for m in outputs if "data" in m["content"]]
+    assert any("<table" in h and "linux/s390x" in h for h in html), "no table displayed"
+
+    code = (
+        "import mpcontainer_magics as mpc\n"
+        "async with mpc.connect() as client:\n"
+        f"    r = await client.run('uname -m', platforms='linux/arm64', image={test_image!r})\n"
+        "print('awaited:', r[0].stdout.strip())"
+    )
+    reply, outputs = execute(kc, code)
+    assert reply["status"] == "ok", reply
+    assert "awaited: aarch64" in text_of(outputs)
+
+    # The stop button: interrupt while two containers run.
+    _, outputs = execute(kc, "import os; print(os.getpid())")
+    theirs = {LABEL_PID: text_of(outputs).strip()}
+    kc.execute(f"%%container --image {test_image} --platform linux/amd64,linux/arm64\nsleep 120")
+    deadline = time.monotonic() + 60
+    while len([c for c in managed_containers(docker_api, **theirs) if c["State"] == "running"]) < 2:
+        assert time.monotonic() < deadline, "the cell's containers never started"
+        time.sleep(0.05)
+    interrupted = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=60)["content"]
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - interrupted < 30
+    assert managed_containers(docker_api, **theirs) == []
+
+    reply, outputs = execute(kc, "res['linux/amd64'].stdout")
+    assert reply["status"] == "ok"  # the kernel and the extension still work
