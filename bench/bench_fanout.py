@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  peer: {n} parallel docker run / slowest",
                 f"{cli_fan:.3f} s",
                 f"docker run {cli_slowest:.3f} s",
-                f"{cli_fan / cli_slowest:.2f}  (this host's floor)",
+                f"{cli_fan / cli_slowest:.2f}  (Docker CLI fan-out)",
             )
         )
     ours, pandas_med = median(load), median(pandas_s)

@@ -39,7 +39,7 @@ def platforms_arg(spec: PlatformsSpec) -> list[Platform] | Literal["all"] | None
     return parse_platforms(spec)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PlatformReport:
     """What an engine can run, and (for an image) what the image offers."""
 
@@ -63,7 +63,7 @@ class PlatformReport:
         rows = [{"platform": str(p), "runs": self.runnable(p)} for p in listed]
         return pd.DataFrame(rows, columns=["platform", "runs"])
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:
         lines = [
             f"engine: {self.engine}",
             f"native platform: {self.native}",

@@ -252,10 +252,15 @@ async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:
         return list(await asyncio.gather(*tasks))
-    finally:
+    except asyncio.CancelledError:
+        # gather has cancelled each task once; wait for their cleanup (containers removed).
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    except Exception:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def resolve_platforms(

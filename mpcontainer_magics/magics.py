@@ -172,8 +172,12 @@ class ContainerMagics(Magics):
         """
         if cell is None:
             return self._line(line)
-        # POSIX quoting, so that `-e 'GREETING=hello world'` works as in a terminal.
-        return self._cell(self.container.parser.parse_args(_split(line)), cell)
+        try:
+            # POSIX quoting, so that `-e 'GREETING=hello world'` works as in a terminal.
+            args = self.container.parser.parse_args(_split(line))
+        except UsageError as exc:
+            raise UsageError(f"{exc} (see %%container? for the options)") from None
+        return self._cell(args, cell)
 
     def _cell(self, args: Any, cell: str) -> RunResult | None:
         if not cell.strip():

@@ -12,13 +12,16 @@ is stopped and removed before the cancellation propagates.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from ..platforms import Platform
+
+T = TypeVar("T")
 
 #: ``on_output(stream, chunk)`` with stream "stdout" or "stderr"; called on the event loop.
 OutputCallback = Callable[[str, bytes], None]
@@ -136,3 +139,22 @@ def owner_is_gone(labels: Mapping[str, str]) -> bool:
         pass  # exists, owned by another user
     recorded = labels.get(LABEL_PID_START, "")
     return bool(recorded) and recorded != process_start_ticks(pid)
+
+
+async def finish_despite_cancel(work: Awaitable[T]) -> T:
+    """Await ``work`` to completion even if this task is cancelled, once or many times.
+
+    For cleanup (creating-then-removing, removing): a bare ``asyncio.shield`` stops waiting at
+    the next cancellation, so the task would end while the container still exists. The
+    cancellation is re-raised once the work is done.
+    """
+    future = asyncio.ensure_future(work)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return future.result()

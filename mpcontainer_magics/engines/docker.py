@@ -42,6 +42,7 @@ from .base import (
     ExecOutcome,
     OutputCallback,
     PulledImage,
+    finish_despite_cancel,
     owner_is_gone,
     owner_labels,
 )
@@ -256,14 +257,14 @@ class DockerEngine(Engine):
                 stderr_seen.extend(chunk)
             emit(stream, chunk)
 
-        # Create in a task that is awaited to completion even if we are cancelled meanwhile:
-        # otherwise a container created just after a Ctrl-C would be left behind.
+        # A container created just after a Ctrl-C must not be left behind: creation always
+        # completes, and is then undone if we were cancelled meanwhile.
         create = asyncio.ensure_future(self._call(self._create, image, argv, env, workdir))
         try:
-            container_id = await asyncio.shield(create)
+            container_id = await finish_despite_cancel(create)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await self._remove(await create)
+            if not create.exception():
+                await finish_despite_cancel(self._remove(create.result()))
             raise
         try:
             started = time.perf_counter()
@@ -274,8 +275,7 @@ class DockerEngine(Engine):
                 raise EmulationUnavailable(image.platform, _short(exc)) from None
             raise EngineError(f"Docker failed to run on {image.platform}: {_short(exc)}") from None
         finally:
-            # Shielded: removal must finish even when this task is being cancelled.
-            await asyncio.shield(self._remove(container_id))
+            await finish_despite_cancel(self._remove(container_id))
         if exit_code != 0 and _exec_format_error(stderr_seen.decode(errors="replace")):
             raise EmulationUnavailable(image.platform)
         return ExecOutcome(exit_code, duration)
