@@ -58,3 +58,30 @@ def test_live_kernels_containers_are_not_reaped(ip, test_image, docker_api):
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the cell stops and removes its container
         proc.wait(timeout=60)
     assert managed_containers(docker_api, **{LABEL_PID: str(proc.pid)}) == []
+
+
+EXITS_WHILE_RUNNING = """
+import sys, time
+from IPython.testing.globalipapp import start_ipython
+ip = start_ipython()
+ip.run_line_magic("load_ext", "mpcontainer_magics")
+magics = ip.magics_manager.registry["ContainerMagics"]
+magics.startup.result(60)
+# A run still in flight when the interpreter exits (a cell of a kernel being shut down).
+magics._bridge.submit(magics._client.run("echo started; sleep 600", image={image!r}))
+while not magics._client.engine._live:
+    time.sleep(0.05)
+print(magics._client.engine._live.copy().pop(), flush=True)
+"""
+
+
+def test_interpreter_exit_removes_running_containers(test_image, docker_api):
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(EXITS_WHILE_RUNNING.format(image=test_image))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    container_id = done.stdout.strip()
+    assert container_id and not docker_api.containers(all=True, filters={"id": container_id})

@@ -1,7 +1,7 @@
 """The Docker engine: docker-py (blocking) wrapped for asyncio.
 
-Every blocking docker-py call runs on this engine's own thread pool, so a cell fanned out to
-many platforms never waits for a free worker of the event loop's small default executor.
+Every blocking docker-py call runs on a daemon thread of its own (see ``_call``), never on
+the event loop's thread.
 
 Images are resolved through our registry client first: it tells which platforms an image
 offers and the per-platform manifest digest, and the image is then pulled *by that digest*.
@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -87,7 +87,6 @@ class DockerEngine(Engine):
     def __init__(self, api: APIClient, registry: RegistryClient) -> None:
         self._api = api
         self._registry = registry
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="mpc-docker")
         self._native: Platform | None = None
         self._resolved: dict[str, ResolvedImage] = {}
         self._pulled: dict[tuple[str, Platform], PulledImage] = {}
@@ -117,8 +116,33 @@ class DockerEngine(Engine):
         return cls(api, RegistryClient())
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking docker-py call on a daemon thread of its own.
+
+        Not a thread pool: pools are joined at interpreter exit, and a thread blocked on a
+        container's output would then hang the exit; a fresh thread per call also means a
+        wide fan-out never waits for a free worker.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():  # the awaiting task was cancelled meanwhile
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        def work() -> None:
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(*args, **kwargs), None)
+            except BaseException as exc:  # handed to the awaiting task, not lost
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed while we worked
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=work, name="mpc-docker", daemon=True).start()
+        return await future
 
     # -- platforms ---------------------------------------------------------------------------
 
@@ -317,13 +341,13 @@ class DockerEngine(Engine):
             sock.close()
         return int(self._api.wait(container_id, timeout=None)["StatusCode"])
 
-    async def _remove(self, container_id: str) -> None:
-        def remove() -> None:
-            with contextlib.suppress(docker.errors.NotFound):
-                self._api.remove_container(container_id, force=True)
-            self._live.discard(container_id)
+    def _remove_now(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._api.remove_container(container_id, force=True)
+        self._live.discard(container_id)
 
-        await self._call(remove)
+    async def _remove(self, container_id: str) -> None:
+        await self._call(self._remove_now, container_id)
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -336,13 +360,14 @@ class DockerEngine(Engine):
         return len(orphans)
 
     async def aclose(self) -> None:
+        # Blocking calls on purpose: at interpreter exit (atexit) no thread pool accepts work
+        # any more, and closing is the last thing this engine does anyway.
         try:
-            # Ours: anything still labelled with this process (normally nothing by now).
             mine = [f"{key}={value}" for key, value in owner_labels().items()]
-            listed = await self._call(self._api.containers, all=True, filters={"label": mine})
-            ids = self._live | {c["Id"] for c in listed}
-            await asyncio.gather(*(self._remove(cid) for cid in ids), return_exceptions=True)
+            listed = self._api.containers(all=True, filters={"label": mine})
+            for container_id in self._live | {c["Id"] for c in listed}:
+                with contextlib.suppress(docker.errors.APIError):
+                    self._remove_now(container_id)
         finally:
             await self._registry.aclose()
             self._api.close()
-            self._pool.shutdown(wait=False)
