@@ -251,8 +251,8 @@ class DockerEngine(Engine):
 
     @staticmethod
     def _pull_error(pinned: str, platform: Platform, text: str) -> ImageError:
-        if "no matching manifest" in text or "does not match the specified platform" in text:
-            return PlatformNotOffered(pinned, platform, [])
+        # We pull a single manifest the registry listed for this platform, so a platform
+        # mismatch here means the index lies about it; Docker's text says how.
         if "not found" in text or "manifest unknown" in text:
             return ImageNotFound(f"Docker could not find {pinned}: {text}")
         return ImageError(f"Docker failed to pull {pinned} for {platform}: {text}")
