@@ -29,7 +29,6 @@ from traitlets import Enum, Unicode
 
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
-from .compare import RunResult
 from .errors import MPCError
 from .platforms import Platform
 
@@ -179,7 +178,7 @@ class ContainerMagics(Magics):
             raise UsageError(f"{exc} (see %%container? for the options)") from None
         return self._cell(args, cell)
 
-    def _cell(self, args: Any, cell: str) -> RunResult | None:
+    def _cell(self, args: Any, cell: str) -> None:
         if not cell.strip():
             raise UsageError("the cell is empty: write the shell commands to run below %%container")
         env = _parse_env(args.env)
