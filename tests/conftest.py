@@ -54,7 +54,7 @@ def docker_api(test_image: str) -> Iterator[Any]:
     # Zero leaked containers after the whole suite: none of ours, none of a dead process.
     # (Containers of other live processes, say a benchmark running meanwhile, are theirs.)
     leaked = [c for c in managed_containers(api) if owner_is_gone(c["Labels"])]
-    assert managed_containers(api, **{LABEL_PID: str(os.getpid())}) + leaked == []
+    assert my_containers(api) + leaked == []
     api.close()
 
 
@@ -63,11 +63,15 @@ def managed_containers(api: Any, **labels: str) -> list[dict[str, Any]]:
     return api.containers(all=True, filters={"label": wanted})
 
 
+def my_containers(api: Any) -> list[dict[str, Any]]:
+    """Containers created by this test process (not by a benchmark running meanwhile)."""
+    return managed_containers(api, **{LABEL_PID: str(os.getpid())})
+
+
 @pytest.fixture
 def no_leaks(docker_api: Any) -> Iterator[None]:
     yield
-    mine = managed_containers(docker_api, **{LABEL_PID: str(os.getpid())})
-    assert mine == [], "this test left containers behind"
+    assert my_containers(docker_api) == [], "this test left containers behind"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import signal
 import threading
 import time
@@ -12,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIVE_PLATFORMS, managed_containers
+from conftest import FIVE_PLATFORMS, my_containers
 from IPython.core.error import UsageError
-
-from mpcontainer_magics.engines.base import LABEL_PID
 
 BYTE_ORDER = "printf '\\001\\002\\003\\004' | od -An -tx4"
 
@@ -246,8 +243,7 @@ def test_ctrl_c_stops_and_removes_the_cells_containers(shell, docker_api):
     def interrupt_once_running() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            mine = managed_containers(docker_api, **{LABEL_PID: str(os.getpid())})
-            running = [c for c in mine if c["State"] == "running"]
+            running = [c for c in my_containers(docker_api) if c["State"] == "running"]
             if len(running) == 2:
                 signal.pthread_kill(main, signal.SIGINT)
                 return
@@ -258,7 +254,7 @@ def test_ctrl_c_stops_and_removes_the_cells_containers(shell, docker_api):
     with pytest.raises(KeyboardInterrupt):
         run(shell, "--platform linux/amd64,linux/arm64", "sleep 120")
     assert time.monotonic() - started < 30
-    assert managed_containers(docker_api, **{LABEL_PID: str(os.getpid())}) == []
+    assert my_containers(docker_api) == []
     # The extension still works after an interrupt.
     run(shell, "--platform linux/arm64 --out res", "echo alive")
     assert shell.user_ns["res"][0].stdout == "alive\n"
