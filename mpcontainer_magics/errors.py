@@ -6,15 +6,19 @@ traceback for a problem they can fix themselves.
 
     MPCError
     ├── InvalidArgument          (also a ValueError) a bad argument: engine name, timeout…
-    │   └── InvalidPlatform      a platform string that cannot be parsed or is unknown
+    │   ├── InvalidPlatform      a platform string that cannot be parsed or is unknown
+    │   └── ExecUnsupported      commands cannot run on this platform (non-Linux): files only
     ├── EngineError              the container engine failed
     │   ├── EngineUnavailable    no engine reachable (Docker daemon down, bad DOCKER_HOST)
     │   └── EmulationUnavailable a foreign platform cannot run: no QEMU/binfmt handler
     ├── ImageError               resolving or pulling an image failed
     │   ├── ImageNotFound        the registry (or local store) has no such image
     │   ├── PlatformNotOffered   the image exists but not for the requested platform
-    │   └── RegistryError        the registry is unreachable or answered badly
-    │       └── DigestMismatch   content did not match its digest (refused, never used)
+    │   ├── RegistryError        the registry is unreachable or answered badly
+    │   │   └── DigestMismatch   content did not match its digest (refused, never used)
+    │   └── UnsafeLayer          a layer or archive member would land outside its root
+    ├── SessionError             a session is unknown, stopped, or asked to change image
+    ├── GitError                 a git checkout failed (no git, no such repository or ref)
     └── RunError                 a run finished, but not as asked
         ├── RunTimeout           some platforms exceeded the time limit
         └── NonZeroExit          a platform exited non-zero and the caller asked to raise
@@ -41,6 +45,19 @@ class InvalidArgument(MPCError, ValueError):
 
 class InvalidPlatform(InvalidArgument):
     """A platform string that is malformed or names an unknown os/arch."""
+
+
+class ExecUnsupported(InvalidArgument):
+    """Commands cannot run on this platform (only Linux platforms execute); files still work."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        super().__init__(
+            f"cannot run commands on {platform}: command execution is supported for Linux "
+            "platforms only. What works for it: reading the image's files, e.g. "
+            f"`%container ls PATH --image IMAGE --platform {platform}` or "
+            "`client.container(platform=...).from_(IMAGE).rootfs().entries()`."
+        )
 
 
 class EngineError(MPCError):
@@ -93,6 +110,18 @@ class RegistryError(ImageError):
 
 class DigestMismatch(RegistryError):
     """Downloaded content does not hash to the digest that named it."""
+
+
+class UnsafeLayer(ImageError):
+    """An image layer or archive tried to write outside the directory it is unpacked into."""
+
+
+class SessionError(MPCError):
+    """A session is unknown, no longer running, or used in a way it cannot serve."""
+
+
+class GitError(MPCError):
+    """A git checkout failed: git missing, repository unreachable, or no such branch/tag."""
 
 
 class RunError(MPCError):
