@@ -8,6 +8,8 @@ From Python (or awaited directly in a notebook cell)::
     import mpcontainer_magics as mpc
     async with mpc.connect() as client:
         result = await client.run("uname -m", platforms="linux/amd64,linux/arm64")
+        arm = client.container(platform="linux/arm64").from_("alpine:3.16")
+        print(await arm.with_exec(["uname", "-m"]).stdout())
 
 Importing this package stays cheap: pandas, docker-py and httpx load on first use.
 """
@@ -19,11 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from .client import DEFAULT_IMAGE, Client, PlatformReport, connect
 from .compare import PlatformResult, RunResult
+from .container import Container, Directory, ExecResult, File, GitRef, GitRepository, Host
+from .engines.base import Mount
 from .errors import (
     DigestMismatch,
     EmulationUnavailable,
     EngineError,
     EngineUnavailable,
+    ExecUnsupported,
+    GitError,
     ImageError,
     ImageNotFound,
     InvalidArgument,
@@ -34,8 +40,11 @@ from .errors import (
     RegistryError,
     RunError,
     RunTimeout,
+    SessionError,
+    UnsafeLayer,
 )
 from .platforms import Platform, host_platform, parse_platforms
+from .session import Session
 
 if TYPE_CHECKING:
     from .magics import ContainerMagics
@@ -43,15 +52,25 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IMAGE",
     "Client",
+    "Container",
     "DigestMismatch",
+    "Directory",
     "EmulationUnavailable",
     "EngineError",
     "EngineUnavailable",
+    "ExecResult",
+    "ExecUnsupported",
+    "File",
+    "GitError",
+    "GitRef",
+    "GitRepository",
+    "Host",
     "ImageError",
     "ImageNotFound",
     "InvalidArgument",
     "InvalidPlatform",
     "MPCError",
+    "Mount",
     "NonZeroExit",
     "Platform",
     "PlatformNotOffered",
@@ -61,6 +80,9 @@ __all__ = [
     "RunError",
     "RunResult",
     "RunTimeout",
+    "Session",
+    "SessionError",
+    "UnsafeLayer",
     "connect",
     "host_platform",
     "load_ipython_extension",

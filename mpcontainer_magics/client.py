@@ -4,8 +4,16 @@
         result = await client.run("uname -m", platforms="linux/amd64,linux/s390x", image=IMG)
         result.to_frame()
 
+The same client builds containers step by step (Dagger-style, see :mod:`.container`) and
+keeps interactive sessions (see :mod:`.session`)::
+
+    arm = client.container(platform="linux/arm64").from_(IMG)
+    out = await arm.with_exec(["uname", "-m"]).stdout()
+    build = await client.session("build", platforms="linux/arm64,linux/s390x", image=IMG)
+    await build.run("cd /work && export X=1")
+
 ``connect()`` can also be awaited directly (``client = await mpc.connect()``); then call
-``await client.aclose()`` when done so every container is removed.
+``await client.aclose()`` when done so every container, session and snapshot is removed.
 """
 
 from __future__ import annotations
@@ -15,10 +23,21 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .compare import LineCallback, RunResult, gather_or_cancel, resolve_platforms, run_on_platforms
-from .engines.base import Engine, PulledImage
-from .errors import InvalidArgument
+from .compare import (
+    LineCallback,
+    RunResult,
+    gather_or_cancel,
+    resolve_platforms,
+    run_on_platforms,
+    runnable,
+)
+from .container import Container, Directory, Evaluator, GitRepository, Host, _Empty
+from .engines.base import Engine, Mount, PulledImage, finish_despite_cancel
+from .errors import InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
+from .session import Session, check_name, sessions_frame
+
+_EMPTY = _Empty()
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +48,16 @@ ENGINES = ("auto", "docker")
 #: What ``platforms=`` accepts: None (native), "all" (every platform the image offers),
 #: "linux/amd64,linux/arm64", or a sequence of strings/Platforms.
 PlatformsSpec = str | Sequence[str | Platform] | None
+
+
+#: What ``mounts=`` accepts: "HOST:CONTAINER[:ro]" strings or Mount objects.
+MountsSpec = Sequence[str | Mount]
+
+
+def mounts_arg(spec: MountsSpec | None) -> list[Mount]:
+    if isinstance(spec, str):
+        raise InvalidArgument("mounts must be a list, e.g. mounts=['./data:/data:ro']")
+    return [m.checked() if isinstance(m, Mount) else Mount.parse(m) for m in spec or ()]
 
 
 def platforms_arg(spec: PlatformsSpec) -> list[Platform] | Literal["all"] | None:
@@ -76,10 +105,12 @@ class PlatformReport:
 
 
 class Client:
-    """A connection to one engine. Every container it starts is removed by ``aclose()``."""
+    """A connection to one engine. ``aclose()`` removes all it created."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._evaluator = Evaluator(self)
+        self._sessions: dict[str, Session] = {}
 
     async def __aenter__(self) -> Client:
         return self
@@ -88,7 +119,101 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.engine.aclose()
+        """Remove every container, session, snapshot and temporary directory of this client."""
+        self._sessions.clear()
+        try:
+            await self.engine.aclose()
+        finally:
+            self._evaluator.close()
+
+    # -- Dagger-style building blocks --------------------------------------------------------
+
+    def container(self, platform: str | Platform | None = None) -> Container:
+        """An empty container for ``platform`` (default: the engine's native platform)."""
+        if isinstance(platform, str):
+            platform = Platform.parse(platform)
+        return Container(self, platform)
+
+    def directory(self) -> Directory:
+        """An empty directory."""
+        return Directory(self, _EMPTY)
+
+    def host(self) -> Host:
+        return Host(self)
+
+    def git(self, url: str, *, keep_git_dir: bool = False) -> GitRepository:
+        """A git repository (URL or local path); ``.branch(name).tree()`` checks it out."""
+        return GitRepository(self, url, keep_git_dir)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def session(
+        self,
+        name: str,
+        *,
+        platforms: PlatformsSpec = None,
+        image: str | None = None,
+        mounts: MountsSpec | None = None,
+    ) -> Session:
+        """The session ``name``, started (or extended to more platforms) as needed.
+
+        A new session needs nothing but a name: it defaults to DEFAULT_IMAGE on the native
+        platform. An existing one keeps its image and mounts; asking for others is an error.
+        """
+        session = self._sessions.get(check_name(name))
+        wanted_mounts = mounts_arg(mounts)
+        if session is None:
+            session = Session(self.engine, name, image or DEFAULT_IMAGE, wanted_mounts)
+        elif (image and image != session.image) or (
+            mounts is not None and tuple(wanted_mounts) != session.mounts
+        ):
+            raise SessionError(
+                f"session {name!r} runs {session.image}"
+                + (f" with mounts {', '.join(map(str, session.mounts))}" if session.mounts else "")
+                + f"; stop it first (%container stop {name}) or pick another session name"
+            )
+        if platforms is not None or not session.platforms:
+            try:
+                await session.ensure(await self.resolve_platforms(session.image, platforms))
+            except BaseException:
+                if name not in self._sessions:  # a new session that failed to start
+                    await finish_despite_cancel(session.stop())
+                raise
+        self._sessions[name] = session
+        return session
+
+    async def resolve_platforms(self, image: str, platforms: PlatformsSpec) -> list[Platform]:
+        """The platforms a ``platforms=`` value means for ``image`` on this engine."""
+        spec = platforms_arg(platforms)
+        return runnable(await resolve_platforms(self.engine, image, spec), spec)
+
+    def get_session(self, name: str) -> Session:
+        try:
+            return self._sessions[name]
+        except KeyError:
+            known = ", ".join(self._sessions) or "none"
+            raise SessionError(
+                f"no session called {name!r} (sessions: {known}); start one with "
+                f"%%container --session {name}"
+            ) from None
+
+    async def sessions(self) -> pd.DataFrame:
+        """One row per session and platform: image digest, container, age, state."""
+        rows = []
+        for session in self._sessions.values():
+            rows += await session.rows()
+        return sessions_frame(rows)
+
+    async def stop(self, name: str | None = None) -> list[str]:
+        """Remove session ``name`` (or every session); returns the names stopped."""
+        names = [name] if name is not None else list(self._sessions)
+        stopping = [self.get_session(n) for n in names]
+        for n in names:
+            del self._sessions[n]
+        await gather_or_cancel(s.stop() for s in stopping)
+        return names
+
+    # -- one-off runs ------------------------------------------------------------------------
 
     async def run(
         self,
@@ -98,6 +223,7 @@ class Client:
         image: str = DEFAULT_IMAGE,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
+        mounts: MountsSpec | None = None,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
     ) -> RunResult:
@@ -119,6 +245,7 @@ class Client:
             platforms_arg(platforms),
             env=env,
             workdir=workdir,
+            mounts=mounts_arg(mounts),
             timeout=timeout,
             on_line=on_line,
         )

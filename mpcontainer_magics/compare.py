@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from .engines.base import Engine, PulledImage
-from .errors import EngineError, MPCError, NonZeroExit, RunTimeout
+from .engines.base import Engine, ExecOutcome, Mount, OutputCallback, PulledImage
+from .errors import EngineError, ExecUnsupported, MPCError, NonZeroExit, RunTimeout
 from .platforms import Platform
 
 if TYPE_CHECKING:
@@ -274,6 +274,19 @@ async def resolve_platforms(
     return list(platforms)
 
 
+def runnable(platforms: Sequence[Platform], requested: object) -> list[Platform]:
+    """Only Linux platforms execute; "all" keeps those, an explicit request must be Linux."""
+    if requested == "all":
+        linux = [p for p in platforms if p.os == "linux"]
+        if platforms and not linux:
+            raise ExecUnsupported(platforms[0])
+        return linux
+    for platform in platforms:
+        if platform.os != "linux":
+            raise ExecUnsupported(platform)
+    return list(platforms)
+
+
 async def run_on_platforms(
     engine: Engine,
     image: str,
@@ -282,34 +295,56 @@ async def run_on_platforms(
     *,
     env: Mapping[str, str] | None = None,
     workdir: str | None = None,
+    mounts: Sequence[Mount] = (),
     timeout: float | None = None,
     on_line: LineCallback | None = None,
 ) -> RunResult:
     """Run ``argv`` on every platform concurrently; per-platform failures land in the result."""
     started = time.perf_counter()
-    targets = await resolve_platforms(engine, image, platforms)
+    targets = runnable(await resolve_platforms(engine, image, platforms), platforms)
     pulled = await gather_or_cancel(engine.pull(image, p) for p in targets)
     native = await engine.native_platform()
+
+    def launcher(image: PulledImage) -> Launch:
+        return lambda on_output: engine.run(
+            image, argv, env=env, workdir=workdir, mounts=mounts, on_output=on_output
+        )
+
     results = await gather_or_cancel(
-        _run_one(engine, p, argv, env, workdir, timeout, on_line, native) for p in pulled
+        run_streamed(
+            launcher(p),
+            platform=p.platform,
+            emulated=not p.platform.matches(native),
+            image_digest=p.digest,
+            engine=engine.name,
+            timeout=timeout,
+            on_line=on_line,
+        )
+        for p in pulled
     )
     return RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
 
 
-async def _run_one(
-    engine: Engine,
-    image: PulledImage,
-    argv: Sequence[str],
-    env: Mapping[str, str] | None,
-    workdir: str | None,
-    timeout: float | None,
-    on_line: LineCallback | None,
-    native: Platform,
+#: Starts one platform's command with the given output callback (a fresh run or an exec).
+Launch = Callable[[OutputCallback], Awaitable[ExecOutcome]]
+
+
+async def run_streamed(
+    launch: Launch,
+    *,
+    platform: Platform,
+    emulated: bool,
+    image_digest: str | None,
+    engine: str,
+    timeout: float | None = None,
+    on_line: LineCallback | None = None,
 ) -> PlatformResult:
+    """Run one platform's command, splitting its output into lines as it arrives."""
+
     def emitter(stream: str) -> Callable[[str], None] | None:
         if on_line is None:
             return None
-        return lambda line: on_line(image.platform, stream, line)
+        return lambda line: on_line(platform, stream, line)
 
     streams = {name: _LineSplitter(emitter(name)) for name in ("stdout", "stderr")}
     exit_code: int | None = None
@@ -318,14 +353,7 @@ async def _run_one(
     started = time.perf_counter()
     try:
         outcome = await asyncio.wait_for(
-            engine.run(
-                image,
-                argv,
-                env=env,
-                workdir=workdir,
-                on_output=lambda stream, chunk: streams[stream].feed(chunk),
-            ),
-            timeout,
+            launch(lambda stream, chunk: streams[stream].feed(chunk)), timeout
         )
         exit_code, duration = outcome.exit_code, outcome.duration_s
     except asyncio.TimeoutError:
@@ -333,14 +361,14 @@ async def _run_one(
     except EngineError as exc:
         error, exception, duration = str(exc), exc, time.perf_counter() - started
     return PlatformResult(
-        platform=image.platform,
+        platform=platform,
         exit_code=exit_code,
         stdout=streams["stdout"].close(),
         stderr=streams["stderr"].close(),
         duration_s=duration,
-        emulated=not image.platform.matches(native),
-        image_digest=image.digest,
-        engine=engine.name,
+        emulated=emulated,
+        image_digest=image_digest,
+        engine=engine,
         error=error,
         timed_out=error is not None and exception is None,
         exception=exception,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import re
 import shlex
 import sys
 from collections.abc import Callable, Coroutine
@@ -29,6 +30,7 @@ from traitlets import Enum, Unicode
 
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
+from .compare import RunResult
 from .errors import MPCError
 from .platforms import Platform
 
@@ -37,11 +39,19 @@ T = TypeVar("T")
 SUBCOMMANDS = {
     "pull": "%container pull IMAGE [--platform P1,P2|all]   fetch an image for platforms",
     "platforms": "%container platforms [IMAGE]   native/emulated platforms, what IMAGE offers",
+    "sessions": "%container sessions   the live sessions, one row per platform",
+    "stop": "%container stop NAME | --all   remove a session's containers (or every session's)",
+    "cp": "%container cp SRC DST   copy between this machine and a session; the session side "
+    "is NAME[@PLATFORM]:/path",
+    "ls": "%container ls [PATH] --image IMAGE [--platform P]   list files of an image "
+    "(any OS, e.g. windows/amd64)",
+    "cat": "%container cat PATH --image IMAGE [--platform P]   print a file of an image",
 }
 
-
-def _line_parser(name: str) -> MagicArgumentParser:
-    return MagicArgumentParser(prog=f"%container {name}", description=SUBCOMMANDS[name])
+#: The session side of `%container cp`: NAME[@PLATFORM]:/absolute/path
+SESSION_PATH = re.compile(
+    r"^(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)(?:@(?P<platform>[^:]+))?:(?P<path>/.*)$"
+)
 
 
 def _split(line: str) -> list[str]:
@@ -146,6 +156,22 @@ class ContainerMagics(Magics):
     )
     @argument("-w", "--workdir", help="Working directory inside the container.")
     @argument(
+        "-s",
+        "--session",
+        metavar="NAME",
+        help="Run in the live session NAME (started on first use): files, the working "
+        "directory and exported variables persist from cell to cell, on every platform.",
+    )
+    @argument(
+        "-m",
+        "--mount",
+        action="append",
+        default=[],
+        metavar="HOST:CONTAINER[:ro]",
+        help="Bind a host path into the containers (repeatable). For a session, give mounts "
+        "when it starts.",
+    )
+    @argument(
         "-t", "--timeout", type=float, help="Seconds each platform may run before it is stopped."
     )
     @argument("-o", "--out", metavar="VAR", help="Store the result object in this variable.")
@@ -168,6 +194,12 @@ class ContainerMagics(Magics):
           %container pull IMAGE [--platform P1,P2|all]   fetch an image for platforms
           %container platforms [IMAGE]                   native/emulated platforms, and
                                                          which platforms IMAGE offers
+          %container sessions                            live sessions (one row per platform)
+          %container stop NAME | --all                   remove sessions
+          %container cp SRC DST                          copy files; the session side is
+                                                         NAME[@PLATFORM]:/path
+          %container ls [PATH] --image IMAGE [--platform P]   list an image's files (any OS)
+          %container cat PATH --image IMAGE [--platform P]    print an image's file
         """
         if cell is None:
             return self._line(line)
@@ -183,9 +215,7 @@ class ContainerMagics(Magics):
             raise UsageError("the cell is empty: write the shell commands to run below %%container")
         env = _parse_env(args.env)
         lines: queue.SimpleQueue[tuple[Platform, str, str]] = queue.SimpleQueue()
-        labelled = args.platform is not None and (
-            "," in args.platform or args.platform.strip().lower() == "all"
-        )
+        labelled = [False]  # decided once the platforms are known, before any line arrives
 
         def show_lines() -> None:
             while True:
@@ -194,20 +224,46 @@ class ContainerMagics(Magics):
                 except queue.Empty:
                     return
                 target = sys.stderr if stream == "stderr" else sys.stdout
-                print(f"[{platform}] {text}" if labelled else text, file=target, flush=True)
+                print(f"[{platform}] {text}" if labelled[0] else text, file=target, flush=True)
 
-        result = self._run(
-            lambda client: client.run(
-                cell,
+        def on_line(*item: Any) -> None:
+            lines.put(item)
+
+        async def run(client: Client) -> RunResult:
+            image = args.image or (None if args.session else self.default_image)
+            if args.session is None:
+                targets = await client.resolve_platforms(image, args.platform)
+                labelled[0] = len(targets) > 1
+                return await client.run(
+                    cell,
+                    platforms=targets,
+                    image=image,
+                    env=env,
+                    workdir=args.workdir,
+                    mounts=args.mount,
+                    timeout=args.timeout,
+                    on_line=on_line,
+                )
+            session = await client.session(
+                args.session,
                 platforms=args.platform,
-                image=args.image or self.default_image,
+                image=image,
+                mounts=args.mount or None,
+            )
+            targets = session.platforms
+            if args.platform is not None:
+                targets = await client.resolve_platforms(session.image, args.platform)
+            labelled[0] = len(targets) > 1
+            return await session.run(
+                cell,
+                platforms=targets,
                 env=env,
                 workdir=args.workdir,
                 timeout=args.timeout,
-                on_line=lambda *item: lines.put(item),
-            ),
-            poll=show_lines,
-        )
+                on_line=on_line,
+            )
+
+        result = self._run(run, poll=show_lines)
         if args.out:
             self.shell.user_ns[args.out] = result
         if len(result) > 1 or args.table:
@@ -220,6 +276,8 @@ class ContainerMagics(Magics):
             raise UsageError(str(exc)) from None
         return None
 
+    # -- line magics -------------------------------------------------------------------------
+
     def _line(self, line: str) -> Any:
         words = _split(line)
         if not words or words[0] not in SUBCOMMANDS:
@@ -229,17 +287,93 @@ class ContainerMagics(Magics):
                 + " | ".join(SUBCOMMANDS.values())
             )
         name, rest = words[0], words[1:]
-        if name == "pull":
-            parser = _line_parser(name)
-            parser.add_argument("image")
-            parser.add_argument("-p", "--platform")
-            args = parser.parse_args(rest)
-            pulled = self._run(lambda client: client.pull(args.image, platforms=args.platform))
-            for image in pulled:
-                pin = image.digest or f"local image {image.image_id[:19]}"
-                print(f"{image.reference} for {image.platform}: {pin}")
-            return None
-        parser = _line_parser(name)
+        parser = MagicArgumentParser(prog=f"%container {name}", description=SUBCOMMANDS[name])
+        return getattr(self, f"_line_{name}")(parser, rest)
+
+    def _line_pull(self, parser: MagicArgumentParser, words: list[str]) -> None:
+        parser.add_argument("image")
+        parser.add_argument("-p", "--platform")
+        args = parser.parse_args(words)
+        pulled = self._run(lambda client: client.pull(args.image, platforms=args.platform))
+        for image in pulled:
+            pin = image.digest or f"local image {image.image_id[:19]}"
+            print(f"{image.reference} for {image.platform}: {pin}")
+
+    def _line_platforms(self, parser: MagicArgumentParser, words: list[str]) -> Any:
         parser.add_argument("image", nargs="?")
-        args = parser.parse_args(rest)
+        args = parser.parse_args(words)
         return self._run(lambda client: client.platforms(args.image))
+
+    def _line_sessions(self, parser: MagicArgumentParser, words: list[str]) -> Any:
+        parser.parse_args(words)
+        frame = self._run(lambda client: client.sessions())
+        if frame.empty:
+            print("no sessions; start one with %%container --session NAME")
+            return None
+        return frame
+
+    def _line_stop(self, parser: MagicArgumentParser, words: list[str]) -> None:
+        parser.add_argument("name", nargs="?")
+        parser.add_argument("--all", action="store_true", help="stop every session")
+        args = parser.parse_args(words)
+        if (args.name is None) == (not args.all):
+            raise UsageError("give a session name or --all, e.g. %container stop build")
+        stopped = self._run(lambda client: client.stop(args.name))
+        print(f"stopped: {', '.join(stopped)}" if stopped else "no sessions to stop")
+
+    def _line_cp(self, parser: MagicArgumentParser, words: list[str]) -> None:
+        parser.add_argument("source")
+        parser.add_argument("dest")
+        args = parser.parse_args(words)
+        source, dest = SESSION_PATH.match(args.source), SESSION_PATH.match(args.dest)
+        if bool(source) == bool(dest):
+            raise UsageError(
+                "exactly one side of %container cp is a session path NAME[@PLATFORM]:/path, "
+                "e.g. %container cp ./data build:/work/ or %container cp build@linux/arm64:/out ."
+                " (prefix a host path containing ':' with ./)"
+            )
+        if dest:
+            session_side = dest
+
+            async def copy(client: Client) -> list[str]:
+                session = client.get_session(session_side["name"])
+                platform = session_side["platform"]
+                await session.copy_in(args.source, session_side["path"], platform)
+                return [
+                    f"{session_side['name']}@{p}:{session_side['path']}"
+                    for p in ([platform] if platform else session.platforms)
+                ]
+        else:
+            assert source is not None
+            session_side = source
+
+            async def copy(client: Client) -> list[str]:
+                session = client.get_session(session_side["name"])
+                written = await session.copy_out(
+                    session_side["path"], args.dest, session_side["platform"]
+                )
+                return [str(path) for path in written]
+
+        for target in self._run(copy):
+            print(f"copied to {target}")
+
+    def _image_files(
+        self, parser: MagicArgumentParser, words: list[str], path_required: bool
+    ) -> tuple[Any, Callable[[Client], Any]]:
+        parser.add_argument("path", nargs=None if path_required else "?", default="/")
+        parser.add_argument("-i", "--image", help="the image (default: the default image)")
+        parser.add_argument("-p", "--platform", help="one platform (default: native)")
+        args = parser.parse_args(words)
+        if args.platform and ("," in args.platform or args.platform.strip().lower() == "all"):
+            raise UsageError("give one platform, e.g. --platform windows/amd64")
+        image = args.image or self.default_image
+        return args, lambda client: client.container(args.platform).from_(image)
+
+    def _line_ls(self, parser: MagicArgumentParser, words: list[str]) -> None:
+        args, container = self._image_files(parser, words, path_required=False)
+        names = self._run(lambda client: container(client).directory(args.path).entries())
+        print("\n".join(names) if names else f"{args.path} is empty")
+
+    def _line_cat(self, parser: MagicArgumentParser, words: list[str]) -> None:
+        args, container = self._image_files(parser, words, path_required=True)
+        print(self._run(lambda client: container(client).file(args.path).contents()), end="")

@@ -10,17 +10,22 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics._loop import LoopThread
 from mpcontainer_magics.compare import run_on_platforms
-from mpcontainer_magics.engines.base import Engine, ExecOutcome, OutputCallback, PulledImage
+from mpcontainer_magics.engines.base import Engine, ExecOutcome, PulledImage
 from mpcontainer_magics.errors import EmulationUnavailable, ImageNotFound, NonZeroExit, RunTimeout
 from mpcontainer_magics.platforms import Platform, parse_platforms
 
 AMD64, ARM64, S390X = parse_platforms("linux/amd64,linux/arm64,linux/s390x")
+
+
+async def _unused(*args: object, **kwargs: object) -> Any:
+    raise NotImplementedError("the unit tests do not use this")
 
 
 class FakeEngine(Engine):
@@ -53,23 +58,26 @@ class FakeEngine(Engine):
             raise ImageNotFound(f"{reference} not found")
         return PulledImage(reference, platform, f"id-{platform.architecture}", f"sha256:{platform}")
 
-    async def run(
-        self,
-        image: PulledImage,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecOutcome:
-        if image.platform in self.no_emulation:
-            raise EmulationUnavailable(image.platform)
-        chunks, code, seconds = self.script[image.platform]
+    async def create(self, image: PulledImage, argv=None, **kwargs) -> str:
+        return image.platform.architecture  # one container per platform at a time
+
+    async def start_and_wait(self, container_id: str, on_output=None) -> ExecOutcome:
+        (platform,) = [p for p in self.script if p.architecture == container_id]
+        if platform in self.no_emulation:
+            raise EmulationUnavailable(platform)
+        chunks, code, seconds = self.script[platform]
         for stream, chunk in chunks:
             assert on_output is not None
             on_output(stream, chunk)
             await asyncio.sleep(seconds / max(len(chunks), 1))
         return ExecOutcome(code, seconds)
+
+    async def remove(self, container_id: str) -> None:
+        pass
+
+    # Sessions, files and snapshots are tested against the real engine only.
+    start = exec = state = copy_to = copy_from = commit = _unused
+    read_image = image_from_directory = image_config = remove_image = _unused
 
     async def reap_orphans(self) -> int:
         return 0

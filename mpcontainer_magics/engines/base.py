@@ -1,12 +1,19 @@
 """The interface every container engine implements (Docker now, the embedded engine later).
 
-An engine knows three things: which platform it runs natively and which it can emulate,
-how to get an image for one platform *pinned* (so later runs cannot drift to another
-platform's image), and how to run an argv in a fresh container while streaming its output.
-Everything is async; blocking client libraries are wrapped in threads by the engine itself.
+An engine knows which platform it runs natively and which it can emulate, how to get an
+image for one platform *pinned* (so later runs cannot drift to another platform's image),
+and a few container primitives the rest of the package composes:
 
-``run`` must be cancellation-safe: when its task is cancelled (timeout, Ctrl-C) the container
-is stopped and removed before the cancellation propagates.
+- ``create`` / ``remove`` a container (``container()`` pairs them, cancellation-safe);
+- ``start_and_wait`` runs a created container to completion, streaming its output;
+- ``start`` + ``exec`` keep a container alive and run commands in it (sessions);
+- ``copy_to`` / ``copy_from`` move directories between the host and a container;
+- ``commit`` snapshots a container's filesystem as a new image, ``read_image`` unpacks an
+  image's exact filesystem, ``image_from_directory`` makes an image of a host directory.
+
+Everything is async; blocking client libraries are wrapped in threads by the engine itself.
+Waiting calls (``run``, ``start_and_wait``, ``exec``) are cancellation-safe: when their task is
+cancelled (timeout, Ctrl-C) what they started is stopped before the cancellation propagates.
 """
 
 from __future__ import annotations
@@ -14,12 +21,19 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
+import posixpath
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from ..errors import InvalidArgument
 from ..platforms import Platform
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient  # imports httpx: not at %load_ext time
 
 T = TypeVar("T")
 
@@ -31,6 +45,7 @@ LABEL_MANAGED = "io.mpcontainer-magics.managed"
 LABEL_HOST = "io.mpcontainer-magics.host"
 LABEL_PID = "io.mpcontainer-magics.pid"
 LABEL_PID_START = "io.mpcontainer-magics.pid-start"
+LABEL_SESSION = "io.mpcontainer-magics.session"
 
 
 @dataclass(frozen=True)
@@ -49,10 +64,86 @@ class ExecOutcome:
     duration_s: float
 
 
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of an image's config that decide how its containers run."""
+
+    env: tuple[str, ...] = ()  # "KEY=VALUE" entries, in order
+    workdir: str = ""
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def from_oci(cls, config: Mapping[str, Any] | None) -> ImageConfig:
+        """From an image config's ``config`` object (Docker's ``Config`` has the same keys)."""
+        config = config or {}
+        entrypoint, cmd = config.get("Entrypoint"), config.get("Cmd")
+        return cls(
+            env=tuple(config.get("Env") or ()),
+            workdir=config.get("WorkingDir") or "",
+            entrypoint=tuple(entrypoint) if entrypoint is not None else None,
+            cmd=tuple(cmd) if cmd is not None else None,
+            labels=dict(config.get("Labels") or {}),
+        )
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(item.partition("=")[::2] for item in self.env)
+
+    def with_env(self, name: str, value: str) -> ImageConfig:
+        env = self.env_dict()
+        env[name] = value
+        return ImageConfig(
+            tuple(f"{k}={v}" for k, v in env.items()),
+            self.workdir,
+            self.entrypoint,
+            self.cmd,
+            self.labels,
+        )
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory (or file) bound into a container at ``target``."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Mount:
+        """``HOST_PATH:CONTAINER_PATH[:ro|:rw]``; a relative host path is relative to the cwd."""
+        parts = text.split(":")
+        mode = parts.pop() if len(parts) == 3 else "rw"
+        if len(parts) != 2 or mode not in ("ro", "rw") or not all(parts):
+            raise InvalidArgument(
+                f"bad mount {text!r}: write HOST_PATH:CONTAINER_PATH, optionally with :ro"
+            )
+        return cls(parts[0], parts[1], mode == "ro").checked()
+
+    def checked(self) -> Mount:
+        """This mount with an absolute, existing source; raises InvalidArgument otherwise."""
+        source = os.path.abspath(os.path.expanduser(self.source))
+        if not os.path.exists(source):
+            raise InvalidArgument(
+                f"mount source {self.source} does not exist on this machine; create it first"
+            )
+        if not posixpath.isabs(self.target):
+            raise InvalidArgument(
+                f"mount target {self.target!r} must be an absolute path in the container"
+            )
+        return Mount(source, posixpath.normpath(self.target), self.read_only)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
 class Engine(abc.ABC):
     """A place where containers run."""
 
     name: ClassVar[str]
+    #: Reads images straight from registries (for files of platforms that cannot run here).
+    registry: RegistryClient
 
     @abc.abstractmethod
     async def native_platform(self) -> Platform:
@@ -72,7 +163,6 @@ class Engine(abc.ABC):
     ) -> PulledImage:
         """Make ``reference`` available for ``platform``; cached unless ``refresh``."""
 
-    @abc.abstractmethod
     async def run(
         self,
         image: PulledImage,
@@ -80,9 +170,127 @@ class Engine(abc.ABC):
         *,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
+        mounts: Sequence[Mount] = (),
         on_output: OutputCallback | None = None,
     ) -> ExecOutcome:
         """Run ``argv`` in a new container of ``image``, removed afterwards."""
+        async with self.container(image, argv, env=env, workdir=workdir, mounts=mounts) as cid:
+            return await self.start_and_wait(cid, on_output)
+
+    @asynccontextmanager
+    async def container(
+        self,
+        image: PulledImage,
+        argv: Sequence[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        mounts: Sequence[Mount] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[str]:
+        """A created (not started) container, removed on exit even when cancelled.
+
+        A container created just after a Ctrl-C must not be left behind: creation always
+        completes, and is then undone if we were cancelled meanwhile.
+        """
+        create = asyncio.ensure_future(
+            self.create(image, argv, env=env, workdir=workdir, mounts=mounts, labels=labels)
+        )
+        try:
+            container_id = await finish_despite_cancel(create)
+        except asyncio.CancelledError:
+            if not create.cancelled() and create.exception() is None:
+                await finish_despite_cancel(self.remove(create.result()))
+            raise
+        try:
+            yield container_id
+        finally:
+            await finish_despite_cancel(self.remove(container_id))
+
+    @abc.abstractmethod
+    async def create(
+        self,
+        image: PulledImage,
+        argv: Sequence[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        mounts: Sequence[Mount] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create a container of ``image`` that will run ``argv``; labelled as ours."""
+
+    @abc.abstractmethod
+    async def start_and_wait(
+        self, container_id: str, on_output: OutputCallback | None = None
+    ) -> ExecOutcome:
+        """Start a created container, stream its output, and wait for it to exit."""
+
+    @abc.abstractmethod
+    async def start(self, container_id: str) -> None:
+        """Start a created container in the background (its argv should keep it alive)."""
+
+    @abc.abstractmethod
+    async def exec(
+        self,
+        container_id: str,
+        script: str,
+        args: Sequence[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecOutcome:
+        """Run the POSIX ``sh`` script with positional ``args`` in a running container.
+
+        On cancellation the script and every process it started are stopped; the container
+        keeps running.
+        """
+
+    @abc.abstractmethod
+    async def state(self, container_id: str) -> str:
+        """ "running", "exited (CODE)", "created", … or "gone" when the container is missing."""
+
+    @abc.abstractmethod
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (killing it if it runs); a missing one is not an error."""
+
+    @abc.abstractmethod
+    async def copy_to(self, container_id: str, source: Path, target: str) -> None:
+        """Copy the host file or directory ``source`` to the path ``target`` in the container.
+
+        A directory's contents are merged into ``target`` (created with its parents).
+        """
+
+    @abc.abstractmethod
+    async def copy_from(self, container_id: str, path: str, dest: Path) -> bool:
+        """Copy ``path`` of the container into the new host directory ``dest``.
+
+        A directory's contents land in ``dest``; a file lands as ``dest/<its name>``.
+        Returns True when ``path`` was a directory.
+        """
+
+    @abc.abstractmethod
+    async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
+        """Snapshot the container's filesystem as an image recording ``config``."""
+
+    @abc.abstractmethod
+    async def read_image(self, image: PulledImage, dest: Path) -> None:
+        """Unpack the exact filesystem of ``image`` into the new host directory ``dest``."""
+
+    @abc.abstractmethod
+    async def image_from_directory(
+        self, root: Path, platform: Platform, config: ImageConfig
+    ) -> PulledImage:
+        """An image for ``platform`` whose filesystem is exactly the host directory ``root``."""
+
+    @abc.abstractmethod
+    async def image_config(self, image: PulledImage) -> ImageConfig:
+        """How containers of ``image`` run by default (env, workdir, entrypoint, cmd)."""
+
+    @abc.abstractmethod
+    async def remove_image(self, image: PulledImage) -> None:
+        """Delete an image this process made (a snapshot); missing is not an error."""
 
     @abc.abstractmethod
     async def reap_orphans(self) -> int:

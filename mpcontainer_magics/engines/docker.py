@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
+import json
 import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import docker
 import docker.errors
@@ -31,6 +39,7 @@ from ..errors import (
     EngineUnavailable,
     ImageError,
     ImageNotFound,
+    InvalidArgument,
     PlatformNotOffered,
     RegistryError,
 )
@@ -40,12 +49,15 @@ from .base import (
     LABEL_MANAGED,
     Engine,
     ExecOutcome,
+    ImageConfig,
+    Mount,
     OutputCallback,
     PulledImage,
     finish_despite_cancel,
     owner_is_gone,
     owner_labels,
 )
+from .layers import apply_layer, extract_archive
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
@@ -81,16 +93,59 @@ def _exec_format_error(text: str) -> bool:
     return "exec format error" in text.lower()
 
 
+#: The directory bit of a Go ``os.FileMode``, as in the stat header of Docker's archive API.
+GO_MODE_DIR = 1 << 31
+
+
+def _no_read_timeout(sock: Any) -> None:
+    """A quiet command must not hit docker-py's read timeout while it works."""
+    for candidate in (sock, getattr(sock, "_sock", None)):
+        if hasattr(candidate, "settimeout"):
+            candidate.settimeout(None)
+
+
+def _docker_config(config: ImageConfig) -> dict[str, Any]:
+    """An image config in Docker's spelling; our labels mark it for clean-up."""
+    return {
+        "Env": list(config.env),
+        "WorkingDir": config.workdir,
+        "Entrypoint": list(config.entrypoint) if config.entrypoint is not None else None,
+        "Cmd": list(config.cmd) if config.cmd is not None else None,
+        "Labels": {**config.labels, **owner_labels()},
+    }
+
+
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
+    found = archive.extractfile(name)
+    if found is None:
+        raise EngineError(f"Docker's image archive has no file {name}")
+    return found
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _sha256_of(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 class DockerEngine(Engine):
     name = "docker"
 
     def __init__(self, api: APIClient, registry: RegistryClient) -> None:
         self._api = api
-        self._registry = registry
+        self.registry = registry
         self._native: Platform | None = None
         self._resolved: dict[str, ResolvedImage] = {}
         self._pulled: dict[tuple[str, Platform], PulledImage] = {}
         self._live: set[str] = set()  # IDs of containers created and not yet removed
+        self._made: dict[str, None] = {}  # images made by commit/load (ordered), not yet removed
 
     @classmethod
     async def connect(cls, base_url: str | None = None) -> DockerEngine:
@@ -184,7 +239,7 @@ class DockerEngine(Engine):
 
     async def _resolve(self, reference: str, refresh: bool = False) -> ResolvedImage:
         if refresh or reference not in self._resolved:
-            self._resolved[reference] = await self._registry.resolve(reference)
+            self._resolved[reference] = await self.registry.resolve(reference)
         return self._resolved[reference]
 
     async def _local_image(self, reference: str) -> dict[str, Any] | None:
@@ -257,67 +312,52 @@ class DockerEngine(Engine):
             return ImageNotFound(f"Docker could not find {pinned}: {text}")
         return ImageError(f"Docker failed to pull {pinned} for {platform}: {text}")
 
-    # -- running -----------------------------------------------------------------------------
+    # -- containers --------------------------------------------------------------------------
 
-    async def run(
+    @property
+    def is_local(self) -> bool:
+        """True when the daemon runs on this machine, so host paths mean the same to it."""
+        return self._api.base_url.startswith("http+docker://localhost")
+
+    async def create(
         self,
         image: PulledImage,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecOutcome:
-        loop = asyncio.get_running_loop()
-
-        def emit(stream: str, chunk: bytes) -> None:
-            if on_output is not None:
-                loop.call_soon_threadsafe(on_output, stream, chunk)
-
-        stderr_seen = bytearray()  # only to recognise "exec format error"
-
-        def watch_stderr(stream: str, chunk: bytes) -> None:
-            if stream == "stderr" and len(stderr_seen) < 4096:
-                stderr_seen.extend(chunk)
-            emit(stream, chunk)
-
-        # A container created just after a Ctrl-C must not be left behind: creation always
-        # completes, and is then undone if we were cancelled meanwhile.
-        create = asyncio.ensure_future(self._call(self._create, image, argv, env, workdir))
-        try:
-            container_id = await finish_despite_cancel(create)
-        except asyncio.CancelledError:
-            if not create.exception():
-                await finish_despite_cancel(self._remove(create.result()))
-            raise
-        try:
-            started = time.perf_counter()
-            exit_code = await self._call(self._attach_start_wait, container_id, watch_stderr)
-            duration = time.perf_counter() - started
-        except docker.errors.APIError as exc:
-            if _exec_format_error(str(exc)):
-                raise EmulationUnavailable(image.platform, _short(exc)) from None
-            raise EngineError(f"Docker failed to run on {image.platform}: {_short(exc)}") from None
-        finally:
-            await finish_despite_cancel(self._remove(container_id))
-        if exit_code != 0 and _exec_format_error(stderr_seen.decode(errors="replace")):
-            raise EmulationUnavailable(image.platform)
-        return ExecOutcome(exit_code, duration)
+        mounts: Sequence[Mount] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        if mounts and not self.is_local:
+            raise EngineError(
+                f"bind mounts need a Docker engine on this machine; {self._api.base_url} is "
+                "remote, where host paths mean nothing (copy files in with %container cp)"
+            )
+        return await self._call(self._create, image, argv, env, workdir, mounts, labels)
 
     def _create(
         self,
         image: PulledImage,
-        argv: Sequence[str],
+        argv: Sequence[str] | None,
         env: Mapping[str, str] | None,
         workdir: str | None,
+        mounts: Sequence[Mount],
+        labels: Mapping[str, str] | None,
     ) -> str:
+        binds = {
+            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts
+        }
         try:
             created = self._api.create_container(
                 image.image_id,
-                entrypoint=list(argv),  # replaces any image ENTRYPOINT; the image CMD is dropped
+                # An argv replaces any image ENTRYPOINT and drops its CMD. A container that is
+                # only created to be copied from or committed never starts: any argv will do.
+                entrypoint=list(argv) if argv else ["/mpc-never-started"],
                 environment=dict(env or {}),
                 working_dir=workdir or None,
-                labels=owner_labels(),
+                labels={**owner_labels(), **(labels or {})},
+                host_config=self._api.create_host_config(binds=binds) if binds else None,
                 detach=True,
             )
         except docker.errors.APIError as exc:
@@ -325,15 +365,52 @@ class DockerEngine(Engine):
         self._live.add(created["Id"])
         return created["Id"]
 
+    async def start_and_wait(
+        self, container_id: str, on_output: OutputCallback | None = None
+    ) -> ExecOutcome:
+        emit, stderr_seen = self._emitter(on_output)
+        try:
+            started = time.perf_counter()
+            exit_code = await self._call(self._attach_start_wait, container_id, emit)
+            duration = time.perf_counter() - started
+        except docker.errors.APIError as exc:
+            raise self._run_error(container_id, exc) from None
+        if exit_code != 0 and _exec_format_error(stderr_seen.decode(errors="replace")):
+            raise EmulationUnavailable(await self._platform_of_container(container_id))
+        return ExecOutcome(exit_code, duration)
+
+    def _emitter(self, on_output: OutputCallback | None) -> tuple[OutputCallback, bytearray]:
+        """A thread-safe ``on_output`` that also keeps stderr's start, to spot exec errors."""
+        loop = asyncio.get_running_loop()
+        stderr_seen = bytearray()
+
+        def emit(stream: str, chunk: bytes) -> None:
+            if stream == "stderr" and len(stderr_seen) < 4096:
+                stderr_seen.extend(chunk)
+            if on_output is not None:
+                loop.call_soon_threadsafe(on_output, stream, chunk)
+
+        return emit, stderr_seen
+
+    async def _run_error(self, container_id: str, exc: docker.errors.APIError) -> EngineError:
+        platform = await self._platform_of_container(container_id)
+        if _exec_format_error(str(exc)):
+            return EmulationUnavailable(platform, _short(exc))
+        return EngineError(f"Docker failed to run on {platform}: {_short(exc)}")
+
+    async def _platform_of_container(self, container_id: str) -> Platform:
+        with contextlib.suppress(docker.errors.APIError):
+            info = await self._call(self._api.inspect_container, container_id)
+            image = await self._call(self._api.inspect_image, info["Image"])
+            return self._platform_of(image)
+        return await self.native_platform()
+
     def _attach_start_wait(self, container_id: str, emit: OutputCallback) -> int:
         sock = self._api.attach_socket(
             container_id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
         )
         try:
-            # A quiet command must not hit docker-py's read timeout while it works.
-            for candidate in (sock, getattr(sock, "_sock", None)):
-                if hasattr(candidate, "settimeout"):
-                    candidate.settimeout(None)
+            _no_read_timeout(sock)
             self._api.start(container_id)
             for stream_id, data in frames_iter(sock, tty=False):
                 emit("stderr" if stream_id == STDERR else "stdout", data)
@@ -341,23 +418,276 @@ class DockerEngine(Engine):
             sock.close()
         return int(self._api.wait(container_id, timeout=None)["StatusCode"])
 
+    async def start(self, container_id: str) -> None:
+        try:
+            await self._call(self._api.start, container_id)
+        except docker.errors.APIError as exc:
+            raise await self._run_error(container_id, exc) from None
+
+    async def exec(
+        self,
+        container_id: str,
+        script: str,
+        args: Sequence[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> ExecOutcome:
+        """``docker exec`` of ``sh -c SCRIPT``, made interruptible.
+
+        Docker has no API to stop an exec'd process, so the shell first prints its PID:
+        each exec runs as the leader of its own process group (runc calls setsid), so
+        signalling that group from a second exec stops the script and everything it started,
+        and the container lives on. Prepending to the script, rather than wrapping it in
+        another ``sh``, keeps it to one process start (~40 ms each under emulation).
+        """
+        emit, stderr_seen = self._emitter(on_output)
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            created = await self._call(
+                self._api.exec_create,
+                container_id,
+                ["sh", "-c", f'echo "$$"\n{script}', "sh", *args],
+                environment=dict(env or {}),
+                workdir=workdir or None,
+            )
+        except docker.errors.APIError as exc:
+            raise await self._exec_error(container_id, exc) from None
+        exec_id = created["Id"]
+        started = time.perf_counter()
+        streaming = asyncio.ensure_future(self._call(self._exec_stream, exec_id, emit, pid))
+        try:
+            await asyncio.shield(streaming)
+        except asyncio.CancelledError:
+            await finish_despite_cancel(self._interrupt(container_id, pid, streaming))
+            raise
+        except docker.errors.APIError as exc:
+            raise await self._exec_error(container_id, exc) from None
+        duration = time.perf_counter() - started
+        info = await self._call(self._api.exec_inspect, exec_id)
+        exit_code = int(info.get("ExitCode") or 0)
+        if exit_code != 0 and _exec_format_error(stderr_seen.decode(errors="replace")):
+            raise EmulationUnavailable(await self._platform_of_container(container_id))
+        return ExecOutcome(exit_code, duration)
+
+    def _exec_stream(self, exec_id: str, emit: OutputCallback, pid: asyncio.Future[int]) -> None:
+        loop = pid.get_loop()
+
+        def tell_pid(value: int) -> None:
+            if not pid.done():
+                pid.set_result(value)
+
+        sock = self._api.exec_start(exec_id, socket=True)
+        head: bytearray | None = bytearray()  # stdout up to our PID line; None once parsed
+        try:
+            _no_read_timeout(sock)
+            for stream_id, data in frames_iter(sock, tty=False):
+                stream = "stderr" if stream_id == STDERR else "stdout"
+                if stream == "stdout" and head is not None:
+                    head.extend(data)
+                    line, newline, data = bytes(head).partition(b"\n")
+                    if not newline:
+                        continue
+                    loop.call_soon_threadsafe(tell_pid, int(line))
+                    head = None
+                if data:
+                    emit(stream, data)
+        finally:
+            sock.close()
+
+    async def _interrupt(
+        self, container_id: str, pid: asyncio.Future[int], streaming: asyncio.Future[None]
+    ) -> None:
+        """Stop an exec'd command: SIGINT, then SIGTERM, then SIGKILL to its process group."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pid), 5)
+        if pid.done():
+            for signal_name, grace in (("INT", 2.0), ("TERM", 2.0), ("KILL", 5.0)):
+                with contextlib.suppress(EngineError, docker.errors.APIError):
+                    await self._call(self._signal_group, container_id, pid.result(), signal_name)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(streaming), grace)
+                if streaming.done():
+                    break
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(streaming), 1)
+
+    def _signal_group(self, container_id: str, pid: int, signal_name: str) -> None:
+        exec_id = self._api.exec_create(
+            container_id, ["sh", "-c", f"kill -s {signal_name} -{int(pid)}"]
+        )["Id"]
+        self._api.exec_start(exec_id)
+
+    async def _exec_error(self, container_id: str, exc: docker.errors.APIError) -> EngineError:
+        text = _short(exc)
+        if "is not running" in text:
+            return EngineError(f"container {container_id[:12]} is not running any more: {text}")
+        return await self._run_error(container_id, exc)
+
+    async def state(self, container_id: str) -> str:
+        try:
+            info = await self._call(self._api.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return "gone"
+        status = info["State"]["Status"]
+        return f"exited ({info['State']['ExitCode']})" if status == "exited" else status
+
     def _remove_now(self, container_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             self._api.remove_container(container_id, force=True)
         self._live.discard(container_id)
 
-    async def _remove(self, container_id: str) -> None:
+    async def remove(self, container_id: str) -> None:
         await self._call(self._remove_now, container_id)
+
+    # -- files and snapshots -----------------------------------------------------------------
+
+    async def copy_to(self, container_id: str, source: Path, target: str) -> None:
+        def put() -> None:
+            with tempfile.TemporaryFile() as archive:
+                with tarfile.open(fileobj=archive, mode="w") as tar:
+                    # Entries carry the target path, so its parents are created on the way.
+                    tar.add(source, arcname=posixpath.normpath(target).lstrip("/") or ".")
+                archive.seek(0)
+                self._api.put_archive(container_id, "/", archive)
+
+        try:
+            await self._call(put)
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"Docker could not copy {source} to {target}: {_short(exc)}"
+            ) from None
+
+    async def copy_from(self, container_id: str, path: str, dest: Path) -> bool:
+        def get() -> bool:
+            stream, stat = self._api.get_archive(container_id, path)
+            unpacked = Path(tempfile.mkdtemp(prefix=".copy-", dir=dest.parent))
+            try:
+                with tempfile.TemporaryFile() as archive:
+                    for chunk in stream:
+                        archive.write(chunk)
+                    archive.seek(0)
+                    extract_archive(archive, unpacked)
+                # The archive holds the path itself, under its base name.
+                is_dir = bool(stat["mode"] & GO_MODE_DIR)
+                if is_dir:
+                    os.rename(unpacked / stat["name"], dest)
+                else:
+                    dest.mkdir()
+                    os.rename(unpacked / stat["name"], dest / stat["name"])
+                return is_dir
+            finally:
+                shutil.rmtree(unpacked, ignore_errors=True)
+
+        try:
+            return await self._call(get)
+        except docker.errors.NotFound:
+            raise InvalidArgument(f"{path} does not exist in the container") from None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Docker could not copy {path} out: {_short(exc)}") from None
+
+    async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
+        platform = await self._platform_of_container(container_id)
+        try:
+            made = await self._call(self._api.commit, container_id, conf=_docker_config(config))
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Docker could not snapshot a container: {_short(exc)}") from None
+        self._made[made["Id"]] = None
+        return PulledImage(f"snapshot of {container_id[:12]}", platform, made["Id"], None)
+
+    async def read_image(self, image: PulledImage, dest: Path) -> None:
+        def save() -> None:
+            # `docker save` gives the image's own layers; a container's view would add the
+            # files Docker plants in every container (/etc/hosts, /dev, .dockerenv...).
+            with tempfile.TemporaryFile() as archive:
+                for chunk in self._api.get_image(image.image_id):
+                    archive.write(chunk)
+                archive.seek(0)
+                with tarfile.open(fileobj=archive) as saved:
+                    manifest = json.load(_member(saved, "manifest.json"))
+                    dest.mkdir(parents=True, exist_ok=True)
+                    for layer in manifest[0]["Layers"]:
+                        apply_layer(_member(saved, layer), dest)
+
+        try:
+            await self._call(save)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Docker could not export {image.reference}: {_short(exc)}") from None
+
+    async def image_from_directory(
+        self, root: Path, platform: Platform, config: ImageConfig
+    ) -> PulledImage:
+        def load() -> str:
+            # `docker import` ignores the platform on this API version; a `docker load`
+            # archive carries it in the image config.
+            with tempfile.TemporaryFile() as archive:
+                with tempfile.TemporaryFile() as layer:
+                    with tarfile.open(fileobj=layer, mode="w") as tar:
+                        for entry in sorted(root.iterdir()):
+                            tar.add(entry, arcname=entry.name)
+                    layer.seek(0)
+                    diff_id = _sha256_of(layer)
+                    layer.seek(0)
+                    image_config = json.dumps(
+                        {
+                            **platform.to_oci(),
+                            "config": _docker_config(config),
+                            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                        }
+                    ).encode()
+                    with tarfile.open(fileobj=archive, mode="w") as tar:
+                        _add_bytes(tar, "config.json", image_config)
+                        info = tarfile.TarInfo("layer.tar")
+                        info.size = layer.seek(0, os.SEEK_END)
+                        layer.seek(0)
+                        tar.addfile(info, layer)
+                        manifest = [{"Config": "config.json", "Layers": ["layer.tar"]}]
+                        _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+                archive.seek(0)
+                for item in self._api.load_image(archive.read()):
+                    if "error" in item:
+                        raise EngineError(f"Docker could not load an image: {item['error']}")
+                    found = re.search(
+                        r"Loaded image ID: (sha256:[0-9a-f]{64})", item.get("stream", "")
+                    )
+                    if found:
+                        return found.group(1)
+            raise EngineError("Docker loaded the image archive but named no image")
+
+        try:
+            image_id = await self._call(load)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Docker could not load an image: {_short(exc)}") from None
+        self._made[image_id] = None
+        return PulledImage(f"rootfs for {platform}", platform, image_id, None)
+
+    async def image_config(self, image: PulledImage) -> ImageConfig:
+        info = await self._call(self._api.inspect_image, image.image_id)
+        return ImageConfig.from_oci(info.get("Config"))
+
+    async def remove_image(self, image: PulledImage) -> None:
+        await self._call(self._remove_image_now, image.image_id)
+
+    def _remove_image_now(self, image_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._api.remove_image(image_id, force=True)
+        self._made.pop(image_id, None)
 
     # -- housekeeping ------------------------------------------------------------------------
 
     async def reap_orphans(self) -> int:
-        listed = await self._call(
-            self._api.containers, all=True, filters={"label": f"{LABEL_MANAGED}=1"}
-        )
+        """Remove containers, then snapshot images, of processes that are gone."""
+        mine = {"label": f"{LABEL_MANAGED}=1"}
+        listed = await self._call(self._api.containers, all=True, filters=mine)
         orphans = [c["Id"] for c in listed if owner_is_gone(c.get("Labels") or {})]
-        await asyncio.gather(*(self._remove(cid) for cid in orphans))
-        return len(orphans)
+        await asyncio.gather(*(self.remove(cid) for cid in orphans))
+        images = await self._call(self._api.images, filters=mine)
+        dead = [i["Id"] for i in images if owner_is_gone(i.get("Labels") or {})]
+        for image_id in dead:  # one by one: a snapshot may be the parent of another
+            with contextlib.suppress(docker.errors.APIError):
+                await self._call(self._remove_image_now, image_id)
+        return len(orphans) + len(dead)
 
     async def aclose(self) -> None:
         # Blocking calls on purpose: at interpreter exit (atexit) no thread pool accepts work
@@ -368,6 +698,10 @@ class DockerEngine(Engine):
             for container_id in self._live | {c["Id"] for c in listed}:
                 with contextlib.suppress(docker.errors.APIError):
                     self._remove_now(container_id)
+            # Newest first, so that a snapshot goes before the snapshot it was made from.
+            for image_id in reversed(list(self._made)):
+                with contextlib.suppress(docker.errors.APIError):
+                    self._remove_image_now(image_id)
         finally:
-            await self._registry.aclose()
+            await self.registry.aclose()
             self._api.close()
