@@ -187,6 +187,10 @@ class Client:
         spec = platforms_arg(platforms)
         return runnable(await resolve_platforms(self.engine, image, spec), spec)
 
+    @property
+    def session_names(self) -> list[str]:
+        return list(self._sessions)
+
     def get_session(self, name: str) -> Session:
         try:
             return self._sessions[name]

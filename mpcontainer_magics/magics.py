@@ -230,7 +230,9 @@ class ContainerMagics(Magics):
             lines.put(item)
 
         async def run(client: Client) -> RunResult:
-            image = args.image or (None if args.session else self.default_image)
+            # A session keeps the image it started with; the default only starts new ones.
+            keeps_image = args.session in client.session_names
+            image = args.image or (None if keeps_image else self.default_image)
             if args.session is None:
                 targets = await client.resolve_platforms(image, args.platform)
                 labelled[0] = len(targets) > 1

@@ -84,3 +84,21 @@ def test_magic_and_await_inside_a_kernel(kernel, test_image, docker_api):
 
     reply, outputs = execute(kc, "res['linux/amd64'].stdout")
     assert reply["status"] == "ok"  # the kernel and the extension still work
+
+
+def test_kernel_shutdown_removes_sessions(test_image, docker_api):
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        execute(kc, "%load_ext mpcontainer_magics")
+        reply, outputs = execute(
+            kc,
+            f"%%container --session s --image {test_image} --platform linux/arm64\nuname -m",
+        )
+        assert reply["status"] == "ok" and "aarch64" in text_of(outputs)
+        _, outputs = execute(kc, "import os; print(os.getpid())")
+        theirs = {LABEL_PID: text_of(outputs).strip()}
+        assert len(managed_containers(docker_api, **theirs)) == 1
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)  # what the notebook's "Shut Down Kernel" does
+    assert managed_containers(docker_api, **theirs) == []

@@ -61,21 +61,27 @@ def test_live_kernels_containers_are_not_reaped(ip, test_image, docker_api):
 
 
 EXITS_WHILE_RUNNING = """
-import sys, time
+import os, threading, time
+import docker
 from IPython.testing.globalipapp import start_ipython
 ip = start_ipython()
 ip.run_line_magic("load_ext", "mpcontainer_magics")
-magics = ip.magics_manager.registry["ContainerMagics"]
-magics.startup.result(60)
-# A run still in flight when the interpreter exits (a cell of a kernel being shut down).
-magics._bridge.submit(magics._client.run("echo started; sleep 600", image={image!r}))
-while not magics._client.engine._live:
+ip.run_cell_magic("container", "--session kept --image {image}", "true")
+# A cell still running when the interpreter exits (a kernel shut down mid-cell).
+threading.Thread(
+    target=ip.run_cell_magic,
+    args=("container", "--image {image}", "sleep 600"),
+    daemon=True,
+).start()
+mine = {{"label": f"io.mpcontainer-magics.pid={{os.getpid()}}"}}
+api = docker.from_env().api
+while len(api.containers(filters=mine)) < 2:
     time.sleep(0.05)
-print(magics._client.engine._live.copy().pop(), flush=True)
+print(" ".join(c["Id"] for c in api.containers(filters=mine)), flush=True)
 """
 
 
-def test_interpreter_exit_removes_running_containers(test_image, docker_api):
+def test_interpreter_exit_removes_sessions_and_running_containers(test_image, docker_api):
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(EXITS_WHILE_RUNNING.format(image=test_image))],
         capture_output=True,
@@ -83,5 +89,7 @@ def test_interpreter_exit_removes_running_containers(test_image, docker_api):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    container_id = done.stdout.strip()
-    assert container_id and not docker_api.containers(all=True, filters={"id": container_id})
+    container_ids = done.stdout.split()
+    assert len(container_ids) == 2
+    for container_id in container_ids:
+        assert not docker_api.containers(all=True, filters={"id": container_id})

@@ -1,0 +1,271 @@
+"""Interactive sessions on the real engine: state kept from cell to cell, on every platform.
+
+Driven through a real InteractiveShell (``%%container --session``), and through the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import managed_containers, my_containers
+from IPython.core.error import UsageError
+
+import mpcontainer_magics as mpc
+from mpcontainer_magics.engines.base import LABEL_SESSION
+
+TWO_EMULATED = "linux/arm64,linux/s390x"
+
+
+def cell(shell: Any, line: str, body: str) -> mpc.RunResult:
+    shell.run_cell_magic("container", f"{line} --out res", body)
+    return shell.user_ns["res"]
+
+
+def line(shell: Any, text: str) -> Any:
+    return shell.run_line_magic("container", text)
+
+
+def session_containers(docker_api: Any, name: str) -> list[dict[str, Any]]:
+    return [c for c in my_containers(docker_api) if c["Labels"].get(LABEL_SESSION) == name]
+
+
+def test_files_cwd_and_exports_persist_on_every_platform(shell):
+    first = cell(
+        shell,
+        f"--session s1 --platform {TWO_EMULATED}",
+        "mkdir -p /work && cd /work && export GREETING='hello world' && uname -m > machine",
+    )
+    assert [r.exit_code for r in first] == [0, 0]
+
+    later = cell(shell, "--session s1", 'pwd; echo "$GREETING"; cat machine')
+    assert later.stdout == {
+        "linux/arm64": "/work\nhello world\naarch64\n",
+        "linux/s390x": "/work\nhello world\ns390x\n",
+    }
+    assert all(r.emulated for r in later)
+
+
+def test_unexported_variables_and_unset_exports_behave_like_a_shell(shell):
+    cell(shell, "--session s2", "export A=1 B=2; C=3")
+    cell(shell, "--session s2", "unset B")
+    res = cell(shell, "--session s2", 'echo "A=$A B=${B-unset} C=${C-unset}"')
+    assert res[0].stdout == "A=1 B=unset C=unset\n"
+
+
+def test_cwd_and_exports_survive_exit_and_failure(shell):
+    res = cell(shell, "--session s3", "cd /tmp && export X=kept && exit 3")
+    assert res[0].exit_code == 3  # data, not an error
+    res = cell(shell, "--session s3", "false")
+    assert res[0].exit_code == 1
+    assert cell(shell, "--session s3", 'echo "$PWD $X"')[0].stdout == "/tmp kept\n"
+
+
+def test_env_option_exports_and_workdir_starts_the_cell_elsewhere(shell):
+    cell(shell, "--session s4 -e 'K=two words'", "cd /etc")
+    res = cell(shell, "--session s4 --workdir /root", 'pwd; echo "$K"')
+    assert res[0].stdout == "/root\ntwo words\n"
+    # --workdir is where the cell starts; where it ends is what the next cell inherits.
+    assert cell(shell, "--session s4", "pwd")[0].stdout == "/root\n"
+
+
+def test_a_later_cell_may_add_or_pick_platforms(shell):
+    cell(shell, "--session s5 --platform linux/arm64", "echo one > /tmp/f")
+    both = "--session s5 --platform linux/arm64,linux/ppc64le"
+    res = cell(shell, both, "cat /tmp/f 2>/dev/null || echo none")
+    assert res.stdout == {"linux/arm64": "one\n", "linux/ppc64le": "none\n"}
+    only = cell(shell, "--session s5 --platform linux/ppc64le", "uname -m")
+    assert only.stdout == {"linux/ppc64le": "ppc64le\n"}
+    assert len(cell(shell, "--session s5", "true")) == 2
+
+
+def test_sessions_table_and_stop(shell, docker_api, test_image):
+    cell(shell, f"--session s6 --platform {TWO_EMULATED}", "true")
+    cell(shell, "--session s7", "true")
+    frame = line(shell, "sessions")
+    assert list(frame.columns) == [
+        "name",
+        "platform",
+        "image",
+        "image_digest",
+        "container",
+        "age_s",
+        "state",
+    ]
+    assert sorted(zip(frame["name"], frame["platform"], strict=True)) == [
+        ("s6", "linux/arm64"),
+        ("s6", "linux/s390x"),
+        ("s7", "linux/amd64"),
+    ]
+    assert set(frame["state"]) == {"running"}
+    assert set(frame["image"]) == {test_image}
+    assert all(d.startswith("sha256:") for d in frame["image_digest"])
+    assert len(session_containers(docker_api, "s6")) == 2
+
+    line(shell, "stop s6")
+    assert session_containers(docker_api, "s6") == []
+    assert list(line(shell, "sessions")["name"]) == ["s7"]
+    line(shell, "stop --all")
+    assert my_containers(docker_api) == []
+
+
+def test_ctrl_c_interrupts_every_platform_and_keeps_the_session(shell, docker_api, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cell(shell, f"--session s8 --platform {TWO_EMULATED} --mount {shared}:/shared", "cd /tmp")
+    main = threading.main_thread().ident
+
+    def interrupt_once_both_run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(list(shared.glob("started-*"))) == 2:
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=interrupt_once_both_run, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        shell.run_cell_magic(
+            "container",
+            "--session s8",
+            "sleep 120 & echo $! > /shared/pid-$(uname -m)\n"
+            "touch /shared/started-$(uname -m)\n"
+            "wait",
+        )
+    assert time.monotonic() - started < 30
+    assert len(session_containers(docker_api, "s8")) == 2  # the session lives on
+
+    # What the cell started is gone, and the session's state is kept.
+    res = cell(
+        shell,
+        "--session s8",
+        'pwd; kill -0 "$(cat /shared/pid-$(uname -m))" 2>/dev/null && echo alive || echo gone',
+    )
+    assert res.stdout == {"linux/arm64": "/tmp\ngone\n", "linux/s390x": "/tmp\ngone\n"}
+
+
+def test_timeout_stops_the_cell_not_the_session(shell):
+    cell(shell, "--session s9", "export KEEP=yes")
+    with pytest.raises(UsageError, match="did not finish within the 1 s limit"):
+        shell.run_cell_magic("container", "--session s9 --timeout 1 --out res", "sleep 30")
+    assert shell.user_ns["res"][0].timed_out
+    assert cell(shell, "--session s9", 'echo "$KEEP"')[0].stdout == "yes\n"
+
+
+def test_mounts_bind_host_paths_read_write_or_read_only(shell, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the host\n")
+    res = cell(
+        shell,
+        f"--platform linux/arm64 --mount {data}:/data",
+        "cat /data/in.txt; uname -m > /data/out.txt",
+    )
+    assert res[0].stdout == "from the host\n"
+    assert (data / "out.txt").read_text() == "aarch64\n"
+
+    res = cell(shell, f"--platform linux/s390x --mount {data}:/data:ro", "touch /data/x")
+    assert res[0].exit_code != 0 and "Read-only file system" in res[0].stderr
+    assert not (data / "x").exists()
+
+
+def test_cp_between_the_host_and_a_session(shell, tmp_path, capsys):
+    cell(shell, f"--session s10 --platform {TWO_EMULATED}", "mkdir -p /work")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shared notes\n")
+    line(shell, f"cp {notes} s10:/work/")
+    res = cell(shell, "--session s10", "cat /work/notes.txt; uname -m > /work/machine")
+    assert set(res.stdout.values()) == {"shared notes\n"}
+
+    # One platform: the copy is the destination itself.
+    line(shell, f"cp s10@linux/s390x:/work/machine {tmp_path / 'machine-s390x'}")
+    assert (tmp_path / "machine-s390x").read_text() == "s390x\n"
+    # Every platform: one directory per platform.
+    line(shell, f"cp s10:/work {tmp_path / 'all'}")
+    assert (tmp_path / "all/linux-arm64/machine").read_text() == "aarch64\n"
+    assert (tmp_path / "all/linux-s390x/notes.txt").read_text() == "shared notes\n"
+    assert "copied to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cp a b", "exactly one side of %container cp is a session path"),
+        ("cp nosuch:/x /tmp/y", "no session called 'nosuch'"),
+        ("stop", "give a session name or --all"),
+        ("stop nosuch", "no session called 'nosuch'"),
+    ],
+)
+def test_line_magic_errors(shell, text, message):
+    with pytest.raises(UsageError, match=message):
+        line(shell, text)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("--session 'bad name'", "bad session name"),
+        ("--session s --mount /nonexistent-mpc:/x", "does not exist on this machine"),
+        ("--session s --mount onlyonepart", "write HOST_PATH:CONTAINER_PATH"),
+        ("--mount /tmp:relative", "must be an absolute path in the container"),
+        ("--session s --platform windows/amd64", "Linux platforms only"),
+    ],
+)
+def test_cell_option_errors(shell, options, message):
+    with pytest.raises(UsageError, match=message):
+        shell.run_cell_magic("container", options, "true")
+
+
+def test_an_existing_session_keeps_its_image(shell, amd64_only_image, docker_api):
+    cell(shell, "--session s11", "true")
+    with pytest.raises(UsageError, match=r"session 's11' runs .*; stop it first"):
+        shell.run_cell_magic("container", f"--session s11 --image {amd64_only_image}", "true")
+    assert len(session_containers(docker_api, "s11")) == 1
+
+
+def test_a_failed_start_leaves_nothing_behind(shell, amd64_only_image, docker_api):
+    with pytest.raises(UsageError, match="no variant for linux/arm64"):
+        shell.run_cell_magic(
+            "container",
+            f"--session s12 --image {amd64_only_image} --platform linux/arm64",
+            "true",
+        )
+    assert my_containers(docker_api) == []
+    with pytest.raises(UsageError, match="no session called 's12'"):
+        line(shell, "stop s12")
+
+
+def test_unload_removes_sessions(ip, test_image, docker_api):
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    ip.run_cell_magic("container", f"--session s13 --image {test_image}", "true")
+    assert len(session_containers(docker_api, "s13")) == 1
+    ip.run_line_magic("unload_ext", "mpcontainer_magics")
+    assert my_containers(docker_api) == []
+
+
+def test_sessions_through_the_api(test_image, docker_api, tmp_path):
+    async def main() -> tuple[mpc.RunResult, str]:
+        async with mpc.connect() as client:
+            build = await client.session("api", platforms=TWO_EMULATED, image=test_image)
+            await build.run("mkdir -p /w && cd /w && export N=7")
+            lines: list[tuple[str, str, str]] = []
+            res = await build.run(
+                'echo "$N $(pwd)"', on_line=lambda p, s, text: lines.append((str(p), s, text))
+            )
+            assert sorted(lines) == [
+                ("linux/arm64", "stdout", "7 /w"),
+                ("linux/s390x", "stdout", "7 /w"),
+            ]
+            await build.copy_out("/w", tmp_path / "w", platform="linux/arm64")
+            assert len(managed_containers(docker_api, **{LABEL_SESSION: "api"})) == 2
+            return res, (await client.sessions()).to_string()
+
+    res, table = asyncio.run(main())
+    assert res.stdout == {"linux/arm64": "7 /w\n", "linux/s390x": "7 /w\n"}
+    assert "api" in table and (tmp_path / "w").is_dir()
+    assert my_containers(docker_api) == []  # closing the client removed the session
