@@ -30,13 +30,24 @@ import os
 import posixpath
 import shlex
 import shutil
+import socket
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .engines.base import Engine, ImageConfig, Mount, PulledImage, process_start_ticks
+from .engines.base import (
+    LABEL_HOST,
+    LABEL_PID,
+    LABEL_PID_START,
+    Engine,
+    ImageConfig,
+    Mount,
+    PulledImage,
+    owner_is_gone,
+    process_start_ticks,
+)
 from .errors import ExecUnsupported, InvalidArgument, NonZeroExit
 from .platforms import Platform
 
@@ -656,6 +667,25 @@ def resolve_in_root(root: Path, path: str, *, max_links: int = 40) -> Path:
     return root.joinpath(*resolved)
 
 
+WORKSPACE_PREFIX = "mpcontainer-magics-"
+
+
 def workspace_prefix() -> str:
     """Workspaces are named after their process, so those of dead kernels can be reaped."""
-    return f"mpcontainer-magics-{os.getpid()}-{process_start_ticks(os.getpid())}-"
+    return f"{WORKSPACE_PREFIX}{os.getpid()}-{process_start_ticks(os.getpid())}-"
+
+
+def reap_workspaces() -> int:
+    """Delete the workspaces of processes of this machine that no longer exist."""
+    reaped = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKSPACE_PREFIX}*-*-*"):
+        pid, _, rest = path.name.removeprefix(WORKSPACE_PREFIX).partition("-")
+        owner = {
+            LABEL_HOST: socket.gethostname(),
+            LABEL_PID: pid,
+            LABEL_PID_START: rest.partition("-")[0],
+        }
+        if path.is_dir() and owner_is_gone(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            reaped += 1
+    return reaped

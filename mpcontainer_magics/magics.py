@@ -31,6 +31,7 @@ from traitlets import Enum, Unicode
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
 from .compare import RunResult
+from .container import reap_workspaces
 from .errors import MPCError
 from .platforms import Platform
 
@@ -99,9 +100,10 @@ class ContainerMagics(Magics):
         self.startup = self._bridge.submit(self._reap_orphans())
 
     async def _reap_orphans(self) -> int:
+        reaped = await asyncio.to_thread(reap_workspaces)
         with contextlib.suppress(MPCError):  # no engine yet: the first cell will say so
-            return await (await self._connected()).engine.reap_orphans()
-        return 0
+            reaped += await (await self._connected()).engine.reap_orphans()
+        return reaped
 
     def close(self) -> None:
         """Remove every container of this kernel and stop the loop thread."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 from conftest import managed_containers
 
-from mpcontainer_magics.engines.base import LABEL_PID
+from mpcontainer_magics.container import reap_workspaces, workspace_prefix
+from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
 
 KERNEL_THAT_HANGS = """
 from IPython.testing.globalipapp import start_ipython
@@ -93,3 +96,18 @@ def test_interpreter_exit_removes_sessions_and_running_containers(test_image, do
     assert len(container_ids) == 2
     for container_id in container_ids:
         assert not docker_api.containers(all=True, filters={"id": container_id})
+
+
+def test_workspaces_of_dead_processes_are_reaped(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ticks = process_start_ticks(gone.pid)
+    gone.kill()
+    gone.wait()
+    dead = tmp_path / f"mpcontainer-magics-{gone.pid}-{ticks}-abc"
+    alive = Path(tempfile.mkdtemp(prefix=workspace_prefix()))
+    dead.mkdir()
+    (dead / "left-over").write_text("x")
+
+    assert reap_workspaces() == 1
+    assert not dead.exists() and alive.is_dir()
