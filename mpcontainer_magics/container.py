@@ -538,7 +538,8 @@ class Evaluator:
             dest.mkdir()
         elif isinstance(source, _HostPath):
             if not os.path.isdir(source.path):
-                raise InvalidArgument(f"host directory {source.path} does not exist")
+                what = "is not a directory" if os.path.exists(source.path) else "does not exist"
+                raise InvalidArgument(f"host path {source.path} {what}")
             copy_tree(Path(source.path), dest)
         elif isinstance(source, _GitTree):
             from .git import checkout
