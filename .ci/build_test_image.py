@@ -3,9 +3,12 @@
 
 Usage: build_test_image.py OUT_DIR amd64=DEB arm64=DEB s390x=DEB ppc64el=DEB armhf=DEB
 
-Each DEB is Debian's busybox-static for that architecture. The layout gets two references:
+Each DEB is Debian's busybox-static for that architecture. The layout gets three references:
   1.35       -> an OCI image index with one manifest per platform
   amd64only  -> the linux/amd64 image manifest alone (no index)
+  windows    -> an OCI image index with one windows/amd64 manifest, whose layer has the
+                Windows layout (Files/ = the filesystem, Hives/ = registry hives) but no
+                real Windows binaries: enough to test reading a Windows image's files
 
 The build is reproducible: fixed mtimes/owners, sorted entries, gzip without name/mtime.
 """
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterable
 
 MTIME = 1672531200  # 2023-01-01T00:00:00Z
 CREATED = "2023-01-01T00:00:00Z"
@@ -41,6 +45,12 @@ MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+WINDOWS_PLATFORM = {"architecture": "amd64", "os": "windows", "os.version": "10.0.17763.1"}
+WINDOWS_HELLO = b"hello from windows/amd64\n"
+WINDOWS_HOSTS = (
+    b"# hosts file of the mpcontainer_magics Windows test image\r\n127.0.0.1 localhost\r\n"
+)
 
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = b"root:x:0:\nnogroup:x:65534:\n"
@@ -98,7 +108,34 @@ def layer_tar(busybox: bytes, applets: list[str]) -> bytes:
         (_info("root", tarfile.DIRTYPE, 0o700), None),
         (_info("tmp", tarfile.DIRTYPE, 0o1777), None),
     ]
-    entries.sort(key=lambda e: e[0].name)
+    return tar_bytes(entries)
+
+
+def windows_layer_tar() -> bytes:
+    """A layer in the Windows layout: Files/ becomes the root, Hives/ holds registry hives."""
+    hive = b"regf\0\0\0\0"
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_info(name, tarfile.DIRTYPE, 0o755), None)
+        for name in (
+            "Files",
+            "Files/Windows",
+            "Files/Windows/System32",
+            "Files/Windows/System32/drivers",
+            "Files/Windows/System32/drivers/etc",
+            "Hives",
+        )
+    ]
+    entries += [
+        (_info("Files/Windows/System32/drivers/etc/hosts", tarfile.REGTYPE, 0o644,
+               len(WINDOWS_HOSTS)), WINDOWS_HOSTS),
+        (_info("Files/hello.txt", tarfile.REGTYPE, 0o644, len(WINDOWS_HELLO)), WINDOWS_HELLO),
+        (_info("Hives/DefaultUser_Delta", tarfile.REGTYPE, 0o644, len(hive)), hive),
+    ]  # fmt: skip
+    return tar_bytes(entries)
+
+
+def tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    entries = sorted(entries, key=lambda e: e[0].name)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for ti, data in entries:
@@ -129,6 +166,31 @@ def dumps(obj: dict) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"
 
 
+def image_manifest(
+    layout: Layout, platform: dict, tar: bytes, settings: dict, created_by: str
+) -> dict:
+    """Store a one-layer image (layer, config, manifest); the manifest's index descriptor."""
+    layer = layout.blob(gzip_n(tar), MT_LAYER)
+    config = {
+        "created": CREATED,
+        **platform,
+        "config": settings,
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]},
+        "history": [{"created": CREATED, "created_by": created_by}],
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "config": layout.blob(dumps(config), MT_CONFIG),
+        "layers": [layer],
+    }
+    return layout.blob(dumps(manifest), MT_MANIFEST, platform=platform)
+
+
+def image_index(descriptors: Iterable[dict]) -> dict:
+    return {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": list(descriptors)}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -145,33 +207,21 @@ def main(argv: list[str]) -> int:
     applets = list_applets(binaries["amd64"])
     print(f"    {len(applets)} applets", file=sys.stderr)
 
-    descriptors = {}
-    for arch, platform in PLATFORMS.items():
-        tar = layer_tar(binaries[arch], applets)
-        layer = layout.blob(gzip_n(tar), MT_LAYER)
-        diff_id = f"sha256:{hashlib.sha256(tar).hexdigest()}"
-        config = {
-            "created": CREATED,
-            **platform,
-            "config": {"Env": ENV, "Cmd": ["sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": CREATED, "created_by": f"busybox-static:{arch} ({PROG})"}],
-        }
-        config_desc = layout.blob(dumps(config), MT_CONFIG)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MT_MANIFEST,
-            "config": config_desc,
-            "layers": [layer],
-        }
-        descriptors[arch] = layout.blob(dumps(manifest), MT_MANIFEST, platform=platform)
-
-    index = {
-        "schemaVersion": 2,
-        "mediaType": MT_INDEX,
-        "manifests": [descriptors[arch] for arch in PLATFORMS],
+    descriptors = {
+        arch: image_manifest(
+            layout,
+            platform,
+            layer_tar(binaries[arch], applets),
+            {"Env": ENV, "Cmd": ["sh"]},
+            f"busybox-static:{arch} ({PROG})",
+        )
+        for arch, platform in PLATFORMS.items()
     }
-    index_desc = layout.blob(dumps(index), MT_INDEX)
+    index_desc = layout.blob(dumps(image_index(descriptors.values())), MT_INDEX)
+    windows = image_manifest(
+        layout, WINDOWS_PLATFORM, windows_layer_tar(), {"Cmd": ["cmd.exe"]}, f"files ({PROG})"
+    )
+    windows_desc = layout.blob(dumps(image_index([windows])), MT_INDEX)
 
     amd64_only = {k: v for k, v in descriptors["amd64"].items() if k != "platform"}
     top = {
@@ -180,13 +230,14 @@ def main(argv: list[str]) -> int:
         "manifests": [
             {**index_desc, "annotations": {"org.opencontainers.image.ref.name": "1.35"}},
             {**amd64_only, "annotations": {"org.opencontainers.image.ref.name": "amd64only"}},
+            {**windows_desc, "annotations": {"org.opencontainers.image.ref.name": "windows"}},
         ],
     }
     with open(os.path.join(out, "index.json"), "wb") as f:
         f.write(dumps(top))
     with open(os.path.join(out, "oci-layout"), "wb") as f:
         f.write(dumps({"imageLayoutVersion": "1.0.0"}))
-    print(f"    index {index_desc['digest']}", file=sys.stderr)
+    print(f"    index {index_desc['digest']}, windows {windows_desc['digest']}", file=sys.stderr)
     return 0
 
 

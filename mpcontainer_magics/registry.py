@@ -26,6 +26,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,7 +70,11 @@ def _verify(data: bytes, expected: str, ref: Reference, what: str) -> None:
     algo = expected.partition(":")[0]
     if algo in _DIGEST_HEX and f"{algo}:{hashlib.new(algo, data).hexdigest()}" == expected:
         return
-    raise DigestMismatch(
+    raise _mismatch(ref, what, expected)
+
+
+def _mismatch(ref: Reference, what: str, expected: str) -> DigestMismatch:
+    return DigestMismatch(
         f"the {what} of {ref.familiar} from registry {_host(ref.registry)} does not hash to "
         f"{expected}; refusing to use it (the registry or a proxy altered it)"
     )
@@ -298,14 +303,38 @@ class RegistryClient:
     async def get_blob(self, ref: Reference, digest: str) -> bytes:
         """The blob named ``digest`` in ``ref``'s repository, verified against the digest."""
         resp = await self._request("GET", ref, f"blobs/{_check_digest(digest)}")
-        if resp.status_code == 404:
-            raise RegistryError(
-                f"registry {_host(ref.registry)} lacks blob {digest} of {ref.familiar}; "
-                "the image is incomplete there, re-push it"
-            )
-        _raise_for_status(resp, ref, f"blob {digest}")
+        _raise_for_blob_status(resp, ref, digest)
         _verify(resp.content, digest, ref, f"blob {digest}")
         return resp.content
+
+    async def download_blob(self, ref: Reference, digest: str, dest: BinaryIO) -> int:
+        """Stream blob ``digest`` into ``dest``, hashing as it goes; the number of bytes.
+
+        For layers, which need not fit in memory. On DigestMismatch ``dest`` holds the bad
+        bytes: the caller discards it.
+        """
+        algo = _check_digest(digest).partition(":")[0]
+        resp = await self._request("GET", ref, f"blobs/{digest}", stream=True)
+        try:
+            if not resp.is_success:
+                await resp.aread()  # the error body names the cause
+                _raise_for_blob_status(resp, ref, digest)
+            hasher = hashlib.new(algo)
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                hasher.update(chunk)
+                dest.write(chunk)
+                size += len(chunk)
+        except httpx.TransportError as exc:
+            raise RegistryError(
+                f"lost the connection to registry {_host(ref.registry)} while downloading blob "
+                f"{digest} of {ref.familiar}: {_reason(exc)}; try again"
+            ) from exc
+        finally:
+            await resp.aclose()
+        if f"{algo}:{hasher.hexdigest()}" != digest:
+            raise _mismatch(ref, f"blob {digest}", digest)
+        return size
 
     async def _request(
         self,
@@ -314,24 +343,29 @@ class RegistryClient:
         path: str,
         headers: dict[str, str] | None = None,
         actions: str = "pull",
+        *,
+        stream: bool = False,
     ) -> httpx.Response:
         """``method`` /v2/<repo>/<path>, answering one auth challenge; a 401/403 after is fatal.
 
-        ``actions`` is the token scope's action list; a push will pass "pull,push".
+        ``actions`` is the token scope's action list; a push will pass "pull,push". With
+        ``stream`` the body is left unread and the caller must ``aclose()`` the response.
         """
         scheme = "http" if _is_insecure(ref.registry) else "https"
         url = f"{scheme}://{ref.registry}/v2/{ref.repository}/{path}"
         scope = f"repository:{ref.repository}:{actions}"
         headers = headers or {}
         auth = self._auth.get((ref.registry, scope))
-        resp = await self._send(method, ref.registry, url, headers, auth)
+        resp = await self._send(method, ref.registry, url, headers, auth, stream=stream)
         if resp.status_code == 401:
+            await resp.aclose()
             # A cached token may have expired: always ask afresh after a 401.
             challenges = resp.headers.get_list("WWW-Authenticate")
             auth = await self._authorize(ref.registry, scope, challenges)
             if auth:
-                resp = await self._send(method, ref.registry, url, headers, auth)
+                resp = await self._send(method, ref.registry, url, headers, auth, stream=stream)
         if resp.status_code in (401, 403):
+            await resp.aclose()
             login = "docker login" + ("" if ref.registry == HUB else f" {ref.registry}")
             raise RegistryError(
                 f"registry {_host(ref.registry)} refused access to {ref.familiar} "
@@ -348,11 +382,14 @@ class RegistryClient:
         headers: dict[str, str],
         auth: str | None,
         params: dict[str, str] | None = None,
+        *,
+        stream: bool = False,
     ) -> httpx.Response:
         if auth:
             headers = {**headers, "Authorization": auth}
+        request = self._http.build_request(method, url, headers=headers, params=params)
         try:
-            return await self._http.request(method, url, headers=headers, params=params)
+            return await self._http.send(request, stream=stream)
         except httpx.TransportError as exc:
             raise RegistryError(
                 f"cannot reach registry {_host(registry)}: {_reason(exc)}; "
@@ -469,6 +506,15 @@ def _raise_for_status(resp: httpx.Response, ref: Reference, what: str) -> None:
             f"registry {_host(ref.registry)} answered HTTP {resp.status_code} ({detail}) for the "
             f"{what} of {ref.familiar}; check the registry's logs or try again"
         )
+
+
+def _raise_for_blob_status(resp: httpx.Response, ref: Reference, digest: str) -> None:
+    if resp.status_code == 404:
+        raise RegistryError(
+            f"registry {_host(ref.registry)} lacks blob {digest} of {ref.familiar}; "
+            "the image is incomplete there, re-push it"
+        )
+    _raise_for_status(resp, ref, f"blob {digest}")
 
 
 def _malformed(ref: Reference, exc: Exception) -> RegistryError:

@@ -40,6 +40,11 @@ def amd64_only_image() -> str:
 
 
 @pytest.fixture(scope="session")
+def windows_image() -> str:
+    return required_env("MPC_TEST_IMAGE_WINDOWS")
+
+
+@pytest.fixture(scope="session")
 def registry_host() -> str:
     return required_env("MPC_TEST_REGISTRY")
 

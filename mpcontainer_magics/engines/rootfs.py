@@ -1,0 +1,164 @@
+"""An image's files for one platform, unpacked into a directory without any container daemon.
+
+This is what the embedded engine (proot + qemu-user) runs on, and what lets files of images
+that cannot run here at all (Windows ones) be read. It is built only from parts that check
+themselves: the registry client verifies every manifest and blob against its digest while
+downloading, and ``layers.apply_layer`` refuses any layer that would write outside the root.
+
+Layers are downloaded one at a time to an anonymous temporary file next to the destination
+(so a layer never has to fit in memory, and the bytes are never used before their digest
+checked out), then applied in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
+from ..platforms import Platform
+from ..registry import MANIFEST_TYPES, Reference, RegistryClient, _check_digest
+from .layers import apply_layer
+
+__all__ = ["UnpackedImage", "unpack_image"]
+
+_T = TypeVar("_T")
+
+# The layer types an unpacker must know (OCI image-spec, Docker schema 2). Foreign
+# ("nondistributable") layers are ordinary tars that registries may decline to store.
+_PLAIN_LAYERS = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
+
+
+@dataclass(frozen=True)
+class UnpackedImage:
+    """One platform of an image, unpacked at ``root``."""
+
+    reference: str  # as users name it, e.g. "alpine:latest", "127.0.0.1:5055/mpc/busybox:1.35"
+    platform: Platform
+    digest: str  # the per-platform manifest digest
+    config: dict[str, Any]  # the image config's "config" object (Env, WorkingDir, Cmd...)
+    root: Path
+
+
+async def unpack_image(
+    registry: RegistryClient, reference: str, platform: Platform, dest: Path
+) -> UnpackedImage:
+    """Download ``reference`` for ``platform`` and unpack its layers into ``dest``.
+
+    ``dest`` must be missing or an empty directory. On error it may hold a partial tree,
+    which the caller (who owns ``dest``) removes.
+    """
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InvalidArgument(
+            f"cannot unpack {reference} into {dest}: it must be missing or an empty directory"
+        )
+    resolved = await registry.resolve(reference)
+    ref = resolved.reference.with_digest(resolved.manifest_digest(platform))
+    image = f"{resolved.reference.familiar} ({platform})"
+    body, media_type, digest = await registry.get_manifest(ref)
+    try:
+        manifest = json.loads(body)
+        if media_type not in MANIFEST_TYPES:
+            raise TypeError(f"the {platform} entry is a {media_type}, not an image manifest")
+        config_digest = manifest["config"]["digest"]
+        layers = [
+            (str(layer["mediaType"]), _check_digest(layer["digest"]))
+            for layer in manifest["layers"]
+        ]
+        config = json.loads(await registry.get_blob(ref, config_digest))
+        offered = Platform.from_oci(config)
+        settings = config.get("config") or {}
+        if not isinstance(settings, dict):
+            raise TypeError("the config's 'config' is not an object")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RegistryError(
+            f"registry sent a malformed manifest or config for {image} "
+            f"({type(exc).__name__}: {exc}); re-push the image"
+        ) from exc
+    # Older arm images omit the variant from their config; the index entry then decides it.
+    if (offered.os, offered.architecture) != (platform.os, platform.architecture) or (
+        config.get("variant") and offered.variant != platform.variant
+    ):
+        raise ImageError(
+            f"the manifest of {image} describes an image for {offered}; the index is "
+            "inconsistent, re-push the image"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for layer_type, layer_digest in layers:
+        await _add_layer(registry, ref, image, layer_type, layer_digest, dest, platform)
+    return UnpackedImage(resolved.reference.familiar, platform, digest, settings, dest)
+
+
+async def _add_layer(
+    registry: RegistryClient,
+    ref: Reference,
+    image: str,
+    media_type: str,
+    digest: str,
+    dest: Path,
+    platform: Platform,
+) -> None:
+    if media_type.endswith("+zstd"):
+        raise ImageError(
+            f"{image} has a zstd-compressed layer {digest}, which is not supported; re-push the "
+            "image with gzip layers (e.g. buildx --output compression=gzip,force-compression=true)"
+        )
+    if media_type not in _PLAIN_LAYERS:
+        raise ImageError(
+            f"{image} has a layer {digest} of unsupported type {media_type!r}; only tar and "
+            "tar+gzip image layers can be unpacked"
+        )
+    foreign = "foreign" in media_type or "nondistributable" in media_type
+    with tempfile.TemporaryFile(dir=dest.parent) as tmp:
+        try:
+            await registry.download_blob(ref, digest, tmp)
+        except RegistryError as exc:
+            if not foreign or isinstance(exc, DigestMismatch):
+                raise
+            # Registries may refuse to store these; their `urls` point elsewhere (for old
+            # Windows base layers, to Microsoft), and we fetch from registries only.
+            raise ImageError(
+                f"{image} needs the foreign (non-distributable) layer {digest}, which registry "
+                f"{ref.registry} does not provide; re-push the image with all its layers "
+                "(e.g. crane copy --allow-nondistributable-artifacts)"
+            ) from exc
+        tmp.seek(0)
+        try:
+            await _in_thread(apply_layer, tmp, dest, windows=platform.os == "windows")
+        except ImageError as exc:
+            # Same class, message prefixed with which image and layer it was.
+            raise type(exc)(f"{image}, layer {digest}: {exc}") from exc
+
+
+async def _in_thread(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run blocking ``function`` on a worker thread, not returning before it has finished.
+
+    A thread cannot be stopped. If we are cancelled, wait for it anyway: the caller will
+    then remove the destination, which must not race a thread still writing into it.
+    """
+    future = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(function, *args, **kwargs)
+    )
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        future.exception()  # retrieved, so asyncio does not log it: the cancellation wins
+        raise

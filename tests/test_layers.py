@@ -1,0 +1,468 @@
+"""Tests of safe layer unpacking, on tar streams crafted here.
+
+Every escape test unpacks into ``tmp_path/"root"`` and then checks that nothing appeared (or
+changed) in ``tmp_path/"outside"`` or on the host: the point of layers.py is that no layer,
+however crafted, writes outside its root.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mpcontainer_magics.engines.layers import apply_layer, extract_archive
+from mpcontainer_magics.errors import ImageError, UnsafeLayer
+
+MTIME = 1672531200  # 2023-01-01T00:00:00Z
+PROBE = "mpc-escape-probe"  # a name no host directory has
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+def _info(name: str, kind: bytes, mode: int, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.mtime = kind, mode, linkname, MTIME
+    return info
+
+
+def file(name: str, data: bytes = b"data", mode: int = 0o644) -> Member:
+    info = _info(name, tarfile.REGTYPE, mode)
+    info.size = len(data)
+    return info, data
+
+
+def directory(name: str, mode: int = 0o755) -> Member:
+    return _info(name, tarfile.DIRTYPE, mode), None
+
+
+def symlink(name: str, target: str) -> Member:
+    return _info(name, tarfile.SYMTYPE, 0o777, target), None
+
+
+def hardlink(name: str, target: str) -> Member:
+    return _info(name, tarfile.LNKTYPE, 0o644, target), None
+
+
+def special(name: str, kind: bytes) -> Member:
+    return _info(name, kind, 0o666), None
+
+
+def tar(*members: Member) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def apply(root: Path, *members: Member, windows: bool = False) -> None:
+    apply_layer(io.BytesIO(tar(*members)), root, windows=windows)
+
+
+def tree(root: Path) -> dict[str, object]:
+    """Everything under ``root``: directories as "/", symlinks as "-> target", files' bytes."""
+    found: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[rel] = f"-> {os.readlink(path)}"
+            elif path.is_dir():
+                found[rel] = "/"
+            else:
+                found[rel] = path.read_bytes()
+    return found
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "root").mkdir()
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """Where an escape from root would land; must not exist after any test."""
+    return tmp_path / "outside"
+
+
+# --- names climbing out with .. ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        file("../outside/x"),
+        file("a/../../outside/x"),
+        file("./../outside/x"),
+        file("/../outside/x"),
+        directory("../outside"),
+        symlink("../outside", "/etc"),
+        hardlink("../outside/x", "etc/passwd"),
+    ],
+    ids=lambda m: m[0].name,
+)
+@pytest.mark.parametrize("unpack", ["layer", "archive"])
+def test_dotdot_escapes_are_refused(root, outside, member, unpack):
+    data = tar(file("etc/passwd"), member)
+    message = f"member {member[0].name!r} climbs above the root with '..'; refusing"
+    with pytest.raises(UnsafeLayer, match=re.escape(message)):
+        if unpack == "layer":
+            apply_layer(io.BytesIO(data), root)
+        else:
+            extract_archive(io.BytesIO(data), root)
+    assert not outside.exists()
+
+
+def test_dotdot_escape_from_windows_files(root, outside):
+    with pytest.raises(UnsafeLayer, match=re.escape("'Files/../../outside/x' climbs above")):
+        apply(root, file("Files/../../outside/x"), windows=True)
+    assert not outside.exists()
+
+
+def test_escape_message_is_one_line(root):
+    with pytest.raises(UnsafeLayer) as info:
+        apply(root, file("../x"))
+    assert "\n" not in str(info.value)
+
+
+def test_leading_slash_and_dot_are_stripped(root):
+    apply(root, file("/etc/a", b"a"), file("./etc/b", b"b"), file("//c", b"c"), file("d/./e"))
+    assert tree(root) == {"etc": "/", "etc/a": b"a", "etc/b": b"b", "c": b"c", "d": "/",
+                          "d/e": b"data"}  # fmt: skip
+
+
+def test_harmless_dotdot_inside_the_root(root):
+    apply(root, file("a/b/../c", b"c"))
+    assert tree(root) == {"a": "/", "a/c": b"c"}
+
+
+# --- symlinks planted by lower layers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("link", "target", "member", "lands_at"),
+    [
+        ("var/run", "/run", f"var/run/{PROBE}", f"run/{PROBE}"),
+        ("x", "../../outside", "x/y", "outside/y"),
+        ("a/b", "../../../outside", "a/b/c/d", "outside/c/d"),
+        ("host", "{outside}", "host/y", "{outside_in_root}/y"),
+        ("up", "..", "up/up/y", "y"),
+        ("etc", "/", "etc/etc/y", "y"),
+        ("chain", "var/run", f"chain/{PROBE}", f"run/{PROBE}"),
+    ],
+)
+def test_writes_through_planted_symlinks_stay_inside(root, outside, link, target, member, lands_at):
+    target = target.format(outside=outside)
+    lands_at = lands_at.format(outside_in_root=str(outside).lstrip("/"))
+    lower = [directory("var"), symlink("var/run", "/run"), directory("a")]
+    if link != "var/run":
+        lower.append(symlink(link, target))
+    apply(root, *lower)
+    apply(root, file(member, b"through"))
+    assert (root / lands_at).read_bytes() == b"through"
+    assert os.readlink(root / link) == target  # the link itself is untouched
+    assert not outside.exists()
+    assert not Path("/run", PROBE).exists()
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [file("f", b"new", 0o777), directory("f", 0o777), symlink("f", "elsewhere")],
+    ids=["file", "directory", "symlink"],
+)
+def test_replacing_a_planted_symlink_never_follows_it(root, outside, replacement):
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_bytes(b"secret")
+    secret.chmod(0o600)
+    before = secret.stat()
+    apply(root, symlink("f", str(secret)))
+    apply(root, replacement)
+    after = secret.stat()
+    assert secret.read_bytes() == b"secret" and list(outside.iterdir()) == [secret]
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    kind = replacement[0]
+    assert os.path.islink(root / "f") == kind.issym()
+    assert os.path.isdir(root / "f") == kind.isdir()
+
+
+def test_symlink_targets_are_kept_as_written(root):
+    apply(root, directory("etc"), symlink("etc/localtime", "/usr/share/zoneinfo/UTC"),
+          symlink("etc/rel", "../x/../y"), symlink("dangling", "/no/such/file"))  # fmt: skip
+    assert tree(root) == {"etc": "/", "etc/localtime": "-> /usr/share/zoneinfo/UTC",
+                          "etc/rel": "-> ../x/../y", "dangling": "-> /no/such/file"}  # fmt: skip
+
+
+def test_symlink_loop_in_a_parent_is_an_error(root):
+    apply(root, symlink("loop", "loop"))
+    with pytest.raises(ImageError, match="too many levels of symbolic links"):
+        apply(root, file("loop/x"))
+
+
+# --- hard links --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lower", "linkname", "error"),
+    [
+        ([], "../outside/secret", UnsafeLayer),
+        ([], "/../outside/secret", UnsafeLayer),
+        ([symlink("h", "{outside}")], "h/secret", ImageError),
+        ([symlink("h", "../../outside")], "h/secret", ImageError),
+        ([symlink("h", "{outside}/secret")], "h", None),  # links the symlink, not its target
+    ],
+)
+def test_hard_links_cannot_reach_outside(root, outside, lower, linkname, error):
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_bytes(b"secret")
+    apply(root, *[symlink(i.name, i.linkname.format(outside=outside)) for i, _ in lower])
+    if error is None:
+        apply(root, hardlink("l", linkname))
+        assert os.path.samestat(os.lstat(root / "l"), os.lstat(root / "h"))
+    else:
+        with pytest.raises(error, match="hard link"):
+            apply(root, hardlink("l", linkname))
+        assert not os.path.lexists(root / "l")
+    assert secret.stat().st_nlink == 1 and secret.read_bytes() == b"secret"
+
+
+def test_hard_links_inside_the_root(root):
+    apply(root, file("a", b"A"), hardlink("b", "a"), hardlink("c", "/a"), hardlink("a", "a"))
+    assert os.path.samestat(os.stat(root / "a"), os.stat(root / "b"))
+    assert os.path.samestat(os.stat(root / "a"), os.stat(root / "c"))
+    assert (root / "a").read_bytes() == b"A"
+
+
+@pytest.mark.parametrize("linkname", ["missing", "dir"])
+def test_hard_link_to_missing_or_directory_is_an_error(root, linkname):
+    with pytest.raises(ImageError, match="missing or a directory"):
+        apply(root, directory("dir"), hardlink("l", linkname))
+
+
+def test_windows_hard_link_outside_files_is_refused(root):
+    with pytest.raises(UnsafeLayer, match="outside the unpacked tree"):
+        apply(root, file("Hives/x"), hardlink("Files/l", "Hives/x"), windows=True)
+
+
+# --- OCI whiteouts -----------------------------------------------------------------------------
+
+
+LOWER = [directory("a"), file("a/x"), file("a/y"), file("b"), directory("c"), file("c/z"),
+         symlink("s", "a")]  # fmt: skip
+
+
+def test_whiteouts_delete_lower_entries(root):
+    apply(root, *LOWER)
+    apply(root, file("a/.wh.x"), file(".wh.b"), file(".wh.c"), file(".wh.s"), file(".wh.none"))
+    assert tree(root) == {"a": "/", "a/y": b"data"}
+
+
+@pytest.mark.parametrize(
+    ("upper", "expected"),
+    [
+        # The marker first, as most tools write it.
+        ([file("d/.wh..wh..opq"), file("d/new", b"new")], {"d/new": b"new"}),
+        # The marker after this layer's own entries in the same directory: they stay.
+        (
+            [file("d/new", b"new"), file("d/sub/new2", b"new"), file("d/.wh..wh..opq")],
+            {"d/new": b"new", "d/sub": "/", "d/sub/new2": b"new"},
+        ),
+        # Only the marker: the directory stays, empty.
+        ([directory("d"), file("d/.wh..wh..opq")], {}),
+    ],
+    ids=["marker-first", "marker-last", "marker-only"],
+)
+def test_opaque_whiteout_hides_only_lower_contents(root, upper, expected):
+    apply(root, directory("d"), file("d/old"), directory("d/sub"), file("d/sub/old2"),
+          symlink("d/link", "/"), directory("e"), file("e/keep"))  # fmt: skip
+    apply(root, *upper)
+    assert tree(root) == {"d": "/", "e": "/", "e/keep": b"data", **expected}
+
+
+def test_whiteout_of_this_layers_own_entry_keeps_it(root):
+    apply(root, directory("a"), file("a/lower"))
+    apply(root, file("a/mine", b"mine"), file(".wh.a"))
+    assert tree(root) == {"a": "/", "a/mine": b"mine"}
+
+
+@pytest.mark.parametrize("name", [".wh.", ".wh..", ".wh...", "a/.wh..."])
+def test_whiteouts_naming_no_file_are_refused(root, outside, name):
+    with pytest.raises(UnsafeLayer, match="whiteout"):
+        apply(root, directory("a"), file(name))
+    assert (root / "a").is_dir() and not outside.exists()
+
+
+def test_aufs_metadata_is_skipped(root):
+    apply(root, directory(".wh..wh.plnk"), file(".wh..wh.plnk/1.2"), file(".wh..wh.aufs"))
+    assert tree(root) == {}
+
+
+# --- replacing entries -------------------------------------------------------------------------
+
+
+def test_unlink_then_recreate_unless_both_are_directories(root):
+    apply(root, file("p"), directory("q"), file("q/inner"), directory("r"), file("r/keep"),
+          symlink("s", "r"))  # fmt: skip
+    apply(root, directory("p"), file("p/c"), file("q", b"Q"), directory("r", 0o700),
+          directory("s"))  # fmt: skip
+    assert tree(root) == {"p": "/", "p/c": b"data", "q": b"Q", "r": "/", "r/keep": b"data",
+                          "s": "/"}  # fmt: skip
+    assert stat.S_IMODE(os.stat(root / "r").st_mode) == 0o700
+
+
+def test_implicit_parent_replaces_a_lower_file(root):
+    apply(root, file("p"))
+    apply(root, file("p/child", b"c"))
+    assert tree(root) == {"p": "/", "p/child": b"c"}
+
+
+# --- modes, special files, times ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("member", "mode"),
+    [
+        (file("f", mode=0o4755), 0o755),
+        (file("f", mode=0o2755), 0o755),
+        (file("f", mode=0o6711), 0o711),
+        (file("f", mode=0o000), 0o600),
+        (file("f", mode=0o444), 0o644),
+        (directory("f", 0o2775), 0o775),
+        (directory("f", 0o500), 0o700),
+        (directory("f", 0o1777), 0o1777),
+    ],
+)
+def test_modes_drop_privileges_and_keep_the_owner_able_to_write(root, member, mode):
+    apply(root, member)
+    assert stat.S_IMODE(os.lstat(root / "f").st_mode) == mode
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_device_nodes_and_fifos_are_skipped(root, kind):
+    apply(root, directory("dev"), special("dev/node", kind), file("dev/after"))
+    assert tree(root) == {"dev": "/", "dev/after": b"data"}
+
+
+def test_mtimes_are_set_without_following_links(root, tmp_path):
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    before = target.stat().st_mtime_ns
+    apply(root, directory("d"), file("d/f"), symlink("d/l", str(target)))
+    assert os.lstat(root / "d").st_mtime == MTIME  # set after its entries were created
+    assert os.lstat(root / "d/f").st_mtime == MTIME
+    assert os.lstat(root / "d/l").st_mtime == MTIME
+    assert target.stat().st_mtime_ns == before
+
+
+# --- Windows layers ----------------------------------------------------------------------------
+
+
+def test_windows_layers_map_files_and_skip_hives(root):
+    apply(root, file("old"), file("gone"), windows=False)
+    apply(
+        root,
+        directory("Files"),
+        file("Files/hello.txt", b"hello"),
+        directory("Files/Windows"),
+        file("Files/Windows/System32/x", b"x"),
+        file("Files/.wh.gone"),
+        directory("Hives"),
+        file("Hives/DefaultUser_Delta", b"regf"),
+        file("UtilityVM/Files/y"),
+        file("top"),
+        windows=True,
+    )
+    assert tree(root) == {"old": b"data", "hello.txt": b"hello", "Windows": "/",
+                          "Windows/System32": "/", "Windows/System32/x": b"x"}  # fmt: skip
+
+
+def test_windows_opaque_whiteout(root):
+    apply(root, directory("d"), file("d/old"))
+    apply(root, file("Files/d/.wh..wh..opq"), file("Files/d/new"), windows=True)
+    assert tree(root) == {"d": "/", "d/new": b"data"}
+
+
+# --- formats and sources -----------------------------------------------------------------------
+
+
+class Trickle:
+    """A non-seekable stream handing out at most 3 bytes per read, like a slow pipe."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        size = 3 if size < 0 else min(size, 3)
+        chunk, self._data = self._data[:size], self._data[size:]
+        return chunk
+
+
+def multi_member_gzip(data: bytes) -> bytes:
+    # pigz and concatenated gzip streams: one tar split across several gzip members.
+    half = len(data) // 2
+    return gzip.compress(data[:half]) + gzip.compress(data[half:])
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [lambda d: d, gzip.compress, multi_member_gzip],
+    ids=["plain", "gzip", "multi-member-gzip"],
+)
+@pytest.mark.parametrize("source", ["bytesio", "trickle", "path", "str"])
+def test_compression_is_detected_from_the_bytes(root, tmp_path, encode, source):
+    data = encode(tar(directory("etc"), file("etc/hostname", b"box\n")))
+    path = tmp_path / "layer.bin"
+    path.write_bytes(data)
+    stream = {"bytesio": io.BytesIO(data), "trickle": Trickle(data), "path": path,
+              "str": str(path)}[source]  # fmt: skip
+    apply_layer(stream, root)
+    assert tree(root) == {"etc": "/", "etc/hostname": b"box\n"}
+
+
+def half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"\x28\xb5\x2f\xfd" + b"\0" * 64, "zstd-compressed, which is not supported; re-push"),
+        (b"", "not a valid plain or gzip tar"),
+        (b"this is not a tar archive" * 40, "not a valid plain or gzip tar"),
+        (gzip.compress(b"x" * 600), "not a valid plain or gzip tar"),
+        (half(gzip.compress(tar(file("f", b"x" * 5000)))), "not a valid plain or gzip tar"),
+        (half(tar(file("f", b"x" * 5000))), "not a valid plain or gzip tar"),
+    ],
+    ids=["zstd", "empty", "garbage", "gzip-of-garbage", "truncated-gzip", "truncated-tar"],
+)
+def test_unsupported_or_corrupt_layers(root, data, match):
+    with pytest.raises(ImageError, match=match) as info:
+        apply_layer(io.BytesIO(data), root)
+    assert "\n" not in str(info.value)
+
+
+# --- plain archives ----------------------------------------------------------------------------
+
+
+def test_extract_archive_treats_whiteout_names_as_files(root):
+    (root / "x").write_bytes(b"keep")
+    archive = tar(file(".wh.x"), file(".wh..wh..opq"), directory("d"), file("d/.wh..wh..opq"))
+    extract_archive(io.BytesIO(archive), root)
+    assert tree(root) == {"x": b"keep", ".wh.x": b"data", ".wh..wh..opq": b"data", "d": "/",
+                          "d/.wh..wh..opq": b"data"}  # fmt: skip
+
+
+def test_extract_archive_is_safe_too(root, outside):
+    (root / "link").symlink_to(outside)
+    extract_archive(io.BytesIO(tar(file("link/x"))), root)
+    assert (root / str(outside).lstrip("/") / "x").exists() and not outside.exists()

@@ -1,0 +1,329 @@
+"""Tests of unpacking an image's files for one platform, without a daemon.
+
+Real tests read the local registry's test images (the busybox index and the Windows-layout
+image that `.ci/setup` pushes). A registry does not serve tampered or odd images on request,
+so those cases use an in-memory registry over httpx.MockTransport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mpcontainer_magics.engines.rootfs import UnpackedImage, unpack_image
+from mpcontainer_magics.errors import (
+    DigestMismatch,
+    ImageError,
+    InvalidArgument,
+    PlatformNotOffered,
+    RegistryError,
+    UnsafeLayer,
+)
+from mpcontainer_magics.platforms import Platform
+from mpcontainer_magics.registry import OCI_INDEX, OCI_MANIFEST, Reference, RegistryClient
+
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+EM_AARCH64, EM_S390 = 183, 22
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def unpack(reference: str, platform: str, dest: Path, **client: object) -> UnpackedImage:
+    async def go() -> UnpackedImage:
+        async with RegistryClient(**client) as registry:  # type: ignore[arg-type]
+            return await unpack_image(registry, reference, Platform.parse(platform), dest)
+
+    return asyncio.run(go())
+
+
+def elf_machine(path: Path) -> tuple[str, int]:
+    """(byte order, e_machine) from an ELF header."""
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    order = {1: "little", 2: "big"}[header[5]]
+    return order, int.from_bytes(header[18:20], order)
+
+
+def skopeo_manifest_digest(image: str, platform: dict[str, str]) -> str:
+    """The platform's manifest digest in the published index, as skopeo reads it."""
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    for entry in json.loads(raw)["manifests"]:
+        if platform.items() <= entry["platform"].items():
+            return entry["digest"]
+    raise AssertionError(f"{platform} not in the index of {image}")
+
+
+# --- against the real local registry ----------------------------------------------------------
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    ("platform", "elf"),
+    [("linux/arm64", ("little", EM_AARCH64)), ("linux/s390x", ("big", EM_S390))],
+)
+def test_unpack_real_linux_image(test_image, tmp_path, platform, elf):
+    image = unpack(test_image, platform, tmp_path / "root")
+    root = tmp_path / "root"
+    assert image.root == root and image.platform == Platform.parse(platform)
+    assert elf_machine(root / "bin" / "busybox") == elf
+    assert os.readlink(root / "bin" / "sh") == "busybox"
+    assert (root / "etc" / "passwd").read_text().startswith("root:x:0:0:")
+    assert image.config["Cmd"] == ["sh"]
+    os_, arch = platform.split("/")
+    assert image.digest == skopeo_manifest_digest(test_image, {"os": os_, "architecture": arch})
+    assert image.reference == test_image
+
+
+@pytest.mark.real
+def test_unpack_real_windows_image(windows_image, tmp_path):
+    image = unpack(windows_image, "windows/amd64", tmp_path / "root")
+    root = image.root
+    assert (root / "hello.txt").read_bytes() == b"hello from windows/amd64\n"
+    assert (root / "Windows" / "System32" / "drivers" / "etc" / "hosts").is_file()
+    assert sorted(os.listdir(root)) == ["Windows", "hello.txt"]  # no Files/, no Hives/
+    assert image.platform == Platform("windows", "amd64")
+    assert image.config == {"Cmd": ["cmd.exe"]}
+    expected = skopeo_manifest_digest(windows_image, {"os": "windows", "architecture": "amd64"})
+    assert image.digest == expected
+
+
+@pytest.mark.real
+def test_platform_not_offered(test_image, tmp_path):
+    with pytest.raises(PlatformNotOffered, match="no variant for linux/riscv64"):
+        unpack(test_image, "linux/riscv64", tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+
+
+# --- an in-memory registry ---------------------------------------------------------------------
+
+
+def layer(*files: tuple[str, bytes], compress: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as archive:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue()) if compress else buf.getvalue()
+
+
+class FakeRegistry:
+    """reg.example.com/o/r:1, an index with one image of the given layers; blobs editable."""
+
+    def __init__(
+        self,
+        layers: list[tuple[str, bytes]],
+        platform: dict[str, str] | None = None,
+        config_platform: dict[str, str] | None = None,
+    ) -> None:
+        platform = platform or {"os": "linux", "architecture": "amd64"}
+        self.blobs: dict[str, bytes] = {}
+        descriptors = [self.add(data, media_type) for media_type, data in layers]
+        self.layer_digests = [str(d["digest"]) for d in descriptors]
+        config = {**(config_platform or platform), "config": {"Cmd": ["true"], "WorkingDir": "/w"}}
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": self.add(json.dumps(config).encode(), OCI_CONFIG),
+                "layers": descriptors,
+            }
+        ).encode()
+        self.manifest_digest = sha(manifest)
+        entry = {"mediaType": OCI_MANIFEST, "digest": sha(manifest), "size": len(manifest)}
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [{**entry, "platform": platform}],
+            }
+        ).encode()
+        self.manifests = {"1": (index, OCI_INDEX), self.manifest_digest: (manifest, OCI_MANIFEST)}
+
+    def add(self, data: bytes, media_type: str) -> dict[str, object]:
+        self.blobs[sha(data)] = data
+        return {"mediaType": media_type, "digest": sha(data), "size": len(data)}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        kind, _, name = request.url.path.removeprefix("/v2/o/r/").partition("/")
+        if kind == "manifests" and name in self.manifests:
+            body, media_type = self.manifests[name]
+            return httpx.Response(200, content=body, headers={"Content-Type": media_type})
+        if kind == "blobs" and name in self.blobs:
+            return httpx.Response(200, content=self.blobs[name])
+        return httpx.Response(404, json={"errors": [{"code": f"{kind.upper()}_UNKNOWN"}]})
+
+    def unpack(self, dest: Path, platform: str = "linux/amd64") -> UnpackedImage:
+        transport = httpx.MockTransport(self.handler)
+        # An empty Docker config directory: the user's real credentials are never read.
+        config_dir = dest.parent / "docker-config"
+        config_dir.mkdir(exist_ok=True)
+        return unpack("reg.example.com/o/r:1", platform, dest, transport=transport,
+                      docker_config=config_dir)  # fmt: skip
+
+
+def test_layers_are_applied_in_order(tmp_path):
+    registry = FakeRegistry(
+        [
+            (GZIP_LAYER, layer(("etc/a", b"a"), ("etc/b", b"b"))),
+            ("application/vnd.oci.image.layer.v1.tar", layer(("etc/.wh.a", b""), compress=False)),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", layer(("etc/b", b"B"))),
+        ]
+    )
+    image = registry.unpack(tmp_path / "root")
+    assert sorted(os.listdir(tmp_path / "root" / "etc")) == ["b"]
+    assert (tmp_path / "root" / "etc" / "b").read_bytes() == b"B"
+    assert image.config == {"Cmd": ["true"], "WorkingDir": "/w"}
+    assert image.digest == registry.manifest_digest
+    assert image.reference == "reg.example.com/o/r:1"
+    assert sorted(os.listdir(tmp_path)) == ["docker-config", "root"]  # no temp files left
+
+
+def test_tampered_layer_is_refused(tmp_path):
+    registry = FakeRegistry([(GZIP_LAYER, layer(("etc/a", b"a")))])
+    digest = registry.layer_digests[0]
+    registry.blobs[digest] = layer(("etc/a", b"evil"))
+    with pytest.raises(DigestMismatch, match=f"blob {digest} .* does not hash to {digest}"):
+        registry.unpack(tmp_path / "root")
+    assert not (tmp_path / "root" / "etc").exists()
+
+
+def test_unsafe_layer_names_image_and_layer(tmp_path):
+    registry = FakeRegistry([(GZIP_LAYER, layer(("../escape", b"x")))])
+    digest = registry.layer_digests[0]
+    with pytest.raises(UnsafeLayer) as info:
+        registry.unpack(tmp_path / "root")
+    message = str(info.value)
+    assert message.startswith(f"reg.example.com/o/r:1 (linux/amd64), layer {digest}: ")
+    assert "'../escape' climbs above the root" in message and "\n" not in message
+    assert not (tmp_path / "escape").exists()
+
+
+def test_missing_foreign_layer(tmp_path):
+    registry = FakeRegistry([(FOREIGN_LAYER, layer(("Files/x", b"x")))],
+                            platform={"os": "windows", "architecture": "amd64"})  # fmt: skip
+    del registry.blobs[registry.layer_digests[0]]
+    with pytest.raises(ImageError, match=r"foreign \(non-distributable\) layer") as info:
+        registry.unpack(tmp_path / "root", "windows/amd64")
+    assert not isinstance(info.value, RegistryError) and "\n" not in str(info.value)
+
+
+def test_present_foreign_layer_is_used(tmp_path):
+    registry = FakeRegistry([(FOREIGN_LAYER, layer(("Files/x", b"x"), ("Hives/h", b"h")))],
+                            platform={"os": "windows", "architecture": "amd64"})  # fmt: skip
+    registry.unpack(tmp_path / "root", "windows/amd64")
+    assert os.listdir(tmp_path / "root") == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("media_type", "match"),
+    [
+        ("application/vnd.oci.image.layer.v1.tar+zstd", "zstd-compressed layer .* re-push"),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd", "zstd-compressed"),
+        ("application/vnd.cncf.helm.chart.content.v1.tar+gzip", "unsupported type"),
+    ],
+)
+def test_unsupported_layer_types(tmp_path, media_type, match):
+    registry = FakeRegistry([(media_type, layer(("x", b"x")))])
+    with pytest.raises(ImageError, match=match):
+        registry.unpack(tmp_path / "root")
+
+
+def test_config_platform_must_match_the_index(tmp_path):
+    registry = FakeRegistry([], config_platform={"os": "linux", "architecture": "arm64"})
+    with pytest.raises(ImageError, match="describes an image for linux/arm64; the index is"):
+        registry.unpack(tmp_path / "root")
+
+
+def test_config_without_variant_matches(tmp_path):
+    registry = FakeRegistry(
+        [], platform={"os": "linux", "architecture": "arm", "variant": "v6"},
+        config_platform={"os": "linux", "architecture": "arm"},
+    )  # fmt: skip
+    assert registry.unpack(tmp_path / "root", "linux/arm/v6").platform == Platform.parse(
+        "linux/arm/v6"
+    )
+
+
+def test_destination_must_be_empty(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "old").touch()
+    with pytest.raises(InvalidArgument, match="must be missing or an empty directory"):
+        FakeRegistry([]).unpack(tmp_path / "root")
+
+
+# --- RegistryClient.download_blob ------------------------------------------------------------
+
+
+def download(handler, digest: str, cfg: Path) -> tuple[int, bytes]:
+    async def go() -> tuple[int, bytes]:
+        dest = io.BytesIO()
+        async with RegistryClient(docker_config=cfg, transport=httpx.MockTransport(handler)) as c:
+            size = await c.download_blob(Reference.parse("reg.example.com/o/r:1"), digest, dest)
+        return size, dest.getvalue()
+
+    return asyncio.run(go())
+
+
+def test_download_blob_streams_through_a_token_challenge(tmp_path):
+    blob = os.urandom(3 << 20)
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example.com":
+            return httpx.Response(200, json={"token": "T"})
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != "Bearer T":
+            challenge = 'Bearer realm="https://auth.example.com/token",service="reg.example.com"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        # Many chunks, as a real body arrives.
+        chunks = [blob[i : i + 65536] for i in range(0, len(blob), 65536)]
+        return httpx.Response(200, stream=httpx.ByteStream(b"".join(chunks)))
+
+    assert download(handler, sha(blob), tmp_path) == (len(blob), blob)
+    assert seen == [None, "Bearer T"]
+
+
+def test_download_blob_errors(tmp_path):
+    def missing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"errors": [{"code": "BLOB_UNKNOWN"}]})
+
+    digest = sha(b"blob")
+    with pytest.raises(RegistryError) as info:
+        download(missing, digest, tmp_path)
+    assert str(info.value) == (
+        f"registry reg.example.com lacks blob {digest} of reg.example.com/o/r:1; "
+        "the image is incomplete there, re-push it"
+    )
+
+    def tampered(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"bolb")
+
+    with pytest.raises(DigestMismatch, match="refusing to use it") as info:
+        download(tampered, digest, tmp_path)
+    assert "\n" not in str(info.value)
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"errors": [{"code": "UNKNOWN"}]})
+
+    with pytest.raises(RegistryError, match=r"answered HTTP 500 \(UNKNOWN\)"):
+        download(broken, digest, tmp_path)
