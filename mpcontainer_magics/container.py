@@ -25,6 +25,7 @@ How a chain is evaluated (``Evaluator``):
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import posixpath
@@ -32,10 +33,10 @@ import shlex
 import shutil
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .engines.base import (
     LABEL_HOST,
@@ -53,6 +54,9 @@ from .platforms import Platform
 
 if TYPE_CHECKING:
     from .client import Client
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 # -- what a Directory is made of -------------------------------------------------------------
@@ -400,8 +404,8 @@ class Evaluator:
         self._client = client
         self._workspace: Path | None = None
         self._names = itertools.count()
-        self._states: dict[Container, _State] = {}
-        self._dirs: dict[DirSource, Path] = {}
+        self._states: dict[Container, asyncio.Task[_State]] = {}
+        self._dirs: dict[DirSource, asyncio.Task[Path]] = {}
 
     @property
     def engine(self) -> Engine:
@@ -424,14 +428,13 @@ class Evaluator:
     # -- containers --------------------------------------------------------------------------
 
     async def evaluate(self, container: Container) -> _State:
-        if container not in self._states:
-            if container._steps:
-                parent = replace(container, _steps=container._steps[:-1])
-                state = await self._step(await self.evaluate(parent), container._steps[-1])
-            else:
-                state = await self._base(container)
-            self._states[container] = state
-        return self._states[container]
+        return await _once(self._states, container, lambda: self._evaluate(container))
+
+    async def _evaluate(self, container: Container) -> _State:
+        if not container._steps:
+            return await self._base(container)
+        parent = replace(container, _steps=container._steps[:-1])
+        return await self._step(await self.evaluate(parent), container._steps[-1])
 
     async def _base(self, container: Container) -> _State:
         platform = await container.platform()
@@ -523,9 +526,7 @@ class Evaluator:
 
     async def materialise(self, source: DirSource) -> Path:
         """The host directory holding ``source``'s tree; treat it as read-only."""
-        if source not in self._dirs:
-            self._dirs[source] = await self._materialise(source)
-        return self._dirs[source]
+        return await _once(self._dirs, source, lambda: self._materialise(source))
 
     async def _materialise(self, source: DirSource) -> Path:
         if isinstance(source, _Subdirectory):
@@ -579,15 +580,32 @@ class Evaluator:
             _copy_out(whole, path, dest, source.as_file)
             shutil.rmtree(whole, ignore_errors=True)
             return
+        name = posixpath.basename(path)
         async with self.engine.container(state.image) as container_id:
-            is_dir = await self.engine.copy_from(container_id, path, dest)
+            for _ in range(MAX_LINKS):
+                is_dir = await self.engine.copy_from(container_id, path, dest)
+                copied = dest / posixpath.basename(path)
+                if is_dir or not copied.is_symlink():
+                    break
+                # Docker hands out a symlink itself; follow it as the container would.
+                path = posixpath.normpath(
+                    posixpath.join(posixpath.dirname(path), os.readlink(copied))
+                )
+                shutil.rmtree(dest)
+            else:
+                raise InvalidArgument(f"too many symbolic links resolving {source.path}")
         if is_dir == source.as_file:
             shutil.rmtree(dest, ignore_errors=True)
             raise InvalidArgument(
                 f"{path} is {'a directory' if is_dir else 'a file'} in the container; "
                 f"use {'directory' if is_dir else 'file'}() for it"
             )
+        if not is_dir:  # under the name asked for, not the name a symlink led to
+            (dest / posixpath.basename(path)).rename(dest / name)
 
+
+#: Symlinks followed in one path before giving up (Linux's limit).
+MAX_LINKS = 40
 
 #: Paths Docker creates in every container (init layer, bind mounts); see ``read_image``.
 DOCKER_FILES = (
@@ -626,7 +644,7 @@ def _copy_out(root: Path, path: str, dest: Path, as_file: bool) -> None:
         if not found.is_file():
             raise InvalidArgument(f"{path} is not a file")
         dest.mkdir(parents=True)
-        shutil.copy2(found, dest / found.name, follow_symlinks=False)
+        shutil.copy2(found, dest / posixpath.basename(path), follow_symlinks=False)
     else:
         if not found.is_dir():
             raise InvalidArgument(f"{path} is not a directory")
@@ -634,11 +652,31 @@ def _copy_out(root: Path, path: str, dest: Path, as_file: bool) -> None:
 
 
 def copy_tree(source: Path, dest: Path) -> None:
-    """Copy a tree, keeping symlinks as links (never following them on the host)."""
-    shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
+    """Merge the contents of ``source`` into ``dest``, keeping symlinks as links (never
+    following them on the host). An existing ``dest`` keeps its own mode."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in source.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.copytree(child, dest / child.name, symlinks=True, dirs_exist_ok=True)
+        else:
+            target = dest / child.name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            shutil.copy2(child, target, follow_symlinks=False)
 
 
-def resolve_in_root(root: Path, path: str, *, max_links: int = 40) -> Path:
+async def _once(memo: dict[K, asyncio.Task[V]], key: K, compute: Callable[[], Awaitable[V]]) -> V:
+    """``compute()`` once per key, shared by concurrent callers; a failure is not kept.
+
+    Callers await the task itself, so cancelling them (Ctrl-C) cancels the work too.
+    """
+    task = memo.get(key)
+    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+        task = memo[key] = asyncio.ensure_future(compute())
+    return await task
+
+
+def resolve_in_root(root: Path, path: str, *, max_links: int = MAX_LINKS) -> Path:
     """Where ``path`` lives in the tree ``root``, following its symlinks as a chroot would.
 
     Symlinks inside an unpacked image are written for that image's root (``/etc/localtime ->

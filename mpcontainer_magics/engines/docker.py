@@ -104,6 +104,17 @@ def _no_read_timeout(sock: Any) -> None:
             candidate.settimeout(None)
 
 
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Files copied in belong to root, as with `docker cp` and Dagger, not to our host uid."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
 def _docker_config(config: ImageConfig) -> dict[str, Any]:
     """An image config in Docker's spelling; our labels mark it for clean-up."""
     return {
@@ -407,7 +418,10 @@ class DockerEngine(Engine):
 
     def _attach_start_wait(self, container_id: str, emit: OutputCallback) -> int:
         sock = self._api.attach_socket(
-            container_id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+            # Attached before the start, so the stream sees everything: asking for the logs
+            # as well would repeat output that races the attachment.
+            container_id,
+            params={"stdout": 1, "stderr": 1, "stream": 1},
         )
         try:
             _no_read_timeout(sock)
@@ -499,25 +513,34 @@ class DockerEngine(Engine):
     async def _interrupt(
         self, container_id: str, pid: asyncio.Future[int], streaming: asyncio.Future[None]
     ) -> None:
-        """Stop an exec'd command: SIGINT, then SIGTERM, then SIGKILL to its process group."""
+        """Stop an exec'd script and everything it started.
+
+        First SIGINT to its process group, as Ctrl-C in a terminal. The shell may then exit
+        while children that ignore SIGINT live on (a non-interactive shell starts background
+        jobs that way), so whatever is left of the group gets SIGTERM, then SIGKILL.
+        """
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(pid), 5)
         if pid.done():
-            for signal_name, grace in (("INT", 2.0), ("TERM", 2.0), ("KILL", 5.0)):
-                with contextlib.suppress(EngineError, docker.errors.APIError):
-                    await self._call(self._signal_group, container_id, pid.result(), signal_name)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(streaming), grace)
-                if streaming.done():
-                    break
+            group = int(pid.result())
+            await self._signal_group(container_id, f"kill -s INT -{group}")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(streaming), 2)
+            await self._signal_group(
+                container_id,
+                f"kill -s TERM -{group} 2>/dev/null || exit 0; sleep 1; "
+                f"kill -s KILL -{group} 2>/dev/null; exit 0",
+            )
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(streaming), 1)
+            await asyncio.wait_for(asyncio.shield(streaming), 5)
 
-    def _signal_group(self, container_id: str, pid: int, signal_name: str) -> None:
-        exec_id = self._api.exec_create(
-            container_id, ["sh", "-c", f"kill -s {signal_name} -{int(pid)}"]
-        )["Id"]
-        self._api.exec_start(exec_id)
+    async def _signal_group(self, container_id: str, script: str) -> None:
+        def signal() -> None:
+            exec_id = self._api.exec_create(container_id, ["sh", "-c", script])["Id"]
+            self._api.exec_start(exec_id)  # returns when the kill script is done
+
+        with contextlib.suppress(docker.errors.APIError):
+            await self._call(signal)
 
     async def _exec_error(self, container_id: str, exc: docker.errors.APIError) -> EngineError:
         text = _short(exc)
@@ -545,10 +568,17 @@ class DockerEngine(Engine):
 
     async def copy_to(self, container_id: str, source: Path, target: str) -> None:
         def put() -> None:
+            top = posixpath.normpath(target).lstrip("/")
             with tempfile.TemporaryFile() as archive:
                 with tarfile.open(fileobj=archive, mode="w") as tar:
-                    # Entries carry the target path, so its parents are created on the way.
-                    tar.add(source, arcname=posixpath.normpath(target).lstrip("/") or ".")
+                    # Entries carry the target path: Docker creates missing parents. A
+                    # directory's own entry is left out (unless it is empty), so an existing
+                    # target keeps its mode and owner (/tmp stays 1777).
+                    children = sorted(source.iterdir()) if _real_dir(source) else []
+                    for child in children:
+                        tar.add(child, posixpath.join(top, child.name), filter=_owned_by_root)
+                    if not children:
+                        tar.add(source, top or ".", filter=_owned_by_root)
                 archive.seek(0)
                 self._api.put_archive(container_id, "/", archive)
 
