@@ -33,9 +33,8 @@ from .engines.base import (
     Mount,
     OutputCallback,
     PulledImage,
-    finish_despite_cancel,
 )
-from .errors import EngineError, InvalidArgument, SessionError
+from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
 from .platforms import Platform
 
 if TYPE_CHECKING:
@@ -153,23 +152,22 @@ class Session:
     async def _start(self, platform: Platform) -> Member:
         image = await self._engine.pull(self.image, platform)
         labels = {LABEL_SESSION: self.name}
-        create = asyncio.ensure_future(
-            self._engine.create(image, KEEP_ALIVE, mounts=self.mounts, labels=labels)
-        )
-        try:
-            container_id = await finish_despite_cancel(create)
-            await self._engine.start(container_id)
-            installed = await self._engine.exec(container_id, INSTALL, [CELL])
-            if installed.exit_code != 0:
+        async with self._engine.container(
+            image, KEEP_ALIVE, mounts=self.mounts, labels=labels, keep=True
+        ) as container_id:
+            try:
+                await self._engine.start(container_id)
+                installed = await self._engine.exec(container_id, INSTALL, [CELL])
+                failure = f"exit {installed.exit_code}" if installed.exit_code else ""
+            except EmulationUnavailable:
+                raise
+            except EngineError as exc:
+                failure = str(exc)
+            if failure:
                 raise SessionError(
-                    f"cannot start session {self.name!r} on {platform}: {self.image} needs "
-                    f"a POSIX sh, sleep and mkdir, and a writable /tmp (exit {installed.exit_code})"
+                    f"cannot start session {self.name!r} on {platform}: {self.image} needs a "
+                    f"POSIX sh, sleep and mkdir, and a writable /tmp ({failure})"
                 )
-        except BaseException:
-            # Also after a Ctrl-C that came just as the container was created.
-            if create.done() and not create.cancelled() and create.exception() is None:
-                await finish_despite_cancel(self._engine.remove(create.result()))
-            raise
         native = await self._engine.native_platform()
         return Member(platform, image, container_id, not platform.matches(native), time.time())
 

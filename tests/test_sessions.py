@@ -6,7 +6,9 @@ Driven through a real InteractiveShell (``%%container --session``), and through 
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
+import tarfile
 import threading
 import time
 from typing import Any
@@ -269,3 +271,23 @@ def test_sessions_through_the_api(test_image, docker_api, tmp_path):
     assert res.stdout == {"linux/arm64": "7 /w\n", "linux/s390x": "7 /w\n"}
     assert "api" in table and (tmp_path / "w").is_dir()
     assert my_containers(docker_api) == []  # closing the client removed the session
+
+
+@pytest.fixture
+def image_without_sh(docker_api: Any) -> Any:
+    """A local image holding one text file: no shell to keep a session in."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("README")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    docker_api.import_image_from_data(layer.getvalue(), repository="mpc-test/no-sh", tag="1")
+    yield "mpc-test/no-sh:1"
+    docker_api.remove_image("mpc-test/no-sh:1", force=True)
+
+
+def test_an_image_without_sh_cannot_hold_a_session(shell, image_without_sh, docker_api):
+    with pytest.raises(UsageError, match="needs a POSIX sh") as failed:
+        shell.run_cell_magic("container", f"--session s14 --image {image_without_sh}", "true")
+    assert len(str(failed.value).splitlines()) == 1
+    assert my_containers(docker_api) == []

@@ -187,11 +187,13 @@ class Engine(abc.ABC):
         workdir: str | None = None,
         mounts: Sequence[Mount] = (),
         labels: Mapping[str, str] | None = None,
+        keep: bool = False,
     ) -> AsyncIterator[str]:
         """A created (not started) container, removed on exit even when cancelled.
 
-        A container created just after a Ctrl-C must not be left behind: creation always
-        completes, and is then undone if we were cancelled meanwhile.
+        With ``keep``, it is removed only if the block fails: how long-lived containers
+        (sessions) are set up. A container created just after a Ctrl-C must not be left
+        behind: creation always completes, and is then undone if we were cancelled meanwhile.
         """
         create = asyncio.ensure_future(
             self.create(image, argv, env=env, workdir=workdir, mounts=mounts, labels=labels)
@@ -204,7 +206,10 @@ class Engine(abc.ABC):
             raise
         try:
             yield container_id
-        finally:
+        except BaseException:
+            await finish_despite_cancel(self.remove(container_id))
+            raise
+        if not keep:
             await finish_despite_cancel(self.remove(container_id))
 
     @abc.abstractmethod
