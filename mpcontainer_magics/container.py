@@ -147,7 +147,7 @@ class Directory:
     async def export(self, path: str | os.PathLike[str]) -> str:
         """Copy the tree to the host ``path`` (merged into what is there); returns the path."""
         dest = Path(path).expanduser().absolute()
-        copy_tree(await self._materialise(), dest)
+        await asyncio.to_thread(copy_tree, await self._materialise(), dest)
         return str(dest)
 
     def _derive(self, source: DirSource) -> Directory:
@@ -175,7 +175,7 @@ class File:
         """Copy the file to the host ``path``; returns the path."""
         dest = Path(path).expanduser().absolute()
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(await self._located(), dest)
+        await asyncio.to_thread(shutil.copyfile, await self._located(), dest)
         return str(dest)
 
     async def _located(self) -> Path:
@@ -475,8 +475,8 @@ class Evaluator:
         if state.image is None:
             assert state.files is not None
             files = self.scratch("rootfs")
-            copy_tree(state.files, files)
-            copy_tree(source, resolve_in_root(files, path))
+            await asyncio.to_thread(copy_tree, state.files, files)
+            await asyncio.to_thread(copy_tree, source, resolve_in_root(files, path))
             return replace(state, files=files)
         async with self.engine.container(state.image) as container_id:
             await self.engine.copy_to(container_id, source, path)
@@ -491,7 +491,7 @@ class Evaluator:
         mounts = []
         for path, source in state.mounts:
             copy = self.scratch("mount")
-            copy_tree(source, copy)
+            await asyncio.to_thread(copy_tree, source, copy)
             mounts.append((path, copy))
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         async with self.engine.container(
@@ -541,7 +541,7 @@ class Evaluator:
             if not os.path.isdir(source.path):
                 what = "is not a directory" if os.path.exists(source.path) else "does not exist"
                 raise InvalidArgument(f"host path {source.path} {what}")
-            copy_tree(Path(source.path), dest)
+            await asyncio.to_thread(copy_tree, Path(source.path), dest)
         elif isinstance(source, _GitTree):
             from .git import checkout
 
@@ -550,7 +550,7 @@ class Evaluator:
         elif isinstance(source, _ContainerPath):
             await self._from_container(source, dest)
         elif isinstance(source, _NewFile):
-            copy_tree(await self.materialise(source.base), dest)
+            await asyncio.to_thread(copy_tree, await self.materialise(source.base), dest)
             target = resolve_in_root(dest, source.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_symlink() or target.exists():
@@ -558,8 +558,9 @@ class Evaluator:
             target.write_bytes(source.contents)
             target.chmod(source.permissions)
         else:
-            copy_tree(await self.materialise(source.base), dest)
-            copy_tree(await self.materialise(source.other), resolve_in_root(dest, source.path))
+            base, other = await self.materialise(source.base), await self.materialise(source.other)
+            await asyncio.to_thread(copy_tree, base, dest)
+            await asyncio.to_thread(copy_tree, other, resolve_in_root(dest, source.path))
         return dest
 
     async def _from_container(self, source: _ContainerPath, dest: Path) -> None:
@@ -567,18 +568,19 @@ class Evaluator:
         path = _absolute(state, source.path)
         for mount_path, mount_dir in state.mounts:
             if path == mount_path or path.startswith(mount_path.rstrip("/") + "/"):
-                _copy_out(mount_dir, posixpath.relpath(path, mount_path), dest, source.as_file)
+                inside = posixpath.relpath(path, mount_path)
+                await asyncio.to_thread(_copy_out, mount_dir, inside, dest, source.as_file)
                 return
         if state.files is not None:
-            _copy_out(state.files, path, dest, source.as_file)
+            await asyncio.to_thread(_copy_out, state.files, path, dest, source.as_file)
             return
         assert state.image is not None
         if _touches_docker_files(path):
             # A container's view adds Docker's own files; read the image's exact layers.
             whole = self.scratch("rootfs")
             await self.engine.read_image(state.image, whole)
-            _copy_out(whole, path, dest, source.as_file)
-            shutil.rmtree(whole, ignore_errors=True)
+            await asyncio.to_thread(_copy_out, whole, path, dest, source.as_file)
+            await asyncio.to_thread(shutil.rmtree, whole, ignore_errors=True)
             return
         name = posixpath.basename(path)
         async with self.engine.container(state.image) as container_id:
