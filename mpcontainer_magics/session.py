@@ -1,15 +1,12 @@
 """Interactive sessions: one live container per platform, kept from cell to cell.
 
 A session behaves like a terminal on each of its platforms: files, the working directory
-and exported variables persist from one cell to the next. Each container runs a keep-alive
-``sh`` loop; each cell is a ``docker exec`` of a small wrapper (``CELL``) that restores the
-saved working directory and exported variables, evaluates the cell in the same shell (so
-``cd`` and ``export`` take effect), and saves them again on the way out, also after an
-``exit`` or a Ctrl-C. State lives in ``STATE_DIR`` inside the container, so it survives
-exactly as long as the container.
+and variables persist from one cell to the next. Each container runs a keep-alive loop, and
+a live ``sh`` in it (:class:`.shell.Shell`) runs the cells, on every platform concurrently.
 
-Ctrl-C and timeouts stop the cell's processes (the engine signals its process group) and
-leave the container running, so the next cell finds the session as it was.
+Ctrl-C and timeouts stop what the cell started (the engine signals the shell's process
+group) and leave the container running; the next cell gets a fresh shell that restores the
+working directory and exported variables, so the session goes on as it was.
 """
 
 from __future__ import annotations
@@ -36,38 +33,14 @@ from .engines.base import (
 )
 from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
 from .platforms import Platform
+from .shell import Shell
 
 if TYPE_CHECKING:
     import pandas as pd
 
-STATE_DIR = "/tmp/.mpc-session"
-
 # `sleep` in the background and `wait`, so the loop costs nothing; exit if sleep is missing
 # (127) rather than spin.
 KEEP_ALIVE = ["sh", "-c", "while :; do sleep 86400 & wait $!; [ $? = 127 ] && exit 127; done"]
-
-# Sourced by every cell. $1 is the cell, $2... are KEY=VALUE pairs of --env; MPC_KEEP_CWD=1
-# when --workdir is given. Builtins only (read, not $(cat)): under emulation every process
-# start costs ~40 ms.
-CELL = f"""\
-mpc_cell=$1; shift
-if [ -f {STATE_DIR}/env ]; then . {STATE_DIR}/env; fi
-if [ -z "${{MPC_KEEP_CWD:-}}" ] && {{ read -r mpc_cwd < {STATE_DIR}/cwd; }} 2>/dev/null; then
-    cd "$mpc_cwd" 2>/dev/null || :
-fi
-unset MPC_KEEP_CWD
-for mpc_kv do export "$mpc_kv"; done
-unset mpc_kv mpc_cwd; set --
-trap 'mpc_status=$?; pwd > {STATE_DIR}/cwd; export -p > {STATE_DIR}/env; exit $mpc_status' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-eval "$mpc_cell"
-"""
-
-# Run once per container at start: installs CELL (so `ps` in a cell shows one short line,
-# not the whole wrapper) and proves the image has a working sh.
-INSTALL = f'mkdir -p {STATE_DIR} && printf "%s" "$1" > {STATE_DIR}/cell.sh'
-RUN_CELL = f". {STATE_DIR}/cell.sh"
 
 #: Session names become container labels and appear in `%container cp NAME:/path`.
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -84,11 +57,12 @@ def check_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Member:
-    """One platform's live container of a session."""
+    """One platform's live container of a session, and the shell in it."""
 
     platform: Platform
     image: PulledImage
     container_id: str
+    shell: Shell
     emulated: bool
     started: float  # time.time()
 
@@ -155,21 +129,20 @@ class Session:
         async with self._engine.container(
             image, KEEP_ALIVE, mounts=self.mounts, labels=labels, keep=True
         ) as container_id:
+            shell = Shell(self._engine, container_id)
             try:
                 await self._engine.start(container_id)
-                installed = await self._engine.exec(container_id, INSTALL, [CELL])
-                failure = f"exit {installed.exit_code}" if installed.exit_code else ""
+                await shell.start()
             except EmulationUnavailable:
                 raise
-            except EngineError as exc:
-                failure = str(exc)
-            if failure:
+            except (EngineError, SessionError) as exc:
                 raise SessionError(
                     f"cannot start session {self.name!r} on {platform}: {self.image} needs a "
-                    f"POSIX sh, sleep and mkdir, and a writable /tmp ({failure})"
-                )
+                    f"POSIX sh, sleep and mkdir, and a writable /tmp ({exc})"
+                ) from None
         native = await self._engine.native_platform()
-        return Member(platform, image, container_id, not platform.matches(native), time.time())
+        emulated = not platform.matches(native)
+        return Member(platform, image, container_id, shell, emulated, time.time())
 
     async def run(
         self,
@@ -189,11 +162,10 @@ class Session:
             members = list(self._members.values())
         if not members:
             raise SessionError(f"session {self.name!r} has no platforms; start it with some")
-        args = [script, *(f"{k}={v}" for k, v in (env or {}).items())]
         began = time.perf_counter()
         results = await gather_or_cancel(
             run_streamed(
-                self._launcher(member, args, workdir),
+                self._launcher(member, script, env or {}, workdir),
                 platform=member.platform,
                 emulated=member.emulated,
                 image_digest=member.image.digest,
@@ -211,16 +183,13 @@ class Session:
             wall_s=time.perf_counter() - began,
         )
 
-    def _launcher(self, member: Member, args: list[str], workdir: str | None) -> Launch:
+    def _launcher(
+        self, member: Member, script: str, env: Mapping[str, str], workdir: str | None
+    ) -> Launch:
         async def launch(on_output: OutputCallback) -> ExecOutcome:
             try:
-                return await self._engine.exec(
-                    member.container_id,
-                    RUN_CELL,
-                    args,
-                    env={"MPC_KEEP_CWD": "1"} if workdir else None,
-                    workdir=workdir,
-                    on_output=on_output,
+                return await member.shell.run(
+                    script, env=env, workdir=workdir, on_output=on_output
                 )
             except EngineError:
                 state = await self._engine.state(member.container_id)

@@ -76,7 +76,7 @@ class FakeEngine(Engine):
         pass
 
     # Sessions, files and snapshots are tested against the real engine only.
-    start = exec = state = copy_to = copy_from = commit = _unused
+    start = attach_exec = state = copy_to = copy_from = commit = _unused
     read_image = image_from_directory = image_config = remove_image = _unused
 
     async def reap_orphans(self) -> int:

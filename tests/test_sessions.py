@@ -52,11 +52,17 @@ def test_files_cwd_and_exports_persist_on_every_platform(shell):
     assert all(r.emulated for r in later)
 
 
-def test_unexported_variables_and_unset_exports_behave_like_a_shell(shell):
-    cell(shell, "--session s2", "export A=1 B=2; C=3")
+def test_variables_and_functions_live_on_as_in_a_terminal(shell):
+    cell(shell, "--session s2", "export A=1 B=2; C=3; greet() { echo hi $1; }")
     cell(shell, "--session s2", "unset B")
-    res = cell(shell, "--session s2", 'echo "A=$A B=${B-unset} C=${C-unset}"')
-    assert res[0].stdout == "A=1 B=unset C=unset\n"
+    res = cell(shell, "--session s2", 'echo "A=$A B=${B-unset} C=${C-unset}"; greet you')
+    assert res[0].stdout == "A=1 B=unset C=3\nhi you\n"
+
+
+def test_after_exit_a_new_shell_keeps_exports_not_plain_variables(shell):
+    cell(shell, "--session s2b", "export KEPT=1; LOST=1; exit 0")
+    res = cell(shell, "--session s2b", 'echo "KEPT=${KEPT-unset} LOST=${LOST-unset}"')
+    assert res[0].stdout == "KEPT=1 LOST=unset\n"
 
 
 def test_cwd_and_exports_survive_exit_and_failure(shell):

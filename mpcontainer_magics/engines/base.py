@@ -6,13 +6,13 @@ and a few container primitives the rest of the package composes:
 
 - ``create`` / ``remove`` a container (``container()`` pairs them, cancellation-safe);
 - ``start_and_wait`` runs a created container to completion, streaming its output;
-- ``start`` + ``exec`` keep a container alive and run commands in it (sessions);
+- ``start`` + ``attach_exec`` keep a container alive with a shell we talk to (sessions);
 - ``copy_to`` / ``copy_from`` move directories between the host and a container;
 - ``commit`` snapshots a container's filesystem as a new image, ``read_image`` unpacks an
   image's exact filesystem, ``image_from_directory`` makes an image of a host directory.
 
 Everything is async; blocking client libraries are wrapped in threads by the engine itself.
-Waiting calls (``run``, ``start_and_wait``, ``exec``) are cancellation-safe: when their task is
+Waiting calls (``run``, ``start_and_wait``) are cancellation-safe: when their task is
 cancelled (timeout, Ctrl-C) what they started is stopped before the cancellation propagates.
 """
 
@@ -138,6 +138,25 @@ class Mount:
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
+class AttachedProcess(abc.ABC):
+    """A process started by ``Engine.attach_exec``: we write its stdin and see it end."""
+
+    #: Resolves with the exit code once the process has ended and its output is all read.
+    exited: asyncio.Future[int]
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to the process's stdin."""
+
+    @abc.abstractmethod
+    async def interrupt(self, group: int) -> None:
+        """Stop process group ``group`` (as seen in the container) and everything in it.
+
+        SIGINT first, as Ctrl-C in a terminal; then SIGTERM and SIGKILL to whatever is left
+        of the group (a non-interactive shell starts background jobs immune to SIGINT).
+        """
+
+
 class Engine(abc.ABC):
     """A place where containers run."""
 
@@ -236,20 +255,12 @@ class Engine(abc.ABC):
         """Start a created container in the background (its argv should keep it alive)."""
 
     @abc.abstractmethod
-    async def exec(
-        self,
-        container_id: str,
-        script: str,
-        args: Sequence[str] = (),
-        *,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecOutcome:
-        """Run the POSIX ``sh`` script with positional ``args`` in a running container.
+    async def attach_exec(
+        self, container_id: str, argv: Sequence[str], on_output: OutputCallback
+    ) -> AttachedProcess:
+        """Start ``argv`` in a running container with its stdin open to us (a live shell).
 
-        On cancellation the script and every process it started are stopped; the container
-        keeps running.
+        Its output goes to ``on_output`` (on the event loop) for as long as it runs.
         """
 
     @abc.abstractmethod

@@ -47,13 +47,13 @@ from ..platforms import Platform
 from ..registry import RegistryClient, ResolvedImage
 from .base import (
     LABEL_MANAGED,
+    AttachedProcess,
     Engine,
     ExecOutcome,
     ImageConfig,
     Mount,
     OutputCallback,
     PulledImage,
-    finish_despite_cancel,
     owner_is_gone,
     owner_labels,
 )
@@ -438,109 +438,42 @@ class DockerEngine(Engine):
         except docker.errors.APIError as exc:
             raise await self._run_error(container_id, exc) from None
 
-    async def exec(
-        self,
-        container_id: str,
-        script: str,
-        args: Sequence[str] = (),
-        *,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecOutcome:
-        """``docker exec`` of ``sh -c SCRIPT``, made interruptible.
-
-        Docker has no API to stop an exec'd process, so the shell first prints its PID:
-        each exec runs as the leader of its own process group (runc calls setsid), so
-        signalling that group from a second exec stops the script and everything it started,
-        and the container lives on. Prepending to the script, rather than wrapping it in
-        another ``sh``, keeps it to one process start (~40 ms each under emulation).
-        """
-        emit, stderr_seen = self._emitter(on_output)
-        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async def attach_exec(
+        self, container_id: str, argv: Sequence[str], on_output: OutputCallback
+    ) -> AttachedProcess:
+        """``docker exec -i``: a process with its stdin open, read by a thread of its own."""
+        loop = asyncio.get_running_loop()
+        emit, _ = self._emitter(on_output)
+        exited: asyncio.Future[int] = loop.create_future()
         try:
-            created = await self._call(
-                self._api.exec_create,
-                container_id,
-                ["sh", "-c", f'echo "$$"\n{script}', "sh", *args],
-                environment=dict(env or {}),
-                workdir=workdir or None,
-            )
+            exec_id = (
+                await self._call(self._api.exec_create, container_id, list(argv), stdin=True)
+            )["Id"]
+            sock = await self._call(self._api.exec_start, exec_id, socket=True)
         except docker.errors.APIError as exc:
             raise await self._exec_error(container_id, exc) from None
-        exec_id = created["Id"]
-        started = time.perf_counter()
-        streaming = asyncio.ensure_future(self._call(self._exec_stream, exec_id, emit, pid))
-        try:
-            await asyncio.shield(streaming)
-        except asyncio.CancelledError:
-            await finish_despite_cancel(self._interrupt(container_id, pid, streaming))
-            raise
-        except docker.errors.APIError as exc:
-            raise await self._exec_error(container_id, exc) from None
-        duration = time.perf_counter() - started
-        info = await self._call(self._api.exec_inspect, exec_id)
-        exit_code = int(info.get("ExitCode") or 0)
-        if exit_code != 0 and _exec_format_error(stderr_seen.decode(errors="replace")):
-            raise EmulationUnavailable(await self._platform_of_container(container_id))
-        return ExecOutcome(exit_code, duration)
+        _no_read_timeout(sock)
 
-    def _exec_stream(self, exec_id: str, emit: OutputCallback, pid: asyncio.Future[int]) -> None:
-        loop = pid.get_loop()
+        def settle(code: int) -> None:
+            if not exited.done():
+                exited.set_result(code)
 
-        def tell_pid(value: int) -> None:
-            if not pid.done():
-                pid.set_result(value)
+        def pump() -> None:
+            code = -1
+            try:
+                for stream_id, data in frames_iter(sock, tty=False):
+                    emit("stderr" if stream_id == STDERR else "stdout", data)
+            except OSError:
+                pass  # the container was removed under us: the process is gone
+            finally:
+                sock.close()
+                with contextlib.suppress(docker.errors.APIError):
+                    code = int(self._api.exec_inspect(exec_id).get("ExitCode") or 0)
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(settle, code)
 
-        sock = self._api.exec_start(exec_id, socket=True)
-        head: bytearray | None = bytearray()  # stdout up to our PID line; None once parsed
-        try:
-            _no_read_timeout(sock)
-            for stream_id, data in frames_iter(sock, tty=False):
-                stream = "stderr" if stream_id == STDERR else "stdout"
-                if stream == "stdout" and head is not None:
-                    head.extend(data)
-                    line, newline, data = bytes(head).partition(b"\n")
-                    if not newline:
-                        continue
-                    loop.call_soon_threadsafe(tell_pid, int(line))
-                    head = None
-                if data:
-                    emit(stream, data)
-        finally:
-            sock.close()
-
-    async def _interrupt(
-        self, container_id: str, pid: asyncio.Future[int], streaming: asyncio.Future[None]
-    ) -> None:
-        """Stop an exec'd script and everything it started.
-
-        First SIGINT to its process group, as Ctrl-C in a terminal. The shell may then exit
-        while children that ignore SIGINT live on (a non-interactive shell starts background
-        jobs that way), so whatever is left of the group gets SIGTERM, then SIGKILL.
-        """
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pid), 5)
-        if pid.done():
-            group = int(pid.result())
-            await self._signal_group(container_id, f"kill -s INT -{group}")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(streaming), 2)
-            await self._signal_group(
-                container_id,
-                f"kill -s TERM -{group} 2>/dev/null || exit 0; sleep 1; "
-                f"kill -s KILL -{group} 2>/dev/null; exit 0",
-            )
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(streaming), 5)
-
-    async def _signal_group(self, container_id: str, script: str) -> None:
-        def signal() -> None:
-            exec_id = self._api.exec_create(container_id, ["sh", "-c", script])["Id"]
-            self._api.exec_start(exec_id)  # returns when the kill script is done
-
-        with contextlib.suppress(docker.errors.APIError):
-            await self._call(signal)
+        threading.Thread(target=pump, name="mpc-docker-attached", daemon=True).start()
+        return _DockerProcess(self, container_id, getattr(sock, "_sock", sock), exited)
 
     async def _exec_error(self, container_id: str, exc: docker.errors.APIError) -> EngineError:
         text = _short(exc)
@@ -735,3 +668,44 @@ class DockerEngine(Engine):
         finally:
             await self.registry.aclose()
             self._api.close()
+
+
+class _DockerProcess(AttachedProcess):
+    def __init__(
+        self, engine: DockerEngine, container_id: str, stdin: Any, exited: asyncio.Future[int]
+    ) -> None:
+        self._engine = engine
+        self._container_id = container_id
+        self._stdin = stdin
+        self.exited = exited
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._engine._call(self._stdin.sendall, data)
+        except OSError as exc:
+            raise EngineError(
+                f"lost the connection to a shell in container {self._container_id[:12]}: {exc}"
+            ) from None
+
+    async def interrupt(self, group: int) -> None:
+        # Docker cannot signal an exec'd process, so a second exec signals its group (each
+        # exec leads a process group of its own: runc calls setsid).
+        await self._signal(f"kill -s INT -{int(group)}")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 2)
+        await self._signal(
+            f"kill -s TERM -{int(group)} 2>/dev/null || exit 0; sleep 1; "
+            f"kill -s KILL -{int(group)} 2>/dev/null; exit 0"
+        )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 5)
+
+    async def _signal(self, script: str) -> None:
+        api = self._engine._api
+
+        def signal() -> None:
+            exec_id = api.exec_create(self._container_id, ["sh", "-c", script])["Id"]
+            api.exec_start(exec_id)  # returns when the kill script is done
+
+        with contextlib.suppress(docker.errors.APIError):
+            await self._engine._call(signal)

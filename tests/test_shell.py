@@ -1,0 +1,115 @@
+"""The live-shell protocol of sessions: cells in on stdin, output out up to a token.
+
+Unit tests of the parser, then real shells under emulation fed awkward cells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mpcontainer_magics.shell import _Marks
+
+TOKEN = "0123456789abcdef01234567"
+
+
+def parse(chunks: list[tuple[str, bytes]]) -> tuple[dict[str, bytes], int | None, bool]:
+    async def main() -> tuple[dict[str, bytes], int | None, bool]:
+        seen = {"stdout": b"", "stderr": b""}
+
+        def keep(stream: str, data: bytes) -> None:
+            seen[stream] += data
+
+        marks = _Marks(TOKEN, keep)
+        for stream, chunk in chunks:
+            marks.feed(stream, chunk)
+        status = marks.done.result() if marks.done.done() else None
+        return seen, status, marks.shell_exits
+
+    return asyncio.run(main())
+
+
+def byte_by_byte(stream: str, data: bytes) -> list[tuple[str, bytes]]:
+    return [(stream, data[i : i + 1]) for i in range(len(data))]
+
+
+def test_output_ends_at_the_token_on_each_stream():
+    seen, status, exits = parse(
+        [
+            ("stdout", b"hello\n"),
+            ("stderr", b"warn\n" + TOKEN.encode() + b"\n"),
+            ("stdout", b"no newline" + TOKEN.encode() + b":3\n"),
+        ]
+    )
+    assert seen == {"stdout": b"hello\nno newline", "stderr": b"warn\n"}
+    assert (status, exits) == (3, False)
+
+
+def test_a_token_split_across_chunks_is_still_found():
+    stdout = b"abc" + TOKEN.encode() + b":0:exit\n"
+    stderr = TOKEN.encode() + b"\n"
+    seen, status, exits = parse(byte_by_byte("stdout", stdout) + byte_by_byte("stderr", stderr))
+    assert seen == {"stdout": b"abc", "stderr": b""}
+    assert (status, exits) == (0, True)
+
+
+def test_the_cell_is_not_done_until_both_streams_are_marked():
+    seen, status, _ = parse([("stdout", TOKEN.encode() + b":0\n"), ("stderr", b"late")])
+    assert status is None  # stderr may still carry the cell's output
+    assert seen["stderr"] == b""  # held back: it could be the start of a token
+
+
+def test_output_after_the_marks_is_not_this_cells():
+    stdout = TOKEN.encode() + b":0\nbackground job\n"
+    seen, status, _ = parse([("stderr", TOKEN.encode() + b"\n"), ("stdout", stdout)])
+    assert (seen["stdout"], status) == (b"", 0)
+
+
+# -- real shells --------------------------------------------------------------------------
+
+
+def cell(shell: Any, body: str, line: str = "--session sh1 --platform linux/arm64") -> Any:
+    shell.run_cell_magic("container", f"{line} --out res", body)
+    return shell.user_ns["res"][0]
+
+
+AWKWARD = [
+    ("printf 'no newline'", "no newline", 0),
+    ("cat; echo read-nothing", "read-nothing\n", 0),  # stdin is /dev/null, not the protocol
+    ('echo "it\'s" \'a "quote"\' \\\\back', 'it\'s a "quote" \\back\n', 0),
+    ("echo MPC_; echo 'MPC_x'\n\n\necho blank-lines-kept", "MPC_\nMPC_x\nblank-lines-kept\n", 0),
+    ("cat <<EOF\nnested $((1 + 2))\nEOF", "nested 3\n", 0),
+    ("echo before; if then", "", 2),  # a syntax error: nothing of the cell runs
+    ("set -e; false; echo not-reached", "", 1),
+]
+
+
+@pytest.mark.parametrize(("body", "stdout", "exit_code"), AWKWARD)
+def test_awkward_cells_and_the_session_goes_on(shell, body, stdout, exit_code):
+    cell(shell, "cd /tmp && export MARK=kept")
+    got = cell(shell, body)
+    assert (got.stdout, got.exit_code) == (stdout, exit_code)
+    after = cell(shell, 'echo "$PWD $MARK"')
+    assert after.stdout == "/tmp kept\n"
+
+
+def test_a_long_cell(shell):
+    body = "\n".join(f"echo line{i}" for i in range(2000))
+    got = cell(shell, body)
+    assert got.stdout.splitlines() == [f"line{i}" for i in range(2000)]
+
+
+def test_builtin_cells_cost_no_process_start(shell):
+    cell(shell, "true")
+    took = [cell(shell, "cd /; export X=1; true").duration_s for _ in range(5)]
+    # A docker exec (or any process start under QEMU) takes tens of milliseconds.
+    assert min(took) < 0.02, took
+
+
+def test_a_shell_killed_from_outside_is_replaced(shell):
+    cell(shell, "cd /tmp; export MARK=kept")
+    died = cell(shell, "kill -9 $$; echo not-reached")
+    assert died.exit_code == 137 and died.stdout == ""
+    assert cell(shell, 'echo "$PWD $MARK"').stdout == "/tmp kept\n"
