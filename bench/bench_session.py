@@ -1,17 +1,17 @@
 """Session benchmark: is a warm session cell faster than ``docker exec``?
 
-Run: .venv/bin/python bench/bench_session.py [--rounds 30] [--warmup 3] [--breakdown 15]
-     [--image IMG]
+Run: .venv/bin/python bench/bench_session.py [--rounds 30] [--warmup 3] [--image IMG]
 (needs a Docker engine with QEMU binfmt emulation; the image defaults to $MPC_TEST_IMAGE).
 
-A session keeps one live container per platform, so a warm cell is one ``docker exec``.
+A session keeps one live container and shell per platform, so a warm cell is a write to
+that shell's stdin; the peers start a process per command (``docker exec``).
 This script starts sessions through the public API and through the ``%%container`` magic
 in a real IPython shell, finds their containers, and interleaves rounds (in a shuffled order)
 of: the ``docker exec`` CLI, a bare docker-py exec (what ``container.exec_run`` does), the
 API's ``session.run`` (called through a private loop thread, as the magics do) and the
 magic cell, all running ``true`` on the same containers; then cells of a 3-platform
 session (amd64, arm64, s390x) against its one-platform cells. Every number is a median over
---rounds rounds; a closing breakdown times each docker-py call of an instrumented cell.
+--rounds rounds.
 See bench/README.md for what each row means. Targets print PASS or MISS; the exit status is
 0 either way (this is a measurement).
 """
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -195,124 +195,6 @@ class MagicShell:
             self.ip.run_line_magic("unload_ext", "mpcontainer_magics")
 
 
-# -- where the time goes: the API engine's docker-py calls, timed one by one ----------------
-
-
-@contextlib.contextmanager
-def instrumented(engine: Any) -> Iterator[dict[str, list[float]]]:
-    """Time each step of ``DockerEngine.exec`` on ``engine`` (restored afterwards).
-
-    Every blocking docker-py call goes through ``engine._call``, which starts a thread and
-    hands the result back to the loop: the "hop" is that call's wall time minus the time the
-    function itself ran in its thread.
-    """
-    marks: dict[str, list[float]] = defaultdict(list)
-    original_call = engine._call
-    original_start = engine._api.exec_start
-
-    async def call(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        name = getattr(fn, "__name__", "call")
-        ran: list[float] = []
-
-        def work(*a: Any, **k: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                ran.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        try:
-            return await original_call(work, *args, **kwargs)
-        finally:
-            if ran:
-                marks[name].append(ran[0])
-                marks["hop"].append(time.perf_counter() - started - ran[0])
-
-    def exec_start(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original_start(*args, **kwargs)
-        finally:
-            marks["exec_start"].append(time.perf_counter() - started)
-
-    engine._call = call
-    engine._api.exec_start = exec_start
-    try:
-        yield marks
-    finally:
-        del engine._call  # back to the class's method
-        del engine._api.exec_start
-
-
-def bare_steps(peers: Peers) -> dict[str, float]:
-    """Seconds of each docker-py call of one bare exec of ``true``."""
-    steps = {}
-    started = time.perf_counter()
-    exec_id = peers.api.exec_create(peers.cid, [CELL])["Id"]
-    steps["exec_create"] = time.perf_counter() - started
-    started = time.perf_counter()
-    peers.api.exec_start(exec_id)
-    steps["exec_start"] = time.perf_counter() - started
-    started = time.perf_counter()
-    peers.api.exec_inspect(exec_id)
-    steps["exec_inspect"] = time.perf_counter() - started
-    return steps
-
-
-def breakdown(api: ApiSessions, peers: Peers, rounds: int) -> list[str]:
-    """Lines splitting a warm API cell into its docker-py calls, next to a bare exec's."""
-    ours: dict[str, list[float]] = defaultdict(list)
-    bare: dict[str, list[float]] = defaultdict(list)
-    wrapper: list[float] = []  # the session's argv run by a bare docker-py exec
-    plain: list[float] = []
-    argv = ["sh", "-c", 'echo "$$"\n. /tmp/.mpc-session/cell.sh', "sh", CELL]
-    for _ in range(rounds):
-        with instrumented(api.client.engine) as marks:
-            wall, inside = api.cell(api.one)
-        stream = marks["_exec_stream"][0]
-        ours["exec_create"].append(marks["exec_create"][0])
-        ours["exec_start"].append(marks["exec_start"][0])
-        ours["frames"].append(stream - marks["exec_start"][0])
-        ours["exec_inspect"].append(marks["exec_inspect"][0])
-        ours["hops"].append(sum(marks["hop"]))
-        calls = sum(marks[k][0] for k in ("exec_create", "_exec_stream", "exec_inspect"))
-        ours["asyncio"].append(inside - calls - sum(marks["hop"]))
-        ours["bridge"].append(wall - inside)
-        ours["total"].append(wall)
-        for step, seconds in bare_steps(peers).items():
-            bare[step].append(seconds)
-        wrapper.append(peers.docker_py(argv))
-        plain.append(peers.docker_py())
-    bare_total = sum(median(v) for v in bare.values())
-    rows = [
-        ("exec_create (HTTP POST)", ours["exec_create"], bare["exec_create"]),
-        ("exec_start (POST, hijack / whole reply)", ours["exec_start"], bare["exec_start"]),
-        ("  frames until EOF (command runs)", ours["frames"], None),
-        ("exec_inspect (HTTP GET)", ours["exec_inspect"], bare["exec_inspect"]),
-        ("3 thread hops in DockerEngine._call", ours["hops"], None),
-        ("asyncio: session.run, run_streamed...", ours["asyncio"], None),
-        ("LoopThread.run bridge", ours["bridge"], None),
-    ]
-    lines = [
-        f"where a warm API cell's time goes ({ARM}, {CELL!r}; medians of {rounds} instrumented "
-        "cells, ms):",
-        f"  {'step':<42} {'session':>8} {'bare docker-py':>15}",
-    ]
-    for label, our, their in rows:
-        theirs = ms(median(their)) if their else "-"
-        lines.append(f"  {label:<42} {ms(median(our)):>8} {theirs:>15}")
-    lines.append(
-        f"  {'total (median of totals)':<42} {ms(median(ours['total'])):>8} {ms(bare_total):>15}"
-    )
-    lines.append(
-        f"  the session's wrapper inside the container: a bare docker-py exec of the session's "
-        f"argv takes {ms(median(wrapper))} ms, of plain `true` {ms(median(plain))} ms "
-        f"(+{ms(median(wrapper) - median(plain))} ms)"
-    )
-    return lines
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -325,16 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds (medians shown)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument(
-        "--breakdown", type=int, default=15, help="instrumented cells for the breakdown (0: none)"
-    )
-    parser.add_argument(
         "--image",
         default=os.environ.get("MPC_TEST_IMAGE") or os.environ.get("MPC_DEMO_IMAGE"),
         help="a multi-platform image with a POSIX sh (default: $MPC_TEST_IMAGE)",
     )
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0 or args.breakdown < 0:
-        parser.error("--rounds must be at least 1, --warmup and --breakdown at least 0")
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be at least 1, --warmup at least 0")
     if not args.image:
         parser.error("give --image, or source /var/lib/mpcontainer-test/env.sh")
 
@@ -349,7 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     shell = MagicShell(args.image)
     docker_api = docker.from_env().api
     samples: dict[str, list[float]] = defaultdict(list)
-    detail: list[str] = []
     try:
         api.start()
         shell.load()
@@ -411,8 +289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 step()
             if warm:
                 samples.clear()
-        if args.breakdown:
-            detail = breakdown(api, on_api, args.breakdown)
     finally:
         try:
             shell.close()
@@ -495,9 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  (the 3-platform magic cell: session.run {ms(med['magic3:all:run'])} ms, the rest "
         "is the magic and its table; CLI 'all' = three `docker exec` started together)"
     )
-    if detail:
-        print()
-        print("\n".join(detail))
     print()
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0

@@ -93,6 +93,10 @@ def _exec_format_error(text: str) -> bool:
     return "exec format error" in text.lower()
 
 
+#: Writes up to this size go straight into a socket's send buffer (Linux's minimum is
+#: larger), so they never wait for the reader.
+SOCKET_BUFFER_FLOOR = 16 * 1024
+
 #: The directory bit of a Go ``os.FileMode``, as in the stat header of Docker's archive API.
 GO_MODE_DIR = 1 << 31
 
@@ -681,7 +685,12 @@ class _DockerProcess(AttachedProcess):
 
     async def write(self, data: bytes) -> None:
         try:
-            await self._engine._call(self._stdin.sendall, data)
+            if len(data) <= SOCKET_BUFFER_FLOOR:
+                # Fits in the socket's send buffer, so it cannot block; a thread hop per
+                # platform would cost more than the rest of a builtin-only cell.
+                self._stdin.sendall(data)
+            else:
+                await self._engine._call(self._stdin.sendall, data)
         except OSError as exc:
             raise EngineError(
                 f"lost the connection to a shell in container {self._container_id[:12]}: {exc}"
