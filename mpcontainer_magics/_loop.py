@@ -62,7 +62,11 @@ class LoopThread:
         finished = threading.Event()
 
         def start() -> None:
-            task = loop.create_task(coro)
+            try:
+                task = loop.create_task(coro)
+            except BaseException as exc:  # e.g. not a coroutine: tell the caller, never hang
+                started.set_exception(exc)
+                return
             task.add_done_callback(lambda _: finished.set())
             started.set_result(task)
 

@@ -246,6 +246,9 @@ def test_loop_thread_runs_coroutines_and_polls_while_waiting():
         assert len(polls) >= 3
         with pytest.raises(ZeroDivisionError):
             bridge.run(_divide())
+        # Something awaitable that is not a coroutine fails at once instead of hanging.
+        with pytest.raises(TypeError):
+            bridge.run(mpc.connect())  # type: ignore[arg-type]
     finally:
         bridge.close()
 
