@@ -58,7 +58,7 @@ _TAG = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
 _DIGEST_HEX = {"sha256": 64, "sha512": 128}
 
 
-def _check_digest(digest: str) -> str:
+def check_digest(digest: str) -> str:
     algo, _, hexpart = digest.partition(":")
     if _DIGEST_HEX.get(algo) != len(hexpart) or not re.fullmatch(r"[0-9a-f]+", hexpart):
         raise ValueError(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex digits>")
@@ -104,7 +104,7 @@ class Reference:
             raise bad("the repository name is empty")
         if at:
             try:
-                _check_digest(digest)
+                check_digest(digest)
             except ValueError:
                 raise bad("the digest must look like sha256:<64 lowercase hex digits>") from None
         tag = None
@@ -153,7 +153,7 @@ class Reference:
         return f"{self._familiar_name}@{self.digest}"
 
     def with_digest(self, digest: str) -> Reference:
-        return replace(self, digest=_check_digest(digest))
+        return replace(self, digest=check_digest(digest))
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}{self._suffix()}"
@@ -259,12 +259,12 @@ class RegistryClient:
             if media_type in INDEX_TYPES:
                 # Nested indexes and entries without a platform are not runnable images.
                 entries = tuple(
-                    (Platform.from_oci(m["platform"]), _check_digest(m["digest"]))
+                    (Platform.from_oci(m["platform"]), check_digest(m["digest"]))
                     for m in doc["manifests"]
                     if m.get("mediaType", DOCKER_MANIFEST) in MANIFEST_TYPES and "platform" in m
                 )
                 return ResolvedImage(ref, digest, media_type, entries)
-            config_digest = _check_digest(doc["config"]["digest"])
+            config_digest = check_digest(doc["config"]["digest"])
             config = _json(await self.get_blob(ref, config_digest), f"the config of {ref.familiar}")
             platform = Platform.from_oci(config)
         # ValueError covers a malformed digest and an invalid platform object.
@@ -302,7 +302,7 @@ class RegistryClient:
 
     async def get_blob(self, ref: Reference, digest: str) -> bytes:
         """The blob named ``digest`` in ``ref``'s repository, verified against the digest."""
-        resp = await self._request("GET", ref, f"blobs/{_check_digest(digest)}")
+        resp = await self._request("GET", ref, f"blobs/{check_digest(digest)}")
         _raise_for_blob_status(resp, ref, digest)
         _verify(resp.content, digest, ref, f"blob {digest}")
         return resp.content
@@ -313,7 +313,7 @@ class RegistryClient:
         For layers, which need not fit in memory. On DigestMismatch ``dest`` holds the bad
         bytes: the caller discards it.
         """
-        algo = _check_digest(digest).partition(":")[0]
+        algo = check_digest(digest).partition(":")[0]
         resp = await self._request("GET", ref, f"blobs/{digest}", stream=True)
         try:
             if not resp.is_success:

@@ -171,10 +171,7 @@ class Shell:
         )
         if self._process.exited.done() or pid <= 1:
             detail = b"".join(errors).decode(errors="replace").strip().splitlines()
-            raise SessionError(
-                f"the shell did not start in container {self._container_id[:12]}: needs a "
-                f"POSIX sh, mkdir and a writable /tmp ({(detail or ['no output'])[-1][:200]})"
-            )
+            raise SessionError(f"its sh did not start: {(detail or ['no output'])[-1][:200]}")
         self._pid = pid
 
     def _route(self, stream: str, chunk: bytes) -> None:
