@@ -471,7 +471,8 @@ class DockerEngine(Engine):
                 pass  # the container was removed under us: the process is gone
             finally:
                 sock.close()
-                with contextlib.suppress(docker.errors.APIError):
+                # Also when the client is being closed (the session's end): no code then.
+                with contextlib.suppress(Exception):
                     code = int(self._api.exec_inspect(exec_id).get("ExitCode") or 0)
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(settle, code)
