@@ -92,10 +92,18 @@ class _Marks:
         data = self._held[stream] + chunk
         found = data.find(self._token)
         if found < 0:
-            # Hold back what could be the start of a token split across chunks.
-            keep = len(self._token) - 1
-            self._held[stream] = data[-keep:] if len(data) > keep else data
-            self._emit(stream, data[: max(len(data) - keep, 0)])
+            # Hold back only an end that could be the start of a token split across chunks:
+            # everything else is passed on at once, so output streams live.
+            keep = next(
+                (
+                    k
+                    for k in range(min(len(data), len(self._token) - 1), 0, -1)
+                    if data.endswith(self._token[:k])
+                ),
+                0,
+            )
+            self._held[stream] = data[len(data) - keep :]
+            self._emit(stream, data[: len(data) - keep])
             return
         self._emit(stream, data[:found])
         self._open.discard(stream)

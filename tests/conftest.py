@@ -8,7 +8,9 @@ so a broken set-up can never turn the suite green by skipping.
 
 from __future__ import annotations
 
+import io
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,3 +96,15 @@ def shell(ip: Any, test_image: str, no_leaks: None) -> Iterator[Any]:
     ip.run_line_magic("config", f"ContainerMagics.default_image = {test_image!r}")
     yield ip
     ip.run_line_magic("unload_ext", "mpcontainer_magics")
+
+
+class StampedOutput(io.StringIO):
+    """Remembers when each piece of text was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.stamps.append((time.monotonic(), text))
+        return super().write(text)

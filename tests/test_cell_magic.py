@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import signal
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIVE_PLATFORMS, my_containers
+from conftest import FIVE_PLATFORMS, StampedOutput, my_containers
 from IPython.core.error import UsageError
 
 BYTE_ORDER = "printf '\\001\\002\\003\\004' | od -An -tx4"
@@ -63,18 +62,6 @@ def test_platforms_run_in_parallel(shell):
     assert all(r.duration_s >= 3 for r in res)
     # One after another would take at least 9 s.
     assert res.wall_s < 6, f"3 platforms of 3 s took {res.wall_s:.1f} s: not concurrent"
-
-
-class StampedOutput(io.StringIO):
-    """Remembers when each piece of text was written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stamps: list[tuple[float, str]] = []
-
-    def write(self, text: str) -> int:
-        self.stamps.append((time.monotonic(), text))
-        return super().write(text)
 
 
 def test_output_streams_while_the_command_still_runs(shell):

@@ -6,6 +6,7 @@ Driven through a real InteractiveShell (``%%container --session``), and through 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
 import tarfile
@@ -14,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import managed_containers, my_containers
+from conftest import StampedOutput, managed_containers, my_containers
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
@@ -297,3 +298,14 @@ def test_an_image_without_sh_cannot_hold_a_session(shell, image_without_sh, dock
         shell.run_cell_magic("container", f"--session s14 --image {image_without_sh}", "true")
     assert len(str(failed.value).splitlines()) == 1
     assert my_containers(docker_api) == []
+
+
+def test_session_output_streams_while_the_cell_runs(shell):
+    cell(shell, f"--session s15 --platform {TWO_EMULATED}", "true")
+    out = StampedOutput()
+    with contextlib.redirect_stdout(out):
+        cell(shell, "--session s15", "echo first; sleep 2; echo second")
+        finished = time.monotonic()
+    first = min(t for t, text in out.stamps if "first" in text)
+    assert finished - first >= 1.5, "output arrived only when the cell ended"
+    assert "[linux/s390x] second" in out.getvalue()

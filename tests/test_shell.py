@@ -56,9 +56,15 @@ def test_a_token_split_across_chunks_is_still_found():
 
 
 def test_the_cell_is_not_done_until_both_streams_are_marked():
-    seen, status, _ = parse([("stdout", TOKEN.encode() + b":0\n"), ("stderr", b"late")])
+    seen, status, _ = parse([("stdout", TOKEN.encode() + b":0\n"), ("stderr", b"late\n")])
     assert status is None  # stderr may still carry the cell's output
-    assert seen["stderr"] == b""  # held back: it could be the start of a token
+    assert seen["stderr"] == b"late\n"
+
+
+def test_only_what_could_start_a_token_is_held_back():
+    seen, status, _ = parse([("stdout", b"streams at once\n"), ("stderr", b"warn " + b"0123")])
+    assert seen == {"stdout": b"streams at once\n", "stderr": b"warn "}
+    assert status is None
 
 
 def test_output_after_the_marks_is_not_this_cells():
