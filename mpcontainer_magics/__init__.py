@@ -43,7 +43,8 @@ from .errors import (
     SessionError,
     UnsafeLayer,
 )
-from .platforms import Platform, host_platform, parse_platforms
+from .platforms import Platform, cross_env, host_platform, parse_platforms
+from .publish import Published
 from .session import Session
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ __all__ = [
     "PlatformNotOffered",
     "PlatformReport",
     "PlatformResult",
+    "Published",
     "RegistryError",
     "RunError",
     "RunResult",
@@ -84,6 +86,7 @@ __all__ = [
     "SessionError",
     "UnsafeLayer",
     "connect",
+    "cross_env",
     "host_platform",
     "load_ipython_extension",
     "parse_platforms",

@@ -18,8 +18,11 @@ keeps interactive sessions (see :mod:`.session`)::
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Generator, Mapping, Sequence
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +38,7 @@ from .container import Container, Directory, Evaluator, GitRepository, Host, _Em
 from .engines.base import Engine, Mount, PulledImage, finish_despite_cancel
 from .errors import InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
+from .publish import Published, Variant, build_variants, push, write_layout
 from .session import Session, check_name, sessions_frame
 
 _EMPTY = _Empty()
@@ -145,6 +149,41 @@ class Client:
         """A git repository (URL or local path); ``.branch(name).tree()`` checks it out."""
         return GitRepository(self, url, keep_git_dir)
 
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, address: str, variants: Sequence[Container] | Session) -> Published:
+        """Push the variants (containers, or a session's platforms) as one image ``address``."""
+        return await self._published(
+            variants, lambda built: push(self.engine.registry, address, built)
+        )
+
+    async def export(
+        self,
+        path: str | os.PathLike[str],
+        variants: Sequence[Container] | Session,
+        *,
+        tag: str = "latest",
+    ) -> Published:
+        """Write the variants as an OCI image layout (a directory, or a tar for *.tar)."""
+        return await self._published(
+            variants, lambda built: write_layout(self.engine.registry, path, built, tag)
+        )
+
+    async def _published(
+        self,
+        variants: Sequence[Container] | Session,
+        deliver: Callable[[list[Variant]], Awaitable[Published]],
+    ) -> Published:
+        if isinstance(variants, Session):
+            snapshots = await variants.snapshots()
+        else:
+            snapshots = await gather_or_cancel(self._evaluator.snapshot(c) for c in variants)
+        work = self._evaluator.scratch("publish")
+        try:
+            return await deliver(await build_variants(self.engine, snapshots, work))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
     # -- sessions ----------------------------------------------------------------------------
 
     async def session(
@@ -182,10 +221,14 @@ class Client:
         self._sessions[name] = session
         return session
 
-    async def resolve_platforms(self, image: str, platforms: PlatformsSpec) -> list[Platform]:
-        """The platforms a ``platforms=`` value means for ``image`` on this engine."""
+    async def resolve_platforms(
+        self, image: str, platforms: PlatformsSpec, *, cross: bool = False
+    ) -> list[Platform]:
+        """The platforms a ``platforms=`` value means for ``image`` on this engine; only
+        runnable ones unless they are ``cross`` build targets."""
         spec = platforms_arg(platforms)
-        return runnable(await resolve_platforms(self.engine, image, spec), spec)
+        resolved = await resolve_platforms(self.engine, image, spec)
+        return resolved if cross else runnable(resolved, spec)
 
     @property
     def session_names(self) -> list[str]:
@@ -230,8 +273,12 @@ class Client:
         mounts: MountsSpec | None = None,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
+        cross: bool = False,
     ) -> RunResult:
         """Run ``command`` on each platform concurrently, in a fresh container each.
+
+        ``cross=True`` runs every platform's command on the native platform instead, with
+        that platform's cross-compilation variables (TARGETARCH, GOARCH, …).
 
         A string is run as a POSIX ``sh`` script; a sequence is an argv run as is.
         Non-zero exits, timeouts and platforms without emulation are recorded in the
@@ -252,6 +299,7 @@ class Client:
             mounts=mounts_arg(mounts),
             timeout=timeout,
             on_line=on_line,
+            cross=cross,
         )
 
     async def pull(

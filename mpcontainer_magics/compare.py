@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .engines.base import Engine, ExecOutcome, Mount, OutputCallback, PulledImage
 from .errors import EngineError, ExecUnsupported, MPCError, NonZeroExit, RunTimeout
-from .platforms import Platform
+from .platforms import Platform, cross_env
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -298,29 +298,39 @@ async def run_on_platforms(
     mounts: Sequence[Mount] = (),
     timeout: float | None = None,
     on_line: LineCallback | None = None,
+    cross: bool = False,
 ) -> RunResult:
-    """Run ``argv`` on every platform concurrently; per-platform failures land in the result."""
-    started = time.perf_counter()
-    targets = runnable(await resolve_platforms(engine, image, platforms), platforms)
-    pulled = await gather_or_cancel(engine.pull(image, p) for p in targets)
-    native = await engine.native_platform()
+    """Run ``argv`` on every platform concurrently; per-platform failures land in the result.
 
-    def launcher(image: PulledImage) -> Launch:
+    With ``cross``, every run happens on the engine's native platform, once per target
+    platform, with that target's cross-compilation variables (``platforms.cross_env``).
+    """
+    started = time.perf_counter()
+    native = await engine.native_platform()
+    targets = await resolve_platforms(engine, image, platforms)
+    if cross:  # runs natively only: the targets need not be able to run here
+        pulled = [await engine.pull(image, native)] * len(targets)
+    else:
+        targets = runnable(targets, platforms)
+        pulled = await gather_or_cancel(engine.pull(image, p) for p in targets)
+
+    def launcher(image: PulledImage, target: Platform) -> Launch:
+        run_env = {**cross_env(target, native), **(env or {})} if cross else env
         return lambda on_output: engine.run(
-            image, argv, env=env, workdir=workdir, mounts=mounts, on_output=on_output
+            image, argv, env=run_env, workdir=workdir, mounts=mounts, on_output=on_output
         )
 
     results = await gather_or_cancel(
         run_streamed(
-            launcher(p),
-            platform=p.platform,
+            launcher(p, target),
+            platform=target,
             emulated=not p.platform.matches(native),
             image_digest=p.digest,
             engine=engine.name,
             timeout=timeout,
             on_line=on_line,
         )
-        for p in pulled
+        for p, target in zip(pulled, targets, strict=True)
     )
     return RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
 

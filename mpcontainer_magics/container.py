@@ -51,6 +51,7 @@ from .engines.base import (
 )
 from .errors import ExecUnsupported, InvalidArgument, NonZeroExit
 from .platforms import Platform
+from .publish import Snapshot
 
 if TYPE_CHECKING:
     from .client import Client
@@ -359,6 +360,32 @@ class Container:
     async def exit_code(self) -> int:
         return (await self._last()).exit_code
 
+    async def publish(self, address: str, *, platform_variants: Sequence[Container] = ()) -> str:
+        """Push this container (and ``platform_variants``, one per platform) as ``address``.
+
+        Several variants make an OCI image index; returns ``address@sha256:<digest>``.
+        """
+        published = await self._client.publish(address, self._with_variants(platform_variants))
+        return published.reference
+
+    async def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        platform_variants: Sequence[Container] = (),
+        tag: str = "latest",
+    ) -> str:
+        """Write the same as ``publish`` would push, as an OCI image layout (a directory, or
+        a tar archive when ``path`` ends in .tar); returns the path."""
+        published = await self._client.export(path, self._with_variants(platform_variants), tag=tag)
+        return published.reference
+
+    def _with_variants(self, platform_variants: Sequence[Container]) -> list[Container]:
+        # `client.container().publish(ref, platform_variants=[...])`: the empty receiver is
+        # only the handle, as in Dagger; a container that has content is a variant itself.
+        bare = self._base == _Rootfs(_Empty()) and not self._steps
+        return [*([] if bare else [self]), *platform_variants]
+
     async def sync(self) -> Container:
         """Evaluate every step now (errors surface here); returns self."""
         await self._client._evaluator.evaluate(self)
@@ -395,6 +422,7 @@ class _State:
     files: Path | None  # the unpacked filesystem (platforms that cannot run here)
     mounts: tuple[tuple[str, Path], ...] = ()
     last: ExecResult | None = None
+    origin: PulledImage | None = None  # the registry image the chain started from
 
 
 class Evaluator:
@@ -449,7 +477,8 @@ class Evaluator:
                 config = ImageConfig.from_oci(unpacked.config)
                 return _State(platform, config, None, unpacked.root)
             image = await self.engine.pull(base.reference, platform)
-            return _State(platform, await self.engine.image_config(image), image, None)
+            config = await self.engine.image_config(image)
+            return _State(platform, config, image, None, origin=image)
         root = await self.materialise(base.directory)
         if platform.os != "linux":
             return _State(platform, ImageConfig(), None, root)
@@ -521,6 +550,16 @@ class Evaluator:
                 result,
             )
         return replace(state, image=image, mounts=tuple(mounts), last=result)
+
+    async def snapshot(self, container: Container) -> Snapshot:
+        """The engine image and config a published variant of ``container`` is made from."""
+        state = await self.evaluate(container)
+        if state.image is None:
+            raise InvalidArgument(
+                f"cannot publish a {state.platform} variant: only Linux variants can be "
+                "published (their files come from a container engine)"
+            )
+        return Snapshot(state.platform, state.image, state.config, state.origin)
 
     # -- directories -------------------------------------------------------------------------
 

@@ -31,9 +31,10 @@ from traitlets import Enum, Unicode
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
 from .compare import RunResult
-from .container import reap_workspaces
+from .container import Container, reap_workspaces
 from .errors import MPCError
 from .platforms import Platform
+from .session import Session
 
 T = TypeVar("T")
 
@@ -47,6 +48,10 @@ SUBCOMMANDS = {
     "ls": "%container ls [PATH] --image IMAGE [--platform P]   list files of an image "
     "(any OS, e.g. windows/amd64)",
     "cat": "%container cat PATH --image IMAGE [--platform P]   print a file of an image",
+    "publish": "%container publish REF --from SESSION_OR_VAR   push the platforms of a session "
+    "(or Containers in a variable) as one multi-platform image",
+    "export": "%container export PATH --from SESSION_OR_VAR [--tag TAG]   the same, written as "
+    "an OCI image layout (a directory, or a tar for PATH.tar)",
 }
 
 #: The session side of `%container cp`: NAME[@PLATFORM]:/absolute/path
@@ -183,6 +188,13 @@ class ContainerMagics(Magics):
         help="Fail the cell when a platform exits non-zero (otherwise that is shown as data).",
     )
     @argument("--table", action="store_true", help="Show the table even for a single platform.")
+    @argument(
+        "--cross",
+        action="store_true",
+        help="Cross-build: run on the engine's native platform once per --platform target, "
+        "with TARGETPLATFORM/TARGETOS/TARGETARCH/TARGETVARIANT, BUILDPLATFORM/BUILDOS/"
+        "BUILDARCH and GOOS/GOARCH/GOARM set for that target (keep outputs with --mount).",
+    )
     @line_cell_magic
     def container(self, line: str, cell: str | None = None) -> Any:
         """Run the cell as a POSIX sh script in a container on each platform, side by side.
@@ -202,6 +214,8 @@ class ContainerMagics(Magics):
                                                          NAME[@PLATFORM]:/path
           %container ls [PATH] --image IMAGE [--platform P]   list an image's files (any OS)
           %container cat PATH --image IMAGE [--platform P]    print an image's file
+          %container publish REF --from SESSION_OR_VAR        push a multi-platform image
+          %container export PATH --from SESSION_OR_VAR        write it as an OCI layout
         """
         if cell is None:
             return self._line(line)
@@ -215,6 +229,11 @@ class ContainerMagics(Magics):
     def _cell(self, args: Any, cell: str) -> None:
         if not cell.strip():
             raise UsageError("the cell is empty: write the shell commands to run below %%container")
+        if args.cross and (args.session or not args.platform):
+            raise UsageError(
+                "--cross needs --platform targets and runs one-off containers, not a session "
+                "(keep the build's output with --mount HOST:CONTAINER)"
+            )
         env = _parse_env(args.env)
         lines: queue.SimpleQueue[tuple[Platform, str, str]] = queue.SimpleQueue()
         labelled = [False]  # decided once the platforms are known, before any line arrives
@@ -236,7 +255,7 @@ class ContainerMagics(Magics):
             keeps_image = args.session in client.session_names
             image = args.image or (None if keeps_image else self.default_image)
             if args.session is None:
-                targets = await client.resolve_platforms(image, args.platform)
+                targets = await client.resolve_platforms(image, args.platform, cross=args.cross)
                 labelled[0] = len(targets) > 1
                 return await client.run(
                     cell,
@@ -247,6 +266,7 @@ class ContainerMagics(Magics):
                     mounts=args.mount,
                     timeout=args.timeout,
                     on_line=on_line,
+                    cross=args.cross,
                 )
             session = await client.session(
                 args.session,
@@ -381,3 +401,47 @@ class ContainerMagics(Magics):
     def _line_cat(self, parser: MagicArgumentParser, words: list[str]) -> None:
         args, container = self._image_files(parser, words, path_required=True)
         print(self._run(lambda client: container(client).file(args.path).contents()), end="")
+
+    def _line_publish(self, parser: MagicArgumentParser, words: list[str]) -> Any:
+        parser.add_argument("reference", help="where to push, e.g. registry.example/hello:1")
+        parser.add_argument("--from", dest="source", required=True, metavar="SESSION_OR_VAR")
+        args = parser.parse_args(words)
+        return self._run(
+            lambda client: client.publish(args.reference, self._variants(client, args.source))
+        )
+
+    def _line_export(self, parser: MagicArgumentParser, words: list[str]) -> Any:
+        parser.add_argument("path", help="a directory, or a file ending in .tar")
+        parser.add_argument("--from", dest="source", required=True, metavar="SESSION_OR_VAR")
+        parser.add_argument("--tag", default="latest", help="the layout's reference name")
+        args = parser.parse_args(words)
+        return self._run(
+            lambda client: client.export(
+                args.path, self._variants(client, args.source), tag=args.tag
+            )
+        )
+
+    def _variants(self, client: Client, name: str) -> Session | list[Container]:
+        """A session by name, or a variable holding a Session, a Container or Containers."""
+        if name in client.session_names:
+            return client.get_session(name)
+        if name not in self.shell.user_ns:
+            raise UsageError(
+                f"no session or variable called {name!r}; sessions: "
+                f"{', '.join(client.session_names) or 'none'}"
+            )
+        value = self.shell.user_ns[name]
+        if isinstance(value, Session):
+            return value
+        if isinstance(value, Container):
+            return [value]
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, Container) for v in value)
+        ):
+            return list(value)
+        raise UsageError(
+            f"{name} is a {type(value).__name__}; --from takes a session, a Container or a "
+            "list of Containers (a run's result holds outputs, not files)"
+        )

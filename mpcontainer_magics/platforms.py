@@ -270,3 +270,27 @@ def host_platform() -> Platform:
             "name the platforms explicitly, e.g. linux/amd64"
         )
     return host
+
+
+def cross_env(target: Platform, build: Platform) -> dict[str, str]:
+    """The variables a build running on ``build`` needs to produce ``target``'s binaries.
+
+    BuildKit's automatic platform arguments (TARGETPLATFORM, TARGETOS, TARGETARCH,
+    TARGETVARIANT, BUILDPLATFORM, BUILDOS, BUILDARCH, BUILDVARIANT), plus Go's GOOS/GOARCH
+    (and GOARM for 32-bit arm: "v7" → "7"), so `go build` cross-compiles as is.
+    """
+    env = {
+        "TARGETPLATFORM": str(target),
+        "TARGETOS": target.os,
+        "TARGETARCH": target.architecture,
+        "TARGETVARIANT": target.variant,
+        "BUILDPLATFORM": str(build),
+        "BUILDOS": build.os,
+        "BUILDARCH": build.architecture,
+        "BUILDVARIANT": build.variant,
+        "GOOS": target.os,
+        "GOARCH": target.architecture,
+    }
+    if target.architecture == "arm" and target.variant:
+        env["GOARM"] = target.variant.lstrip("v")
+    return env

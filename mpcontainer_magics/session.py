@@ -33,6 +33,7 @@ from .engines.base import (
 )
 from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
 from .platforms import Platform
+from .publish import Snapshot
 from .shell import Shell
 
 if TYPE_CHECKING:
@@ -188,9 +189,7 @@ class Session:
     ) -> Launch:
         async def launch(on_output: OutputCallback) -> ExecOutcome:
             try:
-                return await member.shell.run(
-                    script, env=env, workdir=workdir, on_output=on_output
-                )
+                return await member.shell.run(script, env=env, workdir=workdir, on_output=on_output)
             except EngineError:
                 state = await self._engine.state(member.container_id)
                 if state == "running":
@@ -256,6 +255,16 @@ class Session:
                 shutil.rmtree(scratch, ignore_errors=True)
             written.append(target)
         return written
+
+    async def snapshots(self) -> list[Snapshot]:
+        """The session's filesystems now, one per platform, as images (for publishing)."""
+
+        async def snap(member: Member) -> Snapshot:
+            config = await self._engine.image_config(member.image)
+            image = await self._engine.commit(member.container_id, config)
+            return Snapshot(member.platform, image, config, member.image)
+
+        return await gather_or_cancel(snap(m) for m in self._members.values())
 
     async def rows(self) -> list[dict[str, object]]:
         now = time.time()

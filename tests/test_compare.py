@@ -77,7 +77,7 @@ class FakeEngine(Engine):
 
     # Sessions, files and snapshots are tested against the real engine only.
     start = attach_exec = state = copy_to = copy_from = commit = _unused
-    read_image = image_from_directory = image_config = remove_image = _unused
+    read_image = save_layers = image_from_directory = image_config = remove_image = _unused
 
     async def reap_orphans(self) -> int:
         return 0

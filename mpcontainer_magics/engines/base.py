@@ -291,6 +291,10 @@ class Engine(abc.ABC):
         """Snapshot the container's filesystem as an image recording ``config``."""
 
     @abc.abstractmethod
+    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
+        """The image's layers as uncompressed tar files in ``dest``, bottom layer first."""
+
+    @abc.abstractmethod
     async def read_image(self, image: PulledImage, dest: Path) -> None:
         """Unpack the exact filesystem of ``image`` into the new host directory ``dest``."""
 

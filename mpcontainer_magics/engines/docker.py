@@ -564,24 +564,38 @@ class DockerEngine(Engine):
         self._made[made["Id"]] = None
         return PulledImage(f"snapshot of {container_id[:12]}", platform, made["Id"], None)
 
-    async def read_image(self, image: PulledImage, dest: Path) -> None:
-        def save() -> None:
-            # `docker save` gives the image's own layers; a container's view would add the
-            # files Docker plants in every container (/etc/hosts, /dev, .dockerenv...).
+    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
+        def save() -> list[Path]:
+            dest.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile() as archive:
                 for chunk in self._api.get_image(image.image_id):
                     archive.write(chunk)
                 archive.seek(0)
                 with tarfile.open(fileobj=archive) as saved:
                     manifest = json.load(_member(saved, "manifest.json"))
-                    dest.mkdir(parents=True, exist_ok=True)
-                    for layer in manifest[0]["Layers"]:
-                        apply_layer(_member(saved, layer), dest)
+                    layers = []
+                    for number, name in enumerate(manifest[0]["Layers"]):
+                        layers.append(dest / f"layer-{number}.tar")
+                        with open(layers[-1], "wb") as out:
+                            shutil.copyfileobj(_member(saved, name), out, 1 << 20)
+                    return layers
 
         try:
-            await self._call(save)
+            return await self._call(save)
         except docker.errors.APIError as exc:
             raise EngineError(f"Docker could not export {image.reference}: {_short(exc)}") from None
+
+    async def read_image(self, image: PulledImage, dest: Path) -> None:
+        # `docker save` gives the image's own layers; a container's view would add the
+        # files Docker plants in every container (/etc/hosts, /dev, .dockerenv...).
+        layers_dir = Path(tempfile.mkdtemp(prefix=".layers-", dir=dest.parent))
+        try:
+            layers = await self.save_layers(image, layers_dir)
+            dest.mkdir(parents=True, exist_ok=True)
+            for layer in layers:
+                await asyncio.to_thread(apply_layer, layer, dest)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, layers_dir, True)
 
     async def image_from_directory(
         self, root: Path, platform: Platform, config: ImageConfig

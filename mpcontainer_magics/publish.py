@@ -1,0 +1,361 @@
+"""Platform variants → OCI images → one image index, pushed to a registry or written to disk.
+
+    ref = await client.container().publish("registry.example/hello:1", platform_variants=[
+        amd64_container, arm64_container, s390x_container])
+
+Each variant is a snapshot of a container (or of a session's container) for one platform.
+Its image is built the way a registry expects it: the layers (gzip-compressed tars), a config
+that records the platform and the base's Env/WorkingDir/Entrypoint/Cmd, a manifest naming
+them, and finally an OCI image index naming one manifest per platform.
+
+Layers that came unchanged from a base image pulled from a registry are not compressed
+again: their original blobs (same digest) are reused, mounted from the base's repository
+when it is on the same registry, copied otherwise. Everything else is compressed
+deterministically (gzip with no name and no time), so publishing the same content twice
+produces the same digests and uploads nothing the second time.
+
+Pushing follows the order registries require: blobs, then manifests, then the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage
+from .errors import InvalidArgument, RegistryError
+from .platforms import Platform
+from .registry import OCI_INDEX, OCI_MANIFEST, Reference, RegistryClient
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# A base image's layers keep their bytes; Docker's media types have these OCI twins.
+OCI_LAYER_TYPES = {
+    OCI_LAYER_GZIP: OCI_LAYER_GZIP,
+    "application/vnd.oci.image.layer.v1.tar": "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+}
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Content named by its digest: a file here, or a blob in a base image's repository."""
+
+    media_type: str
+    digest: str
+    size: int
+    path: Path | None = None
+    source: Reference | None = None
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One platform's image: config, layers and the manifest that names them."""
+
+    platform: Platform
+    config: Blob
+    layers: tuple[Blob, ...]
+    manifest: bytes
+
+    @property
+    def manifest_digest(self) -> str:
+        return _digest(self.manifest)
+
+    def descriptor(self) -> dict[str, Any]:
+        return {
+            "mediaType": OCI_MANIFEST,
+            "digest": self.manifest_digest,
+            "size": len(self.manifest),
+            "platform": self.platform.to_oci(),
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a variant is made from: an engine image and how its containers should run."""
+
+    platform: Platform
+    image: PulledImage
+    config: ImageConfig
+    origin: PulledImage | None  # the registry image it started from, if any
+
+
+@dataclass(frozen=True, repr=False)
+class Published:
+    """The outcome of a publish or export: where it went, and what each platform got."""
+
+    reference: str  # "host/repo:tag@sha256:…" (publish) or the path written (export)
+    digest: str  # of the index (several variants) or of the manifest (one)
+    media_type: str
+    document: bytes  # the exact index or manifest JSON
+    variants: tuple[Variant, ...]
+    uploaded_bytes: int = 0
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = [
+            {
+                "platform": str(v.platform),
+                "manifest_digest": v.manifest_digest,
+                "config_digest": v.config.digest,
+                "layers": len(v.layers),
+                "size": sum(layer.size for layer in v.layers) + v.config.size,
+            }
+            for v in self.variants
+        ]
+        return pd.DataFrame(
+            rows, columns=["platform", "manifest_digest", "config_digest", "layers", "size"]
+        )
+
+    def __repr__(self) -> str:
+        kind = "index" if self.media_type == OCI_INDEX else "manifest"
+        return (
+            f"{self.to_frame().to_string(index=False)}\n{kind}:\n"
+            f"{json.dumps(json.loads(self.document), indent=2)}\n{self.reference}"
+        )
+
+
+async def build_variants(
+    engine: Engine, snapshots: Sequence[Snapshot], work: Path
+) -> list[Variant]:
+    """Build every variant's blobs in ``work`` (concurrently)."""
+    platforms = [s.platform for s in snapshots]
+    for index, platform in enumerate(platforms):
+        if any(platform.matches(other) for other in platforms[:index]):
+            raise InvalidArgument(
+                f"{platform} is given twice; an image index holds one variant per platform"
+            )
+    if not snapshots:
+        raise InvalidArgument("nothing to publish: give at least one container")
+    return list(
+        await asyncio.gather(
+            *(_variant(engine, s, work / f"variant-{n}") for n, s in enumerate(snapshots))
+        )
+    )
+
+
+async def _variant(engine: Engine, snapshot: Snapshot, work: Path) -> Variant:
+    work.mkdir(parents=True)
+    layer_files = await engine.save_layers(snapshot.image, work / "layers")
+    diff_ids = await asyncio.gather(*(asyncio.to_thread(_file_digest, f) for f in layer_files))
+    reused = await _base_layers(engine.registry, snapshot.origin, diff_ids)
+    fresh = await asyncio.gather(
+        *(asyncio.to_thread(_compress, f) for f in layer_files[len(reused) :])
+    )
+    layers = (*reused, *fresh)
+    config_json = _canonical(
+        {
+            **snapshot.platform.to_oci(),
+            "config": _oci_config(snapshot.config),
+            "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+        }
+    )
+    config = _write_blob(work, OCI_CONFIG, config_json)
+    manifest = _canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.descriptor(),
+            "layers": [layer.descriptor() for layer in layers],
+        }
+    )
+    return Variant(snapshot.platform, config, layers, manifest)
+
+
+async def _base_layers(
+    registry: RegistryClient, origin: PulledImage | None, diff_ids: Sequence[str]
+) -> list[Blob]:
+    """The leading layers that are the base image's own, as its registry stores them."""
+    if origin is None or origin.digest is None:
+        return []
+    try:
+        ref = Reference.parse(origin.reference).with_digest(origin.digest)
+        body, _, _ = await registry.get_manifest(ref)
+        manifest = json.loads(body)
+        config = json.loads(await registry.get_blob(ref, manifest["config"]["digest"]))
+        base_diff_ids = config["rootfs"]["diff_ids"]
+        descriptors = manifest["layers"]
+    except (RegistryError, KeyError, TypeError, ValueError):
+        return []  # the base cannot be read now: compress its layers like the others
+    reused = []
+    for diff_id, base_diff_id, layer in zip(diff_ids, base_diff_ids, descriptors, strict=False):
+        media_type = OCI_LAYER_TYPES.get(layer.get("mediaType", ""))
+        if diff_id != base_diff_id or media_type is None:
+            break
+        reused.append(Blob(media_type, layer["digest"], int(layer["size"]), source=ref))
+    return reused
+
+
+def _oci_config(config: ImageConfig) -> dict[str, Any]:
+    # Our clean-up labels name this process; they mean nothing in a published image.
+    ours = LABEL_MANAGED.rpartition(".")[0] + "."
+    labels = {k: v for k, v in config.labels.items() if not k.startswith(ours)}
+    oci: dict[str, Any] = {}
+    if config.env:
+        oci["Env"] = list(config.env)
+    if config.workdir:
+        oci["WorkingDir"] = config.workdir
+    if config.entrypoint is not None:
+        oci["Entrypoint"] = list(config.entrypoint)
+    if config.cmd is not None:
+        oci["Cmd"] = list(config.cmd)
+    if labels:
+        oci["Labels"] = labels
+    return oci
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _compress(layer: Path) -> Blob:
+    """gzip with no file name and time 0: the same layer always gives the same blob."""
+    packed = layer.with_suffix(".tar.gz")
+    with (
+        open(layer, "rb") as source,
+        open(packed, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+    ):
+        shutil.copyfileobj(source, gz, 1 << 20)
+    return Blob(OCI_LAYER_GZIP, _file_digest(packed), packed.stat().st_size, path=packed)
+
+
+def _write_blob(work: Path, media_type: str, data: bytes) -> Blob:
+    path = work / _digest(data).replace(":", "-")
+    path.write_bytes(data)
+    return Blob(media_type, _digest(data), len(data), path=path)
+
+
+def _top_document(variants: Sequence[Variant]) -> tuple[bytes, str]:
+    """One variant publishes its manifest; several publish an index of them."""
+    if len(variants) == 1:
+        return variants[0].manifest, OCI_MANIFEST
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [v.descriptor() for v in variants],
+    }
+    return _canonical(index), OCI_INDEX
+
+
+# -- to a registry ---------------------------------------------------------------------------
+
+
+async def push(registry: RegistryClient, address: str, variants: Sequence[Variant]) -> Published:
+    """Push blobs, then manifests, then the index (or the single manifest) as ``address``."""
+    target = Reference.parse(address)
+    if target.digest:
+        raise InvalidArgument(f"publish to a tag, not a digest: {address}")
+    blobs = {b.digest: b for v in variants for b in (*v.layers, v.config)}
+    uploaded = await asyncio.gather(*(_push_blob(registry, target, b) for b in blobs.values()))
+    if len(variants) > 1:
+        await asyncio.gather(
+            *(
+                registry.push_manifest(
+                    target.with_digest(v.manifest_digest), v.manifest, OCI_MANIFEST
+                )
+                for v in variants
+            )
+        )
+    document, media_type = _top_document(variants)
+    digest = await registry.push_manifest(target, document, media_type)
+    return Published(
+        f"{target}@{digest}", digest, media_type, document, tuple(variants), sum(uploaded)
+    )
+
+
+async def _push_blob(registry: RegistryClient, target: Reference, blob: Blob) -> int:
+    """Bytes uploaded for ``blob`` (0 when the registry had it or mounted it)."""
+    if blob.path is not None:
+        return blob.size if await registry.push_blob(target, blob.digest, blob.path) else 0
+    assert blob.source is not None
+    if await registry.blob_exists(target, blob.digest):
+        return 0
+    if blob.source.registry == target.registry and await registry.mount_blob(
+        target, blob.digest, blob.source
+    ):
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "blob"
+        with open(copy, "wb") as f:
+            await registry.download_blob(blob.source, blob.digest, f)
+        return blob.size if await registry.push_blob(target, blob.digest, copy) else 0
+
+
+# -- to disk ---------------------------------------------------------------------------------
+
+
+async def write_layout(
+    registry: RegistryClient, path: str | os.PathLike[str], variants: Sequence[Variant], tag: str
+) -> Published:
+    """Write an OCI image layout: a directory, or a tar archive when ``path`` ends in .tar."""
+    dest = Path(path).expanduser().absolute()
+    as_tar = dest.suffix == ".tar"
+    if dest.exists() and (as_tar or any(dest.iterdir())):
+        raise InvalidArgument(f"{dest} already exists; remove it or export elsewhere")
+    document, media_type = _top_document(variants)
+    with tempfile.TemporaryDirectory(prefix=".oci-", dir=dest.parent) as scratch:
+        layout = Path(scratch) / "layout"
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        for blob in {b.digest: b for v in variants for b in (*v.layers, v.config)}.values():
+            target = blobs / blob.digest.partition(":")[2]
+            if blob.path is not None:
+                await asyncio.to_thread(shutil.copyfile, blob.path, target)
+            else:
+                assert blob.source is not None
+                with open(target, "wb") as f:
+                    await registry.download_blob(blob.source, blob.digest, f)
+        documents = [document] + ([v.manifest for v in variants] if len(variants) > 1 else [])
+        for data in documents:
+            (blobs / _digest(data).partition(":")[2]).write_bytes(data)
+        top = {"mediaType": media_type, "digest": _digest(document), "size": len(document)}
+        top["annotations"] = {REF_NAME: tag}
+        (layout / "index.json").write_bytes(
+            _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]})
+        )
+        (layout / "oci-layout").write_bytes(_canonical({"imageLayoutVersion": "1.0.0"}))
+        if as_tar:
+            await asyncio.to_thread(_tar, layout, dest)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            for entry in layout.iterdir():
+                entry.rename(dest / entry.name)
+    return Published(str(dest), _digest(document), media_type, document, tuple(variants))
+
+
+def _tar(layout: Path, dest: Path) -> None:
+    with tarfile.open(dest, "w") as tar:
+        for entry in sorted(layout.iterdir()):
+            tar.add(entry, arcname=entry.name)

@@ -1,0 +1,332 @@
+"""Publishing multi-platform images: to the local registry, and as OCI image layouts.
+
+Checked independently of our own client: `skopeo inspect --raw` gives the exact index bytes,
+`skopeo copy` accepts the layouts, and `docker run --platform` runs what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from IPython.core.error import UsageError
+
+import mpcontainer_magics as mpc
+
+T = TypeVar("T")
+THREE = ["linux/amd64", "linux/arm64", "linux/s390x"]
+
+
+def run(main: Callable[[mpc.Client], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with mpc.connect() as client:
+            return await main(client)
+
+    return asyncio.run(go())
+
+
+def fresh_ref(registry_host: str, tag: str = "v1") -> str:
+    return f"{registry_host}/test/published-{uuid.uuid4().hex[:10]}:{tag}"
+
+
+def skopeo(*args: str) -> str:
+    done = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def raw_manifest(ref: str) -> bytes:
+    done = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        capture_output=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def docker_run(ref: str, platform: str, command: str) -> str:
+    done = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--pull",
+            "always",
+            "--platform",
+            platform,
+            ref,
+            "sh",
+            "-c",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def variants(client: mpc.Client, image: str) -> list[mpc.Container]:
+    """One container per platform, each writing what it is into /app."""
+    return [
+        client.container(platform=p)
+        .from_(image)
+        .with_exec(["sh", "-c", "mkdir -p /app && uname -m > /app/machine"])
+        .with_env_variable("APP_MODE", "published")
+        .with_workdir("/app")
+        for p in THREE
+    ]
+
+
+def test_publish_three_variants_as_one_index(test_image, registry_host, no_leaks):
+    ref = fresh_ref(registry_host)
+
+    async def main(client: mpc.Client) -> str:
+        return await client.container().publish(ref, platform_variants=variants(client, test_image))
+
+    published = run(main)
+    name, _, digest = published.partition("@")
+    assert name == ref
+    index_bytes = raw_manifest(ref)
+    assert f"sha256:{hashlib.sha256(index_bytes).hexdigest()}" == digest
+    index = json.loads(index_bytes)
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert [m["platform"] for m in index["manifests"]] == [
+        {"architecture": "amd64", "os": "linux"},
+        {"architecture": "arm64", "os": "linux"},
+        {"architecture": "s390x", "os": "linux"},
+    ]
+    for arch in ("arm64", "s390x"):
+        config = json.loads(
+            skopeo(
+                "inspect",
+                "--tls-verify=false",
+                "--override-arch",
+                arch,
+                "--config",
+                f"docker://{ref}",
+            )
+        )
+        assert config["architecture"] == arch
+        assert "APP_MODE=published" in config["config"]["Env"]
+        assert config["config"]["WorkingDir"] == "/app"
+        assert config["config"]["Cmd"] == ["sh"]  # kept from the base image
+        assert not any(
+            k.startswith("io.mpcontainer-magics") for k in config["config"].get("Labels") or {}
+        )
+    assert docker_run(published, "linux/s390x", "cat machine; echo $APP_MODE") == (
+        "s390x\npublished\n"
+    )
+    assert docker_run(published, "linux/arm64", "cat /app/machine") == "aarch64\n"
+
+
+def test_publishing_again_uploads_nothing(test_image, registry_host, no_leaks):
+    ref = fresh_ref(registry_host)
+
+    async def main(client: mpc.Client) -> tuple[mpc.Published, mpc.Published]:
+        built = variants(client, test_image)
+        first = await client.publish(ref, built)
+        second = await client.publish(ref, built)
+        return first, second
+
+    first, second = run(main)
+    assert first.uploaded_bytes > 0
+    assert second.uploaded_bytes == 0
+    assert first.digest == second.digest
+
+
+def test_base_layers_are_reused_not_recompressed(test_image, registry_host, no_leaks):
+    ref = fresh_ref(registry_host)
+    base_layers = {
+        m["digest"]
+        for arch in ("amd64", "arm64", "s390x")
+        for m in json.loads(
+            subprocess.run(
+                [
+                    "skopeo",
+                    "inspect",
+                    "--raw",
+                    "--tls-verify=false",
+                    "--override-arch",
+                    arch,
+                    f"docker://{test_image}",
+                ],
+                capture_output=True,
+                check=True,
+            ).stdout
+        ).get("layers", [])
+    }
+
+    async def main(client: mpc.Client) -> mpc.Published:
+        return await client.publish(ref, variants(client, test_image))
+
+    published = run(main)
+    first_layers = {v.layers[0].digest for v in published.variants}
+    assert first_layers <= base_layers or not base_layers
+
+
+def test_export_layout_is_accepted_by_skopeo_with_the_same_digests(
+    test_image, registry_host, tmp_path, no_leaks
+):
+    async def main(client: mpc.Client) -> tuple[mpc.Published, str]:
+        built = variants(client, test_image)
+        exported = await client.export(tmp_path / "layout", built, tag="v1")
+        tar = await client.container().export(
+            tmp_path / "image.tar", platform_variants=built, tag="v1"
+        )
+        return exported, tar
+
+    exported, tar = run(main)
+    assert (tmp_path / "layout" / "oci-layout").is_file() and Path(tar).is_file()
+    for source in (f"oci:{tmp_path / 'layout'}:v1", f"oci-archive:{tar}:v1"):
+        ref = fresh_ref(registry_host)
+        skopeo(
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            source,
+            f"docker://{ref}",
+        )
+        assert f"sha256:{hashlib.sha256(raw_manifest(ref)).hexdigest()}" == exported.digest
+
+
+def test_one_container_publishes_a_plain_manifest(test_image, registry_host, no_leaks):
+    ref = fresh_ref(registry_host)
+
+    async def main(client: mpc.Client) -> str:
+        return await client.container(platform="linux/arm64").from_(test_image).publish(ref)
+
+    published = run(main)
+    manifest = json.loads(raw_manifest(ref))
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert docker_run(published, "linux/arm64", "uname -m") == "aarch64\n"
+
+
+def test_a_static_binary_wrapped_with_with_rootfs_is_published(test_image, registry_host, no_leaks):
+    ref = fresh_ref(registry_host)
+
+    async def main(client: mpc.Client) -> str:
+        wrapped = []
+        for p in ("linux/arm64", "linux/s390x"):
+            binary = (
+                client.container(platform=p)
+                .from_(test_image)
+                .with_exec(["sh", "-c", "mkdir -p /o/bin && cp /bin/busybox /o/bin/"])
+                .directory("/o")
+            )
+            wrapped.append(client.container(platform=p).with_rootfs(binary))
+        return await client.container().publish(ref, platform_variants=wrapped)
+
+    published = run(main)
+    done = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--pull",
+            "always",
+            "--platform",
+            "linux/s390x",
+            published,
+            "/bin/busybox",
+            "uname",
+            "-m",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "s390x\n"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("twice", "is given twice"),
+        ("windows", "only Linux variants can be published"),
+        ("digest", "publish to a tag, not a digest"),
+    ],
+)
+def test_publish_errors(test_image, windows_image, registry_host, call, message, no_leaks):
+    async def main(client: mpc.Client) -> Any:
+        arm = client.container(platform="linux/arm64").from_(test_image)
+        if call == "twice":
+            return await client.container().publish(
+                fresh_ref(registry_host), platform_variants=[arm, arm]
+            )
+        if call == "windows":
+            win = client.container(platform="windows/amd64").from_(windows_image)
+            return await win.publish(fresh_ref(registry_host))
+        return await arm.publish(f"{registry_host}/x@sha256:{'0' * 64}")
+
+    with pytest.raises(mpc.InvalidArgument, match=message):
+        run(main)
+
+
+# -- cross builds and the magics -----------------------------------------------------------
+
+
+def test_cross_runs_natively_with_the_targets_variables(shell):
+    shell.run_cell_magic(
+        "container",
+        "--cross --platform linux/arm64,linux/arm/v7,linux/s390x --out res",
+        'echo "$TARGETPLATFORM $TARGETARCH ${TARGETVARIANT:--} $GOOS/$GOARCH ${GOARM:--} '
+        '$BUILDPLATFORM"; uname -m',
+    )
+    res = shell.user_ns["res"]
+    assert res.stdout == {
+        "linux/arm64": "linux/arm64 arm64 - linux/arm64 - linux/amd64\nx86_64\n",
+        "linux/arm/v7": "linux/arm/v7 arm v7 linux/arm 7 linux/amd64\nx86_64\n",
+        "linux/s390x": "linux/s390x s390x - linux/s390x - linux/amd64\nx86_64\n",
+    }
+    assert not any(r.emulated for r in res)
+
+
+def test_cross_needs_targets_and_no_session(shell):
+    with pytest.raises(UsageError, match="--cross needs --platform targets"):
+        shell.run_cell_magic("container", "--cross", "true")
+
+
+def test_publish_a_session_with_the_magic(shell, registry_host, capsys):
+    ref = fresh_ref(registry_host)
+    shell.run_cell_magic(
+        "container",
+        "--session pub --platform linux/arm64,linux/s390x",
+        "mkdir -p /srv && uname -m > /srv/built-on",
+    )
+    published = shell.run_line_magic("container", f"publish {ref} --from pub")
+    assert published.reference.startswith(f"{ref}@sha256:")
+    text = repr(published)
+    assert (
+        "linux/s390x" in text and '"mediaType": "application/vnd.oci.image.index.v1+json"' in text
+    )
+    assert docker_run(published.reference, "linux/s390x", "cat /srv/built-on") == "s390x\n"
+
+
+def test_publish_from_a_variable_of_containers(shell, registry_host, test_image):
+    # Containers built with a client of the notebook's own: the magic evaluates them itself.
+    client = asyncio.run(mpc.connect())
+    try:
+        shell.user_ns["built"] = [
+            client.container(platform=p).from_(test_image).with_exec(["touch", "/marker"])
+            for p in ("linux/arm64", "linux/ppc64le")
+        ]
+        ref = fresh_ref(registry_host)
+        published = shell.run_line_magic("container", f"publish {ref} --from built")
+    finally:
+        asyncio.run(client.aclose())
+    assert [str(v.platform) for v in published.variants] == ["linux/arm64", "linux/ppc64le"]
+    assert docker_run(published.reference, "linux/ppc64le", "ls /marker") == "/marker\n"
+
+    shell.user_ns["res"] = 42
+    with pytest.raises(UsageError, match="--from takes a session, a Container"):
+        shell.run_line_magic("container", f"publish {ref} --from res")
+    with pytest.raises(UsageError, match="no session or variable called 'nothing'"):
+        shell.run_line_magic("container", f"publish {ref} --from nothing")
