@@ -363,7 +363,8 @@ class Container:
     async def publish(self, address: str, *, platform_variants: Sequence[Container] = ()) -> str:
         """Push this container (and ``platform_variants``, one per platform) as ``address``.
 
-        Several variants make an OCI image index; returns ``address@sha256:<digest>``.
+        Several variants make an OCI image index. Returns the repository pinned to what was
+        pushed, ``host/repo@sha256:<digest>`` (the tag points there too).
         """
         published = await self._client.publish(address, self._with_variants(platform_variants))
         return published.reference

@@ -34,20 +34,28 @@ from typing import TYPE_CHECKING, Any
 
 from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage
 from .errors import InvalidArgument, RegistryError
+from .mediatypes import (
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+)
 from .platforms import Platform
-from .registry import OCI_INDEX, OCI_MANIFEST, Reference, RegistryClient
 
 if TYPE_CHECKING:
     import pandas as pd
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+    from .registry import Reference, RegistryClient
+
 # A base image's layers keep their bytes; Docker's media types have these OCI twins.
 OCI_LAYER_TYPES = {
     OCI_LAYER_GZIP: OCI_LAYER_GZIP,
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
-    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+    OCI_LAYER: OCI_LAYER,
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    DOCKER_LAYER: OCI_LAYER,
 }
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -102,7 +110,7 @@ class Snapshot:
 class Published:
     """The outcome of a publish or export: where it went, and what each platform got."""
 
-    reference: str  # "host/repo:tag@sha256:…" (publish) or the path written (export)
+    reference: str  # "host/repo@sha256:…" (publish) or the path written (export)
     digest: str  # of the index (several variants) or of the manifest (one)
     media_type: str
     document: bytes  # the exact index or manifest JSON
@@ -185,6 +193,8 @@ async def _base_layers(
     registry: RegistryClient, origin: PulledImage | None, diff_ids: Sequence[str]
 ) -> list[Blob]:
     """The leading layers that are the base image's own, as its registry stores them."""
+    from .registry import Reference  # imports httpx: not at %load_ext time
+
     if origin is None or origin.digest is None:
         return []
     try:
@@ -274,6 +284,8 @@ def _top_document(variants: Sequence[Variant]) -> tuple[bytes, str]:
 
 async def push(registry: RegistryClient, address: str, variants: Sequence[Variant]) -> Published:
     """Push blobs, then manifests, then the index (or the single manifest) as ``address``."""
+    from .registry import Reference
+
     target = Reference.parse(address)
     if target.digest:
         raise InvalidArgument(f"publish to a tag, not a digest: {address}")
@@ -290,8 +302,14 @@ async def push(registry: RegistryClient, address: str, variants: Sequence[Varian
         )
     document, media_type = _top_document(variants)
     digest = await registry.push_manifest(target, document, media_type)
+    # Pinned by digest, in the form Docker and skopeo accept ("name:tag@digest" they refuse).
     return Published(
-        f"{target}@{digest}", digest, media_type, document, tuple(variants), sum(uploaded)
+        target.with_digest(digest).pull_name,
+        digest,
+        media_type,
+        document,
+        tuple(variants),
+        sum(uploaded),
     )
 
 

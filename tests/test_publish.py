@@ -50,25 +50,34 @@ def raw_manifest(ref: str) -> bytes:
     return done.stdout
 
 
-def docker_run(ref: str, platform: str, command: str) -> str:
-    done = subprocess.run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--pull",
-            "always",
-            "--platform",
-            platform,
-            ref,
-            "sh",
-            "-c",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+def docker_run(ref: str, platform: str, *argv: str) -> str:
+    """Run one platform of what was published, as Docker users would, pinned by digest.
+
+    By that platform's manifest digest (read with skopeo): Docker 20.10's image store keeps
+    one image per digest reference, so running an index digest for a second platform fails.
+    """
+    repository = ref.partition("@")[0]
+    document = json.loads(raw_manifest(ref))
+    digest = next(
+        (
+            m["digest"]
+            for m in document.get("manifests", [])
+            if "/".join(
+                filter(
+                    None,
+                    (
+                        m["platform"]["os"],
+                        m["platform"]["architecture"],
+                        m["platform"].get("variant"),
+                    ),
+                )
+            )
+            == platform
+        ),
+        f"sha256:{hashlib.sha256(raw_manifest(ref)).hexdigest()}",  # a plain manifest
     )
+    command = ["docker", "run", "--rm", "--platform", platform, f"{repository}@{digest}"]
+    done = subprocess.run([*command, *argv], capture_output=True, text=True, check=True)
     return done.stdout
 
 
@@ -92,7 +101,7 @@ def test_publish_three_variants_as_one_index(test_image, registry_host, no_leaks
 
     published = run(main)
     name, _, digest = published.partition("@")
-    assert name == ref
+    assert name == ref.rpartition(":")[0]
     index_bytes = raw_manifest(ref)
     assert f"sha256:{hashlib.sha256(index_bytes).hexdigest()}" == digest
     index = json.loads(index_bytes)
@@ -120,10 +129,10 @@ def test_publish_three_variants_as_one_index(test_image, registry_host, no_leaks
         assert not any(
             k.startswith("io.mpcontainer-magics") for k in config["config"].get("Labels") or {}
         )
-    assert docker_run(published, "linux/s390x", "cat machine; echo $APP_MODE") == (
+    assert docker_run(published, "linux/s390x", "sh", "-c", "cat machine; echo $APP_MODE") == (
         "s390x\npublished\n"
     )
-    assert docker_run(published, "linux/arm64", "cat /app/machine") == "aarch64\n"
+    assert docker_run(published, "linux/arm64", "cat", "/app/machine") == "aarch64\n"
 
 
 def test_publishing_again_uploads_nothing(test_image, registry_host, no_leaks):
@@ -206,7 +215,7 @@ def test_one_container_publishes_a_plain_manifest(test_image, registry_host, no_
     published = run(main)
     manifest = json.loads(raw_manifest(ref))
     assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
-    assert docker_run(published, "linux/arm64", "uname -m") == "aarch64\n"
+    assert docker_run(published, "linux/arm64", "uname", "-m") == "aarch64\n"
 
 
 def test_a_static_binary_wrapped_with_with_rootfs_is_published(test_image, registry_host, no_leaks):
@@ -302,17 +311,20 @@ def test_publish_a_session_with_the_magic(shell, registry_host, capsys):
         "mkdir -p /srv && uname -m > /srv/built-on",
     )
     published = shell.run_line_magic("container", f"publish {ref} --from pub")
-    assert published.reference.startswith(f"{ref}@sha256:")
+    assert published.reference.startswith(f"{ref.rpartition(':')[0]}@sha256:")
     text = repr(published)
     assert (
         "linux/s390x" in text and '"mediaType": "application/vnd.oci.image.index.v1+json"' in text
     )
-    assert docker_run(published.reference, "linux/s390x", "cat /srv/built-on") == "s390x\n"
+    assert docker_run(published.reference, "linux/s390x", "cat", "/srv/built-on") == "s390x\n"
 
 
 def test_publish_from_a_variable_of_containers(shell, registry_host, test_image):
     # Containers built with a client of the notebook's own: the magic evaluates them itself.
-    client = asyncio.run(mpc.connect())
+    async def connected() -> mpc.Client:
+        return await mpc.connect()
+
+    client = asyncio.run(connected())
     try:
         shell.user_ns["built"] = [
             client.container(platform=p).from_(test_image).with_exec(["touch", "/marker"])
@@ -323,7 +335,7 @@ def test_publish_from_a_variable_of_containers(shell, registry_host, test_image)
     finally:
         asyncio.run(client.aclose())
     assert [str(v.platform) for v in published.variants] == ["linux/arm64", "linux/ppc64le"]
-    assert docker_run(published.reference, "linux/ppc64le", "ls /marker") == "/marker\n"
+    assert docker_run(published.reference, "linux/ppc64le", "ls", "/marker") == "/marker\n"
 
     shell.user_ns["res"] = 42
     with pytest.raises(UsageError, match="--from takes a session, a Container"):

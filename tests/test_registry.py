@@ -28,17 +28,9 @@ from mpcontainer_magics.errors import (
     PlatformNotOffered,
     RegistryError,
 )
+from mpcontainer_magics.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from mpcontainer_magics.platforms import Platform
-from mpcontainer_magics.registry import (
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    HUB,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Reference,
-    RegistryClient,
-    parse_challenge,
-)
+from mpcontainer_magics.registry import HUB, Reference, RegistryClient, parse_challenge
 
 D = "sha256:" + "ab" * 32
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
+from ..mediatypes import MANIFEST_TYPES
 from ..platforms import Platform
-from ..registry import MANIFEST_TYPES, Reference, RegistryClient, check_digest
+from ..registry import Reference, RegistryClient, check_digest
 from .layers import apply_layer
 
 __all__ = ["UnpackedImage", "unpack_image"]
@@ -79,8 +80,7 @@ async def unpack_image(
             raise TypeError(f"the {platform} entry is a {media_type}, not an image manifest")
         config_digest = manifest["config"]["digest"]
         layers = [
-            (str(layer["mediaType"]), check_digest(layer["digest"]))
-            for layer in manifest["layers"]
+            (str(layer["mediaType"]), check_digest(layer["digest"])) for layer in manifest["layers"]
         ]
         config = json.loads(await registry.get_blob(ref, config_digest))
         offered = Platform.from_oci(config)
