@@ -321,24 +321,31 @@ class Client:
         )
 
 
-async def open_engine(kind: str = "auto") -> Engine:
-    """The engine called ``kind``; "auto" picks Docker (the embedded engine comes later)."""
+async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] = ()) -> Engine:
+    """The engine called ``kind``; "auto" picks Docker (the embedded engine comes later).
+
+    ``insecure_registries`` (host[:port]) may be reached over plain HTTP, as loopback ones are.
+    """
     if kind not in ENGINES:
         raise InvalidArgument(f"unknown engine {kind!r}; use one of: {', '.join(ENGINES)}")
     from .engines.docker import DockerEngine  # lazy: docker-py is slow to import
+    from .registry import RegistryClient
 
-    return await DockerEngine.connect()
+    return await DockerEngine.connect(
+        registry=RegistryClient(insecure_registries=insecure_registries)
+    )
 
 
 class connect:
     """Open a :class:`Client`; use as ``async with connect() as client`` or ``await connect()``."""
 
-    def __init__(self, engine: str = "auto") -> None:
+    def __init__(self, engine: str = "auto", *, insecure_registries: Sequence[str] = ()) -> None:
         self._kind = engine
+        self._insecure = tuple(insecure_registries)
         self._client: Client | None = None
 
     async def _open(self) -> Client:
-        return Client(await open_engine(self._kind))
+        return Client(await open_engine(self._kind, insecure_registries=self._insecure))
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._open().__await__()

@@ -26,7 +26,7 @@ from IPython.core.magic_arguments import (
     magic_arguments,
 )
 from IPython.display import display
-from traitlets import Enum, Unicode
+from traitlets import Enum, List, Unicode
 
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
@@ -87,6 +87,10 @@ class ContainerMagics(Magics):
     engine = Enum(list(ENGINES), default_value="auto", help="Which container engine to use.").tag(
         config=True
     )
+    insecure_registries = List(
+        Unicode(),
+        help="Registries (host[:port]) to reach over plain HTTP; loopback ones always are.",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         # Magics registers itself in shell.configurables, so `%config ContainerMagics.x` works.
@@ -126,6 +130,8 @@ class ContainerMagics(Magics):
                     self._client = None
                 self._client = Client(await open_engine(self.engine))
                 self._client_engine = self.engine
+            # Follows `%config ContainerMagics.insecure_registries` without reconnecting.
+            self._client.engine.registry.insecure_registries = self.insecure_registries
             return self._client
 
     def _run(

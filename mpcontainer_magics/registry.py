@@ -291,6 +291,18 @@ class RegistryClient:
     check what was sent, e.g. that publishing twice uploads no blob the second time.
     """
 
+    @property
+    def insecure_registries(self) -> frozenset[str]:
+        """Registries (host[:port]) reached over plain HTTP, besides loopback ones."""
+        return self._insecure
+
+    @insecure_registries.setter
+    def insecure_registries(self, registries: Iterable[str]) -> None:
+        # Users may paste "http://host:port/"; the registry part is what we compare.
+        self._insecure = frozenset(
+            re.sub(r"^[a-z]+://", "", r.strip().lower()).rstrip("/") for r in registries
+        )
+
     def __init__(
         self,
         *,
@@ -301,10 +313,7 @@ class RegistryClient:
     ) -> None:
         config_dir = docker_config or os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker"
         self._config_file = Path(config_dir) / "config.json"
-        # Users may paste "http://host:port/"; the registry part is what we compare.
-        self._insecure = frozenset(
-            re.sub(r"^[a-z]+://", "", r.strip().lower()).rstrip("/") for r in insecure_registries
-        )
+        self.insecure_registries = insecure_registries
         self._timeout = timeout
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
         # (registry, scopes) -> Authorization value: a pull token is never used for a push.

@@ -57,3 +57,13 @@ def test_bad_line_magics(shell, line, message):
     with pytest.raises(UsageError) as exc:
         shell.run_line_magic("container", line)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_insecure_registries_follow_the_config(shell):
+    shell.run_line_magic("config", "ContainerMagics.insecure_registries = ['Reg.Example:5000']")
+    try:
+        shell.run_line_magic("container", "platforms")  # connects
+        magics = shell.magics_manager.registry["ContainerMagics"]
+        assert magics._client.engine.registry.insecure_registries == {"reg.example:5000"}
+    finally:
+        shell.run_line_magic("config", "ContainerMagics.insecure_registries = []")

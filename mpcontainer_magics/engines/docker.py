@@ -163,7 +163,9 @@ class DockerEngine(Engine):
         self._made: dict[str, None] = {}  # images made by commit/load (ordered), not yet removed
 
     @classmethod
-    async def connect(cls, base_url: str | None = None) -> DockerEngine:
+    async def connect(
+        cls, base_url: str | None = None, *, registry: RegistryClient | None = None
+    ) -> DockerEngine:
         """Connect to the daemon at ``base_url`` (default: DOCKER_HOST or the local socket)."""
 
         def open_api() -> APIClient:
@@ -182,8 +184,13 @@ class DockerEngine(Engine):
                 ) from None
             return api
 
-        api = await asyncio.to_thread(open_api)
-        return cls(api, RegistryClient())
+        try:
+            api = await asyncio.to_thread(open_api)
+        except BaseException:
+            if registry is not None:
+                await registry.aclose()
+            raise
+        return cls(api, registry or RegistryClient())
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking docker-py call on a daemon thread of its own.
