@@ -18,10 +18,8 @@ keeps interactive sessions (see :mod:`.session`)::
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import shutil
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +36,7 @@ from .container import Container, Directory, Evaluator, GitRepository, Host, _Em
 from .engines.base import Engine, Mount, PulledImage, finish_despite_cancel
 from .errors import InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
-from .publish import Published, Variant, build_variants, push, write_layout
+from .publish import Published, Variant, check_variants, push, write_layout
 from .session import Session, check_name, sessions_frame
 
 _EMPTY = _Empty()
@@ -178,11 +176,8 @@ class Client:
             snapshots = await variants.snapshots()
         else:
             snapshots = await gather_or_cancel(self._evaluator.snapshot(c) for c in variants)
-        work = self._evaluator.scratch("publish")
-        try:
-            return await deliver(await build_variants(self.engine, snapshots, work))
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+        check_variants(snapshots)
+        return await deliver(await gather_or_cancel(self._evaluator.variant(s) for s in snapshots))
 
     # -- sessions ----------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from .engines.base import (
 )
 from .errors import ExecUnsupported, InvalidArgument, NonZeroExit
 from .platforms import Platform
-from .publish import Snapshot
+from .publish import Snapshot, Variant, build_variant
 
 if TYPE_CHECKING:
     from .client import Client
@@ -435,6 +435,7 @@ class Evaluator:
         self._names = itertools.count()
         self._states: dict[Container, asyncio.Task[_State]] = {}
         self._dirs: dict[DirSource, asyncio.Task[Path]] = {}
+        self._variants: dict[Snapshot, asyncio.Task[Variant]] = {}
 
     @property
     def engine(self) -> Engine:
@@ -450,6 +451,7 @@ class Evaluator:
         """Forget every result and delete the workspace."""
         self._states.clear()
         self._dirs.clear()
+        self._variants.clear()
         if self._workspace is not None:
             shutil.rmtree(self._workspace, ignore_errors=True)
             self._workspace = None
@@ -551,6 +553,14 @@ class Evaluator:
                 result,
             )
         return replace(state, image=image, mounts=tuple(mounts), last=result)
+
+    async def variant(self, snapshot: Snapshot) -> Variant:
+        """The published form of ``snapshot``, built once (publish, then export, is cheap)."""
+        return await _once(
+            self._variants,
+            snapshot,
+            lambda: build_variant(self.engine, snapshot, self.scratch("variant")),
+        )
 
     async def snapshot(self, container: Container) -> Snapshot:
         """The engine image and config a published variant of ``container`` is made from."""

@@ -142,26 +142,20 @@ class Published:
         )
 
 
-async def build_variants(
-    engine: Engine, snapshots: Sequence[Snapshot], work: Path
-) -> list[Variant]:
-    """Build every variant's blobs in ``work`` (concurrently)."""
+def check_variants(snapshots: Sequence[Snapshot]) -> None:
+    """At least one variant, and one per platform."""
+    if not snapshots:
+        raise InvalidArgument("nothing to publish: give at least one container")
     platforms = [s.platform for s in snapshots]
     for index, platform in enumerate(platforms):
         if any(platform.matches(other) for other in platforms[:index]):
             raise InvalidArgument(
                 f"{platform} is given twice; an image index holds one variant per platform"
             )
-    if not snapshots:
-        raise InvalidArgument("nothing to publish: give at least one container")
-    return list(
-        await asyncio.gather(
-            *(_variant(engine, s, work / f"variant-{n}") for n, s in enumerate(snapshots))
-        )
-    )
 
 
-async def _variant(engine: Engine, snapshot: Snapshot, work: Path) -> Variant:
+async def build_variant(engine: Engine, snapshot: Snapshot, work: Path) -> Variant:
+    """The blobs and manifest of one variant, written under ``work`` (a new directory)."""
     work.mkdir(parents=True)
     layer_files = await engine.save_layers(snapshot.image, work / "layers")
     diff_ids = await asyncio.gather(*(asyncio.to_thread(_file_digest, f) for f in layer_files))
@@ -169,6 +163,8 @@ async def _variant(engine: Engine, snapshot: Snapshot, work: Path) -> Variant:
     fresh = await asyncio.gather(
         *(asyncio.to_thread(_compress, f) for f in layer_files[len(reused) :])
     )
+    for layer in layer_files:  # compressed (or reused) now; the tars are not needed
+        layer.unlink()
     layers = (*reused, *fresh)
     config_json = _canonical(
         {
