@@ -44,6 +44,8 @@ _EMPTY = _Empty()
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .registry import Reference
+
 DEFAULT_IMAGE = "alpine:3.16"
 ENGINES = ("auto", "docker")
 
@@ -113,6 +115,7 @@ class Client:
         self.engine = engine
         self._evaluator = Evaluator(self)
         self._sessions: dict[str, Session] = {}
+        self._blob_homes: dict[str, Reference] = {}  # digest -> a repository that has it
 
     async def __aenter__(self) -> Client:
         return self
@@ -152,7 +155,7 @@ class Client:
     async def publish(self, address: str, variants: Sequence[Container] | Session) -> Published:
         """Push the variants (containers, or a session's platforms) as one image ``address``."""
         return await self._published(
-            variants, lambda built: push(self.engine.registry, address, built)
+            variants, lambda built: push(self.engine.registry, address, built, self._blob_homes)
         )
 
     async def export(

@@ -278,15 +278,27 @@ def _top_document(variants: Sequence[Variant]) -> tuple[bytes, str]:
 # -- to a registry ---------------------------------------------------------------------------
 
 
-async def push(registry: RegistryClient, address: str, variants: Sequence[Variant]) -> Published:
-    """Push blobs, then manifests, then the index (or the single manifest) as ``address``."""
+async def push(
+    registry: RegistryClient,
+    address: str,
+    variants: Sequence[Variant],
+    homes: dict[str, Reference],
+) -> Published:
+    """Push blobs, then manifests, then the index (or the single manifest) as ``address``.
+
+    ``homes`` remembers a repository each blob was pushed to (as skopeo's blob cache does):
+    publishing to a new repository of the same registry then mounts instead of uploading.
+    """
     from .registry import Reference
 
     target = Reference.parse(address)
     if target.digest:
         raise InvalidArgument(f"publish to a tag, not a digest: {address}")
     blobs = {b.digest: b for v in variants for b in (*v.layers, v.config)}
-    uploaded = await asyncio.gather(*(_push_blob(registry, target, b) for b in blobs.values()))
+    uploaded = await asyncio.gather(
+        *(_push_blob(registry, target, b, homes.get(b.digest)) for b in blobs.values())
+    )
+    homes.update(dict.fromkeys(blobs, Reference(target.registry, target.repository, None, None)))
     if len(variants) > 1:
         await asyncio.gather(
             *(
@@ -309,17 +321,23 @@ async def push(registry: RegistryClient, address: str, variants: Sequence[Varian
     )
 
 
-async def _push_blob(registry: RegistryClient, target: Reference, blob: Blob) -> int:
-    """Bytes uploaded for ``blob`` (0 when the registry had it or mounted it)."""
+async def _push_blob(
+    registry: RegistryClient, target: Reference, blob: Blob, home: Reference | None
+) -> int:
+    """Bytes uploaded for ``blob`` (0 when the registry had it or could mount it)."""
+    if await registry.blob_exists(target, blob.digest):
+        return 0
+    for source in (home, blob.source):
+        if (
+            source is not None
+            and source.registry == target.registry
+            and source.repository != target.repository
+            and await registry.mount_blob(target, blob.digest, source)
+        ):
+            return 0
     if blob.path is not None:
         return blob.size if await registry.push_blob(target, blob.digest, blob.path) else 0
     assert blob.source is not None
-    if await registry.blob_exists(target, blob.digest):
-        return 0
-    if blob.source.registry == target.registry and await registry.mount_blob(
-        target, blob.digest, blob.source
-    ):
-        return 0
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "blob"
         with open(copy, "wb") as f:
