@@ -138,16 +138,21 @@ def test_publish_three_variants_as_one_index(test_image, registry_host, no_leaks
 def test_publishing_again_uploads_nothing(test_image, registry_host, no_leaks):
     ref = fresh_ref(registry_host)
 
-    async def main(client: mpc.Client) -> tuple[mpc.Published, mpc.Published]:
+    async def main(client: mpc.Client) -> tuple[mpc.Published, mpc.Published, dict[str, int]]:
         built = variants(client, test_image)
         first = await client.publish(ref, built)
+        before = dict(client.engine.registry.requests)
         second = await client.publish(ref, built)
-        return first, second
+        after = client.engine.registry.requests
+        return first, second, {key: after[key] - before.get(key, 0) for key in after}
 
-    first, second = run(main)
+    first, second, requests = run(main)
     assert first.uploaded_bytes > 0
     assert second.uploaded_bytes == 0
     assert first.digest == second.digest
+    # Every blob was only asked about: no upload started, no bytes sent.
+    assert requests.get("POST upload", 0) == requests.get("PUT upload", 0) == 0
+    assert requests["HEAD blob"] >= 4  # 3 configs + the new layers, at least
 
 
 def test_base_layers_are_reused_not_recompressed(test_image, registry_host, no_leaks):
