@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+
+from timing import median, timed
 
 N3 = ["linux/amd64", "linux/arm64", "linux/s390x"]
 N5 = [*N3, "linux/ppc64le", "linux/arm/v7"]
@@ -42,16 +42,6 @@ print(time.perf_counter() - t)
 
 
 WAITING_CELL = "uname -m; sleep 1\n"
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def fresh_python(code: str) -> float:

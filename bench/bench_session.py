@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from timing import median, timed
 
 T = TypeVar("T")
 
@@ -45,16 +46,6 @@ CELL = "true"
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def cli_parallel(peers: Sequence[Peers]) -> float:
