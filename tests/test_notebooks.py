@@ -1,0 +1,148 @@
+"""The notebooks in notebooks/, executed headless in a real Jupyter kernel, as a reader would.
+
+Each notebook runs on a copy (the repository's files keep no outputs) with nbclient on the
+venv's python3 kernel, against the local test images and registry (MPC_TEST_*): CI's
+busybox image stands in for MPC_DEMO_IMAGE, the local Go toolchain image for
+MPC_GOLANG_IMAGE and the local registry for MPC_REGISTRY. Every cell must run without an
+error, the key results must be in the printed output, and the kernel must leave no
+containers or snapshot images behind.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from conftest import required_env
+from nbclient import NotebookClient
+
+from mpcontainer_magics.engines.base import LABEL_MANAGED, LABEL_PID
+from mpcontainer_magics.platforms import host_platform
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+CELL_TIMEOUT = 300
+PLATFORMS = ["linux/amd64", "linux/arm64", "linux/s390x"]
+NATIVE = host_platform()  # the engine's is this machine's: the tests' dockerd is local
+
+
+def text_outputs(nb: nbformat.NotebookNode) -> str:
+    """Every stream text and text/plain result of the executed notebook, in order."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out["text"])
+            elif out.get("output_type") in ("execute_result", "display_data"):
+                parts.append(out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def errors_of(nb: nbformat.NotebookNode) -> list[str]:
+    return [
+        f"cell {n}: {out['ename']}: {out['evalue']}"
+        for n, cell in enumerate(nb.cells, start=1)
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+
+
+def check_01(text: str) -> None:
+    assert "I'm executing on architecture: s390x" in text
+    assert "I'm executing on architecture: aarch64" in text
+    assert re.search(r"\[linux/s390x\] byte order: big-endian \(01020304\)", text)
+    assert re.search(r"\[linux/arm64\] byte order: little-endian \(04030201\)", text)
+
+
+def check_02(text: str) -> None:
+    registry = required_env("MPC_TEST_REGISTRY")
+    # publish's reference, pinned to the pushed index, and the index's platforms
+    assert re.search(rf"{re.escape(registry)}/mpc-hello-emulated-\w+@sha256:[0-9a-f]{{64}}", text)
+    assert '"mediaType": "application/vnd.oci.image.index.v1+json"' in text
+    # the final table: every platform built (emulated but the native one), ran back its binary
+    for platform in PLATFORMS:
+        emulated = not NATIVE.matches(platform)
+        row = rf"{platform}\s+[\d.]+\s+{emulated}\s+hello from {platform}"
+        assert re.search(row, text), f"no table row for {platform}"
+
+
+def check_03(text: str) -> None:
+    registry = required_env("MPC_TEST_REGISTRY")
+    assert re.search(rf"{re.escape(registry)}/mpc-hello-cross-\w+@sha256:[0-9a-f]{{64}}", text)
+    for platform in PLATFORMS:
+        row = rf"{platform}\s+[\d.]+\s+{NATIVE}\s+hello from {platform}"
+        assert re.search(row, text), f"no table row for {platform}"
+    # the magic form: $GOLANG expanded, each target built on the native platform
+    for platform in ("linux/arm64", "linux/s390x"):
+        goos, goarch = platform.split("/")
+        assert f"[{platform}] go env GOOS GOARCH: {goos} {goarch}" in text
+        machine = NATIVE.uname_machine
+        assert f"[{platform}] uname -m: {machine}, TARGETPLATFORM: {platform}" in text
+    # plain build: different work (std precompiled for arm64 in the arm64 image only) ...
+    plain = dict(
+        re.findall(r"^\s*go build\s+(emulated|cross)\s+[\d.]+\s+[\d.]+\s+(\d+)", text, re.M)
+    )
+    assert int(plain["emulated"]) < int(plain["cross"]), plain
+    # ... go build -a: the same packages both ways, and emulation costs clearly more
+    full = dict(re.findall(r"go build -a\s+(emulated|cross)\s+[\d.]+\s+[\d.]+\s+(\d+)", text))
+    assert full["emulated"] == full["cross"] == plain["cross"], full
+    found = re.search(r"emulation needs ([\d.]+)x the CPU time", text)
+    assert found, "no emulation/cross ratio printed"
+    assert float(found.group(1)) > 2, found.group(0)
+
+
+CHECKS: dict[str, Callable[[str], None]] = {
+    "01-architectures.ipynb": check_01,
+    "02-build-and-publish.ipynb": check_02,
+    "03-cross-compile.ipynb": check_03,
+}
+
+
+def test_every_notebook_is_tested() -> None:
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(CHECKS)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_committed_notebook_has_no_outputs(name: str) -> None:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    for n, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"cell {n} has outputs"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_notebook_runs(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_api: Any
+) -> None:
+    monkeypatch.setenv("MPC_DEMO_IMAGE", required_env("MPC_TEST_IMAGE"))
+    monkeypatch.setenv("MPC_GOLANG_IMAGE", required_env("MPC_TEST_GOLANG_IMAGE"))
+    monkeypatch.setenv("MPC_REGISTRY", required_env("MPC_TEST_REGISTRY"))
+    # The venv's kernelspec (its own python) wins over any python3 kernelspec of the user's.
+    venv_jupyter = str(Path(sys.prefix) / "share" / "jupyter")
+    monkeypatch.setenv("JUPYTER_PATH", venv_jupyter)
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)  # a copy in memory: the file stays
+    kernel_pids: list[int] = []
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT,
+        allow_errors=True,  # run every cell, then report every error at once
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    client.on_notebook_start = lambda **_: kernel_pids.append(client.km.provisioner.process.pid)
+    client.execute()  # shuts the kernel down at the end
+    nbformat.write(nb, tmp_path / name)  # for a look after a failure
+
+    assert errors_of(nb) == [], f"executed copy: {tmp_path / name}"
+    CHECKS[name](text_outputs(nb))
+
+    # The kernel (and every client in it) cleaned up after itself.
+    owner = [f"{LABEL_MANAGED}=1", f"{LABEL_PID}={kernel_pids[0]}"]
+    assert docker_api.containers(all=True, filters={"label": owner}) == []
+    assert docker_api.images(filters={"label": owner}) == []
