@@ -77,12 +77,15 @@ class RunResult:
         *,
         timeout: float | None = None,
         wall_s: float = 0.0,
+        session: str | None = None,
     ) -> None:
         self.image = image
         self.argv = tuple(argv)
         self.results = tuple(results)
         self.timeout = timeout
         self.wall_s = wall_s
+        #: The name of the session the command ran in (its files can be published), if any.
+        self.session = session
 
     def __len__(self) -> int:
         return len(self.results)

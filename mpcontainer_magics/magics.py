@@ -49,7 +49,7 @@ SUBCOMMANDS = {
     "(any OS, e.g. windows/amd64)",
     "cat": "%container cat PATH --image IMAGE [--platform P]   print a file of an image",
     "publish": "%container publish REF --from SESSION_OR_VAR   push the platforms of a session "
-    "(or Containers in a variable) as one multi-platform image",
+    "(or of a session cell's --out result, or Containers in a variable) as one image",
     "export": "%container export PATH --from SESSION_OR_VAR [--tag TAG]   the same, written as "
     "an OCI image layout (a directory, or a tar for PATH.tar)",
 }
@@ -437,6 +437,8 @@ class ContainerMagics(Magics):
                 f"{', '.join(client.session_names) or 'none'}"
             )
         value = self.shell.user_ns[name]
+        if isinstance(value, RunResult) and value.session in client.session_names:
+            return client.get_session(value.session)  # `--out` of a session cell
         if isinstance(value, Session):
             return value
         if isinstance(value, Container):
@@ -448,6 +450,7 @@ class ContainerMagics(Magics):
         ):
             return list(value)
         raise UsageError(
-            f"{name} is a {type(value).__name__}; --from takes a session, a Container or a "
-            "list of Containers (a run's result holds outputs, not files)"
+            f"{name} is a {type(value).__name__}; --from takes a session (or the --out result "
+            "of a session cell), a Container or a list of Containers (the result of a one-off "
+            "run holds outputs, not files: run it in a --session to publish it)"
         )

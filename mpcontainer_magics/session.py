@@ -182,6 +182,7 @@ class Session:
             results,
             timeout=timeout,
             wall_s=time.perf_counter() - began,
+            session=self.name,
         )
 
     def _launcher(

@@ -343,7 +343,22 @@ def test_publish_from_a_variable_of_containers(shell, registry_host, test_image)
     assert docker_run(published.reference, "linux/ppc64le", "ls", "/marker") == "/marker\n"
 
     shell.user_ns["res"] = 42
-    with pytest.raises(UsageError, match="--from takes a session, a Container"):
+    with pytest.raises(UsageError, match="--from takes a session"):
         shell.run_line_magic("container", f"publish {ref} --from res")
     with pytest.raises(UsageError, match="no session or variable called 'nothing'"):
         shell.run_line_magic("container", f"publish {ref} --from nothing")
+
+
+def test_publish_the_out_result_of_a_session_cell(shell, registry_host):
+    shell.run_cell_magic(
+        "container",
+        "--session outpub --platform linux/arm64,linux/s390x --out built",
+        "uname -m > /machine",
+    )
+    ref = fresh_ref(registry_host)
+    published = shell.run_line_magic("container", f"publish {ref} --from built")
+    assert docker_run(published.reference, "linux/arm64", "cat", "/machine") == "aarch64\n"
+
+    shell.run_cell_magic("container", "--platform linux/arm64 --out oneoff", "true")
+    with pytest.raises(UsageError, match="the result of a one-off run holds outputs"):
+        shell.run_line_magic("container", f"publish {ref} --from oneoff")
