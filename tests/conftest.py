@@ -31,6 +31,15 @@ def required_env(name: str) -> str:
     return value
 
 
+@pytest.fixture(autouse=True)
+def blob_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test its own blob cache (never the user's): what one test cached cannot hide
+    what another checks, such as a tampered blob being refused."""
+    cache = tmp_path_factory.mktemp("blob-cache")
+    monkeypatch.setenv("MPC_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def test_image() -> str:
     return required_env("MPC_TEST_IMAGE")

@@ -328,3 +328,29 @@ def test_download_blob_errors(tmp_path):
 
     with pytest.raises(RegistryError, match=r"answered HTTP 500 \(UNKNOWN\)"):
         download(broken, digest, tmp_path)
+
+
+def test_a_second_unpack_fetches_no_blob(test_image, tmp_path, blob_cache):
+    async def twice() -> tuple[dict[str, int], dict[str, int]]:
+        async with RegistryClient() as registry:
+            await unpack_image(registry, test_image, Platform.parse("linux/s390x"), tmp_path / "a")
+            first = dict(registry.requests)
+            await unpack_image(registry, test_image, Platform.parse("linux/s390x"), tmp_path / "b")
+            return first, dict(registry.requests)
+
+    first, second = asyncio.run(twice())
+    assert first.get("GET blob", 0) >= 2  # the config and the layer, once
+    assert second.get("GET blob", 0) == first.get("GET blob", 0)  # nothing more
+    assert (tmp_path / "b/bin/busybox").read_bytes() == (tmp_path / "a/bin/busybox").read_bytes()
+    assert any(blob_cache.glob("blobs/sha256/*"))
+
+
+def test_a_refused_blob_leaves_nothing_in_the_cache(tmp_path, blob_cache):
+    registry = FakeRegistry([(GZIP_LAYER, layer(("etc/a", b"a")))])
+    digest = registry.layer_digests[0]
+    registry.blobs[digest] = layer(("etc/a", b"evil"))
+    with pytest.raises(DigestMismatch):
+        registry.unpack(tmp_path / "root")
+    cached = [p.name for p in blob_cache.rglob("*") if p.is_file()]
+    assert digest.partition(":")[2] not in cached
+    assert not [name for name in cached if name.startswith(".partial-")]

@@ -5,9 +5,9 @@ that cannot run here at all (Windows ones) be read. It is built only from parts 
 themselves: the registry client verifies every manifest and blob against its digest while
 downloading, and ``layers.apply_layer`` refuses any layer that would write outside the root.
 
-Layers are downloaded one at a time to an anonymous temporary file next to the destination
-(so a layer never has to fit in memory, and the bytes are never used before their digest
-checked out), then applied in order.
+Layers come through the user's blob cache (``store.BlobStore``): downloaded once, to disk
+(a layer never has to fit in memory), and used only after their digest checked out; then
+applied in order. Unpacking the same image again fetches no blob.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..mediatypes import MANIFEST_TYPES
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient, check_digest
 from .layers import apply_layer
+from .store import BlobStore
 
 __all__ = ["UnpackedImage", "unpack_image"]
 
@@ -58,13 +58,19 @@ class UnpackedImage:
 
 
 async def unpack_image(
-    registry: RegistryClient, reference: str, platform: Platform, dest: Path
+    registry: RegistryClient,
+    reference: str,
+    platform: Platform,
+    dest: Path,
+    store: BlobStore | None = None,
 ) -> UnpackedImage:
     """Download ``reference`` for ``platform`` and unpack its layers into ``dest``.
 
-    ``dest`` must be missing or an empty directory. On error it may hold a partial tree,
-    which the caller (who owns ``dest``) removes.
+    Blobs come through ``store`` (default: the user's cache), so a second unpack of the same
+    image fetches no blob. ``dest`` must be missing or an empty directory. On error it may
+    hold a partial tree, which the caller (who owns ``dest``) removes.
     """
+    store = store or BlobStore()
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidArgument(
@@ -82,7 +88,7 @@ async def unpack_image(
         layers = [
             (str(layer["mediaType"]), check_digest(layer["digest"])) for layer in manifest["layers"]
         ]
-        config = json.loads(await registry.get_blob(ref, config_digest))
+        config = json.loads((await store.fetch(registry, ref, config_digest)).read_bytes())
         offered = Platform.from_oci(config)
         settings = config.get("config") or {}
         if not isinstance(settings, dict):
@@ -102,11 +108,12 @@ async def unpack_image(
         )
     dest.mkdir(parents=True, exist_ok=True)
     for layer_type, layer_digest in layers:
-        await _add_layer(registry, ref, image, layer_type, layer_digest, dest, platform)
+        await _add_layer(store, registry, ref, image, layer_type, layer_digest, dest, platform)
     return UnpackedImage(resolved.reference.familiar, platform, digest, settings, dest)
 
 
 async def _add_layer(
+    store: BlobStore,
     registry: RegistryClient,
     ref: Reference,
     image: str,
@@ -126,25 +133,23 @@ async def _add_layer(
             "tar+gzip image layers can be unpacked"
         )
     foreign = "foreign" in media_type or "nondistributable" in media_type
-    with tempfile.TemporaryFile(dir=dest.parent) as tmp:
-        try:
-            await registry.download_blob(ref, digest, tmp)
-        except RegistryError as exc:
-            if not foreign or isinstance(exc, DigestMismatch):
-                raise
-            # Registries may refuse to store these; their `urls` point elsewhere (for old
-            # Windows base layers, to Microsoft), and we fetch from registries only.
-            raise ImageError(
-                f"{image} needs the foreign (non-distributable) layer {digest}, which registry "
-                f"{ref.registry} does not provide; re-push the image with all its layers "
-                "(e.g. crane copy --allow-nondistributable-artifacts)"
-            ) from exc
-        tmp.seek(0)
-        try:
-            await _in_thread(apply_layer, tmp, dest, windows=platform.os == "windows")
-        except ImageError as exc:
-            # Same class, message prefixed with which image and layer it was.
-            raise type(exc)(f"{image}, layer {digest}: {exc}") from exc
+    try:
+        blob = await store.fetch(registry, ref, digest)
+    except RegistryError as exc:
+        if not foreign or isinstance(exc, DigestMismatch):
+            raise
+        # Registries may refuse to store these; their `urls` point elsewhere (for old
+        # Windows base layers, to Microsoft), and we fetch from registries only.
+        raise ImageError(
+            f"{image} needs the foreign (non-distributable) layer {digest}, which registry "
+            f"{ref.registry} does not provide; re-push the image with all its layers "
+            "(e.g. crane copy --allow-nondistributable-artifacts)"
+        ) from exc
+    try:
+        await _in_thread(apply_layer, blob, dest, windows=platform.os == "windows")
+    except ImageError as exc:
+        # Same class, message prefixed with which image and layer it was.
+        raise type(exc)(f"{image}, layer {digest}: {exc}") from exc
 
 
 async def _in_thread(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -1,0 +1,57 @@
+"""A content-addressed cache of image blobs on this machine, shared by all of a user's kernels.
+
+Blobs live under their digest, ``blobs/sha256/<hex>``, in ``$MPC_CACHE_DIR`` or
+``$XDG_CACHE_HOME/mpcontainer_magics`` (``~/.cache/mpcontainer_magics`` by default). A blob
+enters the cache only after its digest checked out: the registry client verifies it while
+downloading into a temporary file of the same directory, which is then renamed into place
+atomically. So whatever the cache holds is right, a second pull of the same image fetches
+no blob bytes, and kernels fetching the same blob at once both end up with one good copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..registry import check_digest
+
+if TYPE_CHECKING:
+    from ..registry import Reference, RegistryClient
+
+
+def default_cache_dir() -> Path:
+    explicit = os.environ.get("MPC_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mpcontainer_magics"
+
+
+class BlobStore:
+    """Verified blobs on disk, fetched from a registry on first use."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path(self, digest: str) -> Path:
+        algorithm, _, encoded = check_digest(digest).partition(":")
+        return self.root / "blobs" / algorithm / encoded
+
+    async def fetch(self, registry: RegistryClient, ref: Reference, digest: str) -> Path:
+        """The cached file of blob ``digest`` of ``ref``'s repository, downloaded if missing."""
+        path = self.path(digest)
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                await registry.download_blob(ref, digest, out)
+            os.replace(partial, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+        return path
