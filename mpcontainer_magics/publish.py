@@ -335,14 +335,18 @@ async def _push_blob(
             and await registry.mount_blob(target, blob.digest, source)
         ):
             return 0
+    local = await _local_file(registry, blob)
+    return blob.size if await registry.push_blob(target, blob.digest, local) else 0
+
+
+async def _local_file(registry: RegistryClient, blob: Blob) -> Path:
+    """The blob as a file here: built here, or a base layer fetched through the blob cache."""
     if blob.path is not None:
-        return blob.size if await registry.push_blob(target, blob.digest, blob.path) else 0
+        return blob.path
+    from .engines.store import BlobStore
+
     assert blob.source is not None
-    with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / "blob"
-        with open(copy, "wb") as f:
-            await registry.download_blob(blob.source, blob.digest, f)
-        return blob.size if await registry.push_blob(target, blob.digest, copy) else 0
+    return await BlobStore().fetch(registry, blob.source, blob.digest)
 
 
 # -- to disk ---------------------------------------------------------------------------------
@@ -363,12 +367,7 @@ async def write_layout(
         blobs.mkdir(parents=True)
         for blob in {b.digest: b for v in variants for b in (*v.layers, v.config)}.values():
             target = blobs / blob.digest.partition(":")[2]
-            if blob.path is not None:
-                await asyncio.to_thread(shutil.copyfile, blob.path, target)
-            else:
-                assert blob.source is not None
-                with open(target, "wb") as f:
-                    await registry.download_blob(blob.source, blob.digest, f)
+            await asyncio.to_thread(shutil.copyfile, await _local_file(registry, blob), target)
         documents = [document] + ([v.manifest for v in variants] if len(variants) > 1 else [])
         for data in documents:
             (blobs / _digest(data).partition(":")[2]).write_bytes(data)
