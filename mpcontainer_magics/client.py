@@ -34,7 +34,7 @@ from .compare import (
 )
 from .container import Container, Directory, Evaluator, GitRepository, Host, _Empty
 from .engines.base import Engine, Mount, PulledImage, finish_despite_cancel
-from .errors import InvalidArgument, SessionError
+from .errors import EngineUnavailable, InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
 from .publish import Published, Variant, check_variants, push, write_layout
 from .session import Session, check_name, sessions_frame
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .registry import Reference
 
 DEFAULT_IMAGE = "alpine:3.16"
-ENGINES = ("auto", "docker")
+ENGINES = ("auto", "docker", "embedded")
 
 #: What ``platforms=`` accepts: None (native), "all" (every platform the image offers),
 #: "linux/amd64,linux/arm64", or a sequence of strings/Platforms.
@@ -81,6 +81,7 @@ class PlatformReport:
     emulated: tuple[Platform, ...]
     image: str | None = None
     offered: tuple[Platform, ...] = ()
+    chosen: str = ""  # why this engine, when "auto" picked it
 
     def runnable(self, platform: Platform) -> str:
         if platform.matches(self.native):
@@ -98,7 +99,7 @@ class PlatformReport:
 
     def __repr__(self) -> str:
         lines = [
-            f"engine: {self.engine}",
+            f"engine: {self.engine}" + (f" ({self.chosen})" if self.chosen else ""),
             f"native platform: {self.native}",
             "emulated platforms: " + (", ".join(map(str, self.emulated)) or "none"),
         ]
@@ -316,22 +317,47 @@ class Client:
             emulated=tuple(await self.engine.emulated_platforms()),
             image=image,
             offered=tuple(offered),
+            chosen=self.engine.chosen,
         )
 
 
 async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] = ()) -> Engine:
-    """The engine called ``kind``; "auto" picks Docker (the embedded engine comes later).
+    """The engine called ``kind``: "docker", "embedded" (proot + qemu-user, no daemon), or
+    "auto": Docker when a daemon answers, else the embedded engine. The engine's ``chosen``
+    then says why it was picked.
 
     ``insecure_registries`` (host[:port]) may be reached over plain HTTP, as loopback ones are.
     """
     if kind not in ENGINES:
         raise InvalidArgument(f"unknown engine {kind!r}; use one of: {', '.join(ENGINES)}")
-    from .engines.docker import DockerEngine  # lazy: docker-py is slow to import
+    # Lazy imports: docker-py and httpx are slow to import, and %load_ext must stay fast.
+    from .engines.embedded import EmbeddedEngine
     from .registry import RegistryClient
 
-    return await DockerEngine.connect(
-        registry=RegistryClient(insecure_registries=insecure_registries)
-    )
+    def registry() -> RegistryClient:
+        return RegistryClient(insecure_registries=insecure_registries)
+
+    if kind == "embedded":
+        return await EmbeddedEngine.connect(registry=registry())
+    from .engines.docker import DockerEngine
+
+    try:
+        engine: Engine = await DockerEngine.connect(registry=registry())
+    except EngineUnavailable as no_docker:
+        if kind == "docker":
+            raise
+        try:
+            engine = await EmbeddedEngine.connect(registry=registry())
+        except EngineUnavailable as no_proot:
+            raise EngineUnavailable(
+                f"no container engine is available: {no_docker} Or use the embedded engine, "
+                f"but {no_proot}"
+            ) from None
+        engine.chosen = "auto: no Docker daemon answered, so the embedded engine (proot)"
+        return engine
+    if kind == "auto":
+        engine.chosen = "auto: a Docker daemon answered"
+    return engine
 
 
 class connect:

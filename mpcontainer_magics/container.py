@@ -33,7 +33,7 @@ import shlex
 import shutil
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -46,9 +46,11 @@ from .engines.base import (
     ImageConfig,
     Mount,
     PulledImage,
+    once,
     owner_is_gone,
     process_start_ticks,
 )
+from .engines.tree import resolve_in_root
 from .errors import ExecUnsupported, InvalidArgument, NonZeroExit
 from .platforms import Platform
 from .publish import Snapshot, Variant, build_variant
@@ -459,7 +461,7 @@ class Evaluator:
     # -- containers --------------------------------------------------------------------------
 
     async def evaluate(self, container: Container) -> _State:
-        return await _once(self._states, container, lambda: self._evaluate(container))
+        return await once(self._states, container, lambda: self._evaluate(container))
 
     async def _evaluate(self, container: Container) -> _State:
         if not container._steps:
@@ -556,7 +558,7 @@ class Evaluator:
 
     async def variant(self, snapshot: Snapshot) -> Variant:
         """The published form of ``snapshot``, built once (publish, then export, is cheap)."""
-        return await _once(
+        return await once(
             self._variants,
             snapshot,
             lambda: build_variant(self.engine, snapshot, self.scratch("variant")),
@@ -576,7 +578,7 @@ class Evaluator:
 
     async def materialise(self, source: DirSource) -> Path:
         """The host directory holding ``source``'s tree; treat it as read-only."""
-        return await _once(self._dirs, source, lambda: self._materialise(source))
+        return await once(self._dirs, source, lambda: self._materialise(source))
 
     async def _materialise(self, source: DirSource) -> Path:
         if isinstance(source, _Subdirectory):
@@ -715,47 +717,6 @@ def copy_tree(source: Path, dest: Path) -> None:
             if target.is_symlink() or target.is_file():
                 target.unlink()
             shutil.copy2(child, target, follow_symlinks=False)
-
-
-async def _once(memo: dict[K, asyncio.Task[V]], key: K, compute: Callable[[], Awaitable[V]]) -> V:
-    """``compute()`` once per key, shared by concurrent callers; a failure is not kept.
-
-    Callers await the task itself, so cancelling them (Ctrl-C) cancels the work too.
-    """
-    task = memo.get(key)
-    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-        task = memo[key] = asyncio.ensure_future(compute())
-    return await task
-
-
-def resolve_in_root(root: Path, path: str, *, max_links: int = MAX_LINKS) -> Path:
-    """Where ``path`` lives in the tree ``root``, following its symlinks as a chroot would.
-
-    Symlinks inside an unpacked image are written for that image's root (``/etc/localtime ->
-    /usr/share/zoneinfo/UTC``), so they are read relative to ``root`` and ``..`` stops at
-    ``root``: the result is always inside ``root``.
-    """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            links += 1
-            if links > max_links:
-                raise InvalidArgument(f"too many symbolic links resolving {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
 
 
 WORKSPACE_PREFIX = "mpcontainer-magics-"

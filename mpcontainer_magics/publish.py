@@ -28,11 +28,11 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage
+from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage, file_digest
 from .errors import InvalidArgument, RegistryError
 from .mediatypes import (
     DOCKER_LAYER,
@@ -158,7 +158,7 @@ async def build_variant(engine: Engine, snapshot: Snapshot, work: Path) -> Varia
     """The blobs and manifest of one variant, written under ``work`` (a new directory)."""
     work.mkdir(parents=True)
     layer_files = await engine.save_layers(snapshot.image, work / "layers")
-    diff_ids = await asyncio.gather(*(asyncio.to_thread(_file_digest, f) for f in layer_files))
+    diff_ids = await asyncio.gather(*(asyncio.to_thread(file_digest, f) for f in layer_files))
     reused = await _base_layers(engine.registry, snapshot.origin, diff_ids)
     fresh = await asyncio.gather(
         *(asyncio.to_thread(_compress, f) for f in layer_files[len(reused) :])
@@ -215,18 +215,7 @@ def _oci_config(config: ImageConfig) -> dict[str, Any]:
     # Our clean-up labels name this process; they mean nothing in a published image.
     ours = LABEL_MANAGED.rpartition(".")[0] + "."
     labels = {k: v for k, v in config.labels.items() if not k.startswith(ours)}
-    oci: dict[str, Any] = {}
-    if config.env:
-        oci["Env"] = list(config.env)
-    if config.workdir:
-        oci["WorkingDir"] = config.workdir
-    if config.entrypoint is not None:
-        oci["Entrypoint"] = list(config.entrypoint)
-    if config.cmd is not None:
-        oci["Cmd"] = list(config.cmd)
-    if labels:
-        oci["Labels"] = labels
-    return oci
+    return replace(config, labels=labels).to_oci()
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
@@ -235,14 +224,6 @@ def _canonical(document: dict[str, Any]) -> bytes:
 
 def _digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def _compress(layer: Path) -> Blob:
@@ -254,7 +235,7 @@ def _compress(layer: Path) -> Blob:
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
     ):
         shutil.copyfileobj(source, gz, 1 << 20)
-    return Blob(OCI_LAYER_GZIP, _file_digest(packed), packed.stat().st_size, path=packed)
+    return Blob(OCI_LAYER_GZIP, file_digest(packed), packed.stat().st_size, path=packed)
 
 
 def _write_blob(work: Path, media_type: str, data: bytes) -> Blob:

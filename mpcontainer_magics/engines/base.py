@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
 import os
 import posixpath
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -36,9 +37,26 @@ if TYPE_CHECKING:
     from ..registry import RegistryClient  # imports httpx: not at %load_ext time
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 #: ``on_output(stream, chunk)`` with stream "stdout" or "stderr"; called on the event loop.
 OutputCallback = Callable[[str, bytes], None]
+
+#: Foreign platforms an engine may be able to emulate with qemu-user.
+EMULATION_CANDIDATES = [
+    Platform.parse(p)
+    for p in (
+        "linux/amd64",
+        "linux/arm64",
+        "linux/arm/v7",
+        "linux/arm/v6",
+        "linux/s390x",
+        "linux/ppc64le",
+        "linux/riscv64",
+        "linux/386",
+        "linux/mips64le",
+    )
+]
 
 #: Label keys put on everything we create, so leftovers can be found and attributed.
 LABEL_MANAGED = "io.mpcontainer-magics.managed"
@@ -72,6 +90,7 @@ class ImageConfig:
     workdir: str = ""
     entrypoint: tuple[str, ...] | None = None
     cmd: tuple[str, ...] | None = None
+    user: str = ""  # "name", "uid" or "uid:gid"; "" is root
     labels: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
@@ -84,8 +103,26 @@ class ImageConfig:
             workdir=config.get("WorkingDir") or "",
             entrypoint=tuple(entrypoint) if entrypoint is not None else None,
             cmd=tuple(cmd) if cmd is not None else None,
+            user=config.get("User") or "",
             labels=dict(config.get("Labels") or {}),
         )
+
+    def to_oci(self) -> dict[str, Any]:
+        """The image config's ``config`` object; empty settings are left out."""
+        oci: dict[str, Any] = {}
+        if self.env:
+            oci["Env"] = list(self.env)
+        if self.workdir:
+            oci["WorkingDir"] = self.workdir
+        if self.entrypoint is not None:
+            oci["Entrypoint"] = list(self.entrypoint)
+        if self.cmd is not None:
+            oci["Cmd"] = list(self.cmd)
+        if self.user:
+            oci["User"] = self.user
+        if self.labels:
+            oci["Labels"] = dict(self.labels)
+        return oci
 
     def env_dict(self) -> dict[str, str]:
         return dict(item.partition("=")[::2] for item in self.env)
@@ -93,13 +130,7 @@ class ImageConfig:
     def with_env(self, name: str, value: str) -> ImageConfig:
         env = self.env_dict()
         env[name] = value
-        return ImageConfig(
-            tuple(f"{k}={v}" for k, v in env.items()),
-            self.workdir,
-            self.entrypoint,
-            self.cmd,
-            self.labels,
-        )
+        return replace(self, env=tuple(f"{k}={v}" for k, v in env.items()))
 
 
 @dataclass(frozen=True)
@@ -161,6 +192,8 @@ class Engine(abc.ABC):
     """A place where containers run."""
 
     name: ClassVar[str]
+    #: Why this engine serves the client, when "auto" chose it ("" when it was asked for).
+    chosen: str = ""
     #: Reads images straight from registries (for files of platforms that cannot run here).
     registry: RegistryClient
 
@@ -321,6 +354,15 @@ class Engine(abc.ABC):
         """Remove everything this process created and release connections."""
 
 
+def file_digest(path: Path) -> str:
+    """The sha256 digest of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def process_start_ticks(pid: int) -> str:
     """The start time of ``pid`` in clock ticks since boot ("" if unknown).
 
@@ -386,3 +428,14 @@ async def finish_despite_cancel(work: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return future.result()
+
+
+async def once(memo: dict[K, asyncio.Task[T]], key: K, compute: Callable[[], Awaitable[T]]) -> T:
+    """``compute()`` once per key, shared by concurrent callers; a failure is not kept.
+
+    Callers await the task itself, so cancelling them (Ctrl-C) cancels the work too.
+    """
+    task = memo.get(key)
+    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+        task = memo[key] = asyncio.ensure_future(compute())
+    return await task

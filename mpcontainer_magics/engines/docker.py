@@ -46,6 +46,7 @@ from ..errors import (
 from ..platforms import Platform
 from ..registry import RegistryClient, ResolvedImage
 from .base import (
+    EMULATION_CANDIDATES,
     LABEL_MANAGED,
     AttachedProcess,
     Engine,
@@ -67,20 +68,6 @@ T = TypeVar("T")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 
 # Foreign platforms worth probing for emulation, in the order users usually care about.
-EMULATION_CANDIDATES = [
-    Platform.parse(p)
-    for p in (
-        "linux/amd64",
-        "linux/arm64",
-        "linux/arm/v7",
-        "linux/arm/v6",
-        "linux/s390x",
-        "linux/ppc64le",
-        "linux/riscv64",
-        "linux/386",
-        "linux/mips64le",
-    )
-]
 
 
 def _short(exc: BaseException) -> str:
@@ -121,13 +108,7 @@ def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def _docker_config(config: ImageConfig) -> dict[str, Any]:
     """An image config in Docker's spelling; our labels mark it for clean-up."""
-    return {
-        "Env": list(config.env),
-        "WorkingDir": config.workdir,
-        "Entrypoint": list(config.entrypoint) if config.entrypoint is not None else None,
-        "Cmd": list(config.cmd) if config.cmd is not None else None,
-        "Labels": {**config.labels, **owner_labels()},
-    }
+    return {**config.to_oci(), "Labels": {**config.labels, **owner_labels()}}
 
 
 def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:

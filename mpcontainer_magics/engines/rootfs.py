@@ -55,6 +55,8 @@ class UnpackedImage:
     digest: str  # the per-platform manifest digest
     config: dict[str, Any]  # the image config's "config" object (Env, WorkingDir, Cmd...)
     root: Path
+    image_config: dict[str, Any]  # the whole image config (platform, rootfs.diff_ids...)
+    layers: tuple[tuple[str, str], ...]  # (media type, digest) of each layer, bottom first
 
 
 async def unpack_image(
@@ -63,12 +65,16 @@ async def unpack_image(
     platform: Platform,
     dest: Path,
     store: BlobStore | None = None,
+    *,
+    manifest_digest: str | None = None,
 ) -> UnpackedImage:
     """Download ``reference`` for ``platform`` and unpack its layers into ``dest``.
 
     Blobs come through ``store`` (default: the user's cache), so a second unpack of the same
-    image fetches no blob. ``dest`` must be missing or an empty directory. On error it may
-    hold a partial tree, which the caller (who owns ``dest``) removes.
+    image fetches no blob. With ``manifest_digest`` (the platform's manifest, already
+    resolved) the tag is not looked up again. ``dest`` must be missing or an empty
+    directory. On error it may hold a partial tree, which the caller (who owns ``dest``)
+    removes.
     """
     store = store or BlobStore()
     dest = Path(dest)
@@ -76,9 +82,13 @@ async def unpack_image(
         raise InvalidArgument(
             f"cannot unpack {reference} into {dest}: it must be missing or an empty directory"
         )
-    resolved = await registry.resolve(reference)
-    ref = resolved.reference.with_digest(resolved.manifest_digest(platform))
-    image = f"{resolved.reference.familiar} ({platform})"
+    if manifest_digest is None:
+        resolved = await registry.resolve(reference)
+        name, manifest_digest = resolved.reference, resolved.manifest_digest(platform)
+    else:  # already resolved (pinned) by the caller
+        name = Reference.parse(reference)
+    ref = name.with_digest(manifest_digest)
+    image = f"{name.familiar} ({platform})"
     body, media_type, digest = await registry.get_manifest(ref)
     try:
         manifest = json.loads(body)
@@ -107,21 +117,34 @@ async def unpack_image(
             "inconsistent, re-push the image"
         )
     dest.mkdir(parents=True, exist_ok=True)
-    for layer_type, layer_digest in layers:
-        await _add_layer(store, registry, ref, image, layer_type, layer_digest, dest, platform)
-    return UnpackedImage(resolved.reference.familiar, platform, digest, settings, dest)
+    # Every layer downloads at once; each is applied, in order, as soon as it is ready.
+    fetches = [
+        asyncio.ensure_future(_fetch_layer(store, registry, ref, image, media_type, layer))
+        for media_type, layer in layers
+    ]
+    try:
+        for fetch, (_, layer) in zip(fetches, layers, strict=True):
+            blob = await fetch
+            try:
+                await _in_thread(apply_layer, blob, dest, windows=platform.os == "windows")
+            except ImageError as exc:
+                # Same class, message prefixed with which image and layer it was.
+                raise type(exc)(f"{image}, layer {layer}: {exc}") from exc
+    finally:
+        for fetch in fetches:
+            fetch.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
+    return UnpackedImage(name.familiar, platform, digest, settings, dest, config, tuple(layers))
 
 
-async def _add_layer(
+async def _fetch_layer(
     store: BlobStore,
     registry: RegistryClient,
     ref: Reference,
     image: str,
     media_type: str,
     digest: str,
-    dest: Path,
-    platform: Platform,
-) -> None:
+) -> Path:
     if media_type.endswith("+zstd"):
         raise ImageError(
             f"{image} has a zstd-compressed layer {digest}, which is not supported; re-push the "
@@ -134,7 +157,7 @@ async def _add_layer(
         )
     foreign = "foreign" in media_type or "nondistributable" in media_type
     try:
-        blob = await store.fetch(registry, ref, digest)
+        return await store.fetch(registry, ref, digest)
     except RegistryError as exc:
         if not foreign or isinstance(exc, DigestMismatch):
             raise
@@ -145,11 +168,6 @@ async def _add_layer(
             f"{ref.registry} does not provide; re-push the image with all its layers "
             "(e.g. crane copy --allow-nondistributable-artifacts)"
         ) from exc
-    try:
-        await _in_thread(apply_layer, blob, dest, windows=platform.os == "windows")
-    except ImageError as exc:
-        # Same class, message prefixed with which image and layer it was.
-        raise type(exc)(f"{image}, layer {digest}: {exc}") from exc
 
 
 async def _in_thread(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

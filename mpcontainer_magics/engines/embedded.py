@@ -1,0 +1,701 @@
+"""The embedded engine: containers without a daemon, from unpacked images run with proot.
+
+Where no Docker daemon answers (Binder, shared JupyterHubs, laptops without Docker) this engine
+does the same jobs with parts a user can install without root: our registry client, the
+user's cache directory, proot, and qemu-user for foreign platforms.
+
+Layout of the cache (``$MPC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mpcontainer_magics``)::
+
+    blobs/sha256/<hex>        verified blobs (store.BlobStore), shared with publish/export
+    images/<manifest hex>/    one platform of a pulled image, pinned by its manifest digest:
+        rootfs/               its layers applied safely (layers.apply_layer)
+        image.json            reference, platform, the whole image config, its layers
+        linked.json           the files containers hard-link (tree.LinkedFiles)
+    images/snap-<id>/         an image this process made (commit, image_from_directory);
+        diff-<n>.tar          its own layers, stacked on its parent's
+    containers/<id>/          a container: container.json (labels for reaping) and rootfs/,
+                              a private copy of the image's rootfs (tree.clone_tree)
+
+An image directory appears only complete (unpacked under a temporary name, then renamed), so
+kernels sharing the cache never see half an image, and a second pull fetches no blob. Runs
+and sessions are proot processes over a container's rootfs (``proot.ProotProcess``).
+Every container and snapshot is labelled with its owner process, as Docker ones are, so
+what a killed kernel left (directories and still-running proot processes) is reaped later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import os
+import platform as host_platform
+import secrets
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import (
+    EmulationUnavailable,
+    EngineError,
+    ExecUnsupported,
+    InvalidArgument,
+)
+from ..platforms import Platform
+from ..registry import RegistryClient, ResolvedImage
+from .base import (
+    EMULATION_CANDIDATES,
+    AttachedProcess,
+    Engine,
+    ExecOutcome,
+    ImageConfig,
+    Mount,
+    OutputCallback,
+    PulledImage,
+    file_digest,
+    finish_despite_cancel,
+    once,
+    owner_is_gone,
+    owner_labels,
+)
+from .layers import extract_archive
+from .proot import (
+    MOUNT_POINTS,
+    SYSTEM_BINDS,
+    ProotProcess,
+    find_proot,
+    find_qemu,
+    processes_using,
+    proot_command,
+    proot_env,
+)
+from .rootfs import unpack_image
+from .store import BlobStore, default_cache_dir
+from .tree import (
+    LinkedFiles,
+    clone_tree,
+    copy_tree,
+    diff,
+    remove_tree,
+    resolve_in_root,
+    resolve_parent_in_root,
+)
+
+T = TypeVar("T")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SNAPSHOT_PREFIX = "snap-"
+# `uname -m` spellings Platform.parse refuses as input (containerd's rules).
+_UNAME_PLATFORMS = {"armv7l": "linux/arm/v7", "armv6l": "linux/arm/v6", "i686": "linux/386"}
+
+
+@dataclass
+class _Container:
+    id: str
+    path: Path
+    image: PulledImage
+    image_dir: Path
+    argv: tuple[str, ...] | None
+    env: dict[str, str]
+    workdir: str
+    user: str | None  # proot's -i "uid:gid"; None runs as (fake) root
+    binds: list[tuple[str, str]]
+    ignore: frozenset[str]  # mount points we made, not part of a commit
+    main: ProotProcess | None = None
+    execs: set[ProotProcess] = field(default_factory=set)
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+
+class EmbeddedEngine(Engine):
+    name = "embedded"
+
+    def __init__(self, registry: RegistryClient, proot: str, cache_dir: Path) -> None:
+        self.registry = registry
+        self._proot = proot
+        self._cache = cache_dir
+        self._blobs = BlobStore(cache_dir)
+        self._images = cache_dir / "images"
+        self._containers_dir = cache_dir / "containers"
+        self._resolved: dict[str, ResolvedImage] = {}
+        self._pulled: dict[tuple[str, Platform], PulledImage] = {}
+        self._unpacking: dict[str, asyncio.Task[Path]] = {}
+        self._live: dict[str, _Container] = {}
+        self._made: dict[str, None] = {}  # snapshot image IDs, oldest first
+
+    @classmethod
+    async def connect(
+        cls, *, registry: RegistryClient | None = None, cache_dir: Path | None = None
+    ) -> EmbeddedEngine:
+        """The engine over this user's cache; EngineUnavailable when proot is missing."""
+        try:
+            proot = find_proot()
+        except BaseException:
+            if registry is not None:
+                await registry.aclose()
+            raise
+        return cls(registry or RegistryClient(), proot, Path(cache_dir or default_cache_dir()))
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._cache
+
+    # -- platforms ---------------------------------------------------------------------------
+
+    async def native_platform(self) -> Platform:
+        machine = host_platform.machine()
+        return Platform.parse(_UNAME_PLATFORMS.get(machine, f"linux/{machine}"))
+
+    async def emulated_platforms(self) -> list[Platform]:
+        """Foreign platforms whose qemu-user binary is installed (proot runs it with -q)."""
+        native = await self.native_platform()
+        return [
+            p
+            for p in EMULATION_CANDIDATES
+            if p.architecture != native.architecture and find_qemu(p) is not None
+        ]
+
+    async def image_platforms(self, reference: str) -> list[Platform]:
+        return (await self._resolve(reference)).platforms()
+
+    # -- images ------------------------------------------------------------------------------
+
+    async def _resolve(self, reference: str, refresh: bool = False) -> ResolvedImage:
+        if refresh or reference not in self._resolved:
+            self._resolved[reference] = await self.registry.resolve(reference)
+        return self._resolved[reference]
+
+    async def pull(
+        self, reference: str, platform: Platform, *, refresh: bool = False
+    ) -> PulledImage:
+        key = (reference, platform)
+        if refresh or key not in self._pulled:
+            resolved = await self._resolve(reference, refresh)
+            digest = resolved.manifest_digest(platform)
+            image = PulledImage(reference, platform, digest, digest)
+            await self._image_dir(image)
+            self._pulled[key] = image
+        return self._pulled[key]
+
+    def _dir_of(self, image: PulledImage) -> Path:
+        return self._images / image.image_id.removeprefix("sha256:")
+
+    async def _image_dir(self, image: PulledImage) -> Path:
+        """The unpacked image, unpacked now (from cached blobs, if any) when missing."""
+        path = self._dir_of(image)
+        if (path / "image.json").is_file():
+            return path
+        if image.digest is None or image.image_id.startswith(SNAPSHOT_PREFIX):
+            raise EngineError(f"image {image.reference} is gone (it was removed)")
+        return await once(self._unpacking, image.image_id, lambda: self._unpack(image, path))
+
+    async def _unpack(self, image: PulledImage, path: Path) -> Path:
+        assert image.digest is not None
+        self._images.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self._images))
+        try:
+            unpacked = await unpack_image(
+                self.registry,
+                image.reference,
+                image.platform,
+                work / "rootfs",
+                self._blobs,
+                manifest_digest=image.digest,
+            )
+            layers = [{"mediaType": t, "digest": d} for t, d in unpacked.layers]
+            await asyncio.to_thread(self._seal, work, image, unpacked.image_config, layers)
+            with contextlib.suppress(OSError):  # another kernel won the race: use theirs
+                os.rename(work, path)
+            return path
+        finally:
+            if work.exists():
+                await _in_thread(remove_tree, work)
+
+    @staticmethod
+    def _seal(
+        work: Path, image: PulledImage, config: dict[str, Any], layers: list[dict[str, Any]]
+    ) -> None:
+        """Write what makes ``work`` a complete image: the linked files, then image.json."""
+        LinkedFiles.scan(work / "rootfs").save(work)
+        meta = {
+            "reference": image.reference,
+            "platform": str(image.platform),
+            "digest": image.digest,
+            "config": config,
+            "layers": layers,
+            "labels": owner_labels() if image.image_id.startswith(SNAPSHOT_PREFIX) else {},
+        }
+        (work / "image.json").write_text(json.dumps(meta))
+
+    @staticmethod
+    def _meta(image_dir: Path) -> dict[str, Any]:
+        meta: dict[str, Any] = json.loads((image_dir / "image.json").read_text())
+        return meta
+
+    async def image_config(self, image: PulledImage) -> ImageConfig:
+        meta = self._meta(await self._image_dir(image))
+        return ImageConfig.from_oci(meta["config"].get("config"))
+
+    async def remove_image(self, image: PulledImage) -> None:
+        """Remove a snapshot; pulled images stay cached for every kernel of this user."""
+        if image.image_id.startswith(SNAPSHOT_PREFIX):
+            await _in_thread(remove_tree, self._dir_of(image))
+            self._made.pop(image.image_id, None)
+
+    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
+        image_dir = await self._image_dir(image)
+        layers = self._meta(image_dir)["layers"]
+
+        def save() -> list[Path]:
+            dest.mkdir(parents=True, exist_ok=True)
+            saved = []
+            for number, layer in enumerate(layers):
+                saved.append(dest / f"layer-{number}.tar")
+                if "file" in layer:
+                    shutil.copyfile(image_dir / layer["file"], saved[-1])
+                    continue
+                blob = self._blobs.path(layer["digest"])
+                if not blob.is_file():
+                    raise EngineError(
+                        f"layer {layer['digest']} of {image.reference} is no longer in the "
+                        f"cache ({self._cache}); pull the image again"
+                    )
+                with open(blob, "rb") as raw, open(saved[-1], "wb") as out:
+                    source = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+                    raw.seek(0)
+                    shutil.copyfileobj(source, out, 1 << 20)
+            return saved
+
+        return await _in_thread(save)
+
+    async def read_image(self, image: PulledImage, dest: Path) -> None:
+        rootfs = (await self._image_dir(image)) / "rootfs"
+        await _in_thread(copy_tree, rootfs, dest)
+
+    async def image_from_directory(
+        self, root: Path, platform: Platform, config: ImageConfig
+    ) -> PulledImage:
+        image = PulledImage(f"rootfs for {platform}", platform, _snapshot_id(), None)
+        layer_name = "diff-0.tar"
+
+        def make(work: Path) -> list[dict[str, Any]]:
+            copy_tree(root, work / "rootfs")
+            with tarfile.open(work / layer_name, "w", format=tarfile.PAX_FORMAT) as tar:
+                for entry in sorted(root.iterdir()):
+                    tar.add(entry, arcname=entry.name)
+            return [{"file": layer_name, "diff_id": file_digest(work / layer_name)}]
+
+        oci = {**platform.to_oci(), "config": config.to_oci(), "rootfs": {"type": "layers"}}
+        return await self._make_image(image, make, oci)
+
+    async def _make_image(
+        self,
+        image: PulledImage,
+        make: Callable[[Path], list[dict[str, Any]]],
+        config: dict[str, Any],
+        parent_layers: Sequence[dict[str, Any]] = (),
+        parent_diff_ids: Sequence[str] = (),
+    ) -> PulledImage:
+        """A snapshot image: ``make(work)`` fills work/rootfs and returns its own layers."""
+        self._images.mkdir(parents=True, exist_ok=True)
+        path = self._dir_of(image)
+        work = Path(tempfile.mkdtemp(prefix=".making-", dir=self._images))
+        try:
+
+            def build() -> None:
+                layers = make(work)
+                diff_ids = [*parent_diff_ids, *(layer.pop("diff_id") for layer in layers)]
+                config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+                self._seal(work, image, config, [*parent_layers, *layers])
+
+            await _in_thread(build)
+            os.rename(work, path)
+        finally:
+            if work.exists():
+                await _in_thread(remove_tree, work)
+        self._made[image.image_id] = None
+        return image
+
+    # -- containers --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        image: PulledImage,
+        argv: Sequence[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        mounts: Sequence[Mount] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        if image.platform.os != "linux":
+            raise ExecUnsupported(image.platform)
+        image_dir = await self._image_dir(image)
+        defaults = ImageConfig.from_oci(self._meta(image_dir)["config"].get("config"))
+        container_id = secrets.token_hex(32)
+        path = self._containers_dir / container_id
+        path.mkdir(parents=True)
+        (path / "container.json").write_text(
+            json.dumps({"image": image.image_id, "labels": {**owner_labels(), **(labels or {})}})
+        )
+        try:
+            linked = await _in_thread(LinkedFiles.load, image_dir)
+            if linked.written_in_place(image_dir / "rootfs"):
+                # A container wrote into a linked file: that image is no longer its layers.
+                image_dir = await self._replace_tainted(image, image_dir)
+                linked = await _in_thread(LinkedFiles.load, image_dir)
+            await _in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
+            container = _Container(
+                container_id,
+                path,
+                image,
+                image_dir,
+                tuple(argv) if argv else None,
+                self._env(defaults, env, path / "rootfs"),
+                workdir or defaults.workdir or "/",
+                await _in_thread(_proot_user, path / "rootfs", defaults.user),
+                [],
+                frozenset(MOUNT_POINTS),
+            )
+            await _in_thread(self._prepare, container, mounts)
+        except BaseException:
+            await _in_thread(remove_tree, path)
+            raise
+        self._live[container_id] = container
+        return container_id
+
+    async def _replace_tainted(self, image: PulledImage, image_dir: Path) -> Path:
+        trash = image_dir.with_name(f".tainted-{secrets.token_hex(8)}")
+        with contextlib.suppress(OSError):
+            os.rename(image_dir, trash)
+        await _in_thread(remove_tree, trash)
+        return await self._image_dir(image)
+
+    @staticmethod
+    def _env(defaults: ImageConfig, env: Mapping[str, str] | None, rootfs: Path) -> dict[str, str]:
+        merged = {"PATH": DEFAULT_PATH, **defaults.env_dict(), **(env or {})}
+        merged.setdefault("HOME", _home_of(rootfs, defaults.user))
+        merged.setdefault("HOSTNAME", "mpc-embedded")
+        return merged
+
+    def _prepare(self, container: _Container, mounts: Sequence[Mount]) -> None:
+        """Make the working directory and mount points; copy read-only mounts in."""
+        rootfs = container.rootfs
+        resolve_in_root(rootfs, container.workdir).mkdir(parents=True, exist_ok=True)
+        ignore = set(container.ignore)
+        for mount in mounts:
+            if mount.read_only:
+                # proot cannot make a bind read-only: the container gets a copy, so the
+                # host's files stay untouched whatever it does.
+                _copy_into(Path(mount.source), rootfs, mount.target)
+                continue
+            point = resolve_in_root(rootfs, mount.target)
+            if not point.exists():
+                if os.path.isdir(mount.source):
+                    point.mkdir(parents=True)
+                else:
+                    point.parent.mkdir(parents=True, exist_ok=True)
+                    point.touch()
+                ignore.add(str(point.relative_to(rootfs)))
+            container.binds.append((mount.source, "/" + str(point.relative_to(rootfs))))
+        container.ignore = frozenset(ignore)
+
+    def _get(self, container_id: str) -> _Container:
+        container = self._live.get(container_id)
+        if container is None:
+            raise EngineError(f"container {container_id[:12]} does not exist (any more)")
+        return container
+
+    def _command(self, container: _Container, argv: Sequence[str]) -> list[str]:
+        platform = container.image.platform
+        qemu = None
+        native = Platform.parse(
+            _UNAME_PLATFORMS.get(host_platform.machine(), f"linux/{host_platform.machine()}")
+        )
+        if platform.architecture != native.architecture:
+            qemu = find_qemu(platform)
+            if qemu is None:
+                raise EmulationUnavailable(
+                    platform,
+                    f"no qemu-{platform.qemu_arch or platform.architecture}-static on PATH for "
+                    "the embedded engine; install qemu-user-static",
+                )
+        binds = [(path, path) for path in SYSTEM_BINDS if os.path.exists(path)]
+        return proot_command(
+            self._proot,
+            container.rootfs,
+            argv,
+            workdir=container.workdir,
+            qemu=qemu,
+            binds=[*binds, *container.binds],
+            user=container.user,
+        )
+
+    async def _spawn(
+        self,
+        container: _Container,
+        argv: Sequence[str],
+        on_output: OutputCallback | None,
+        *,
+        stdin: bool = False,
+        main: bool = True,
+    ) -> ProotProcess:
+        command = self._command(container, argv)
+        return await ProotProcess.spawn(
+            command,
+            {**proot_env(), **container.env},
+            on_output,
+            stdin=stdin,
+            end_with_command=main,
+        )
+
+    async def start_and_wait(
+        self, container_id: str, on_output: OutputCallback | None = None
+    ) -> ExecOutcome:
+        container = self._get(container_id)
+        if container.argv is None:
+            raise EngineError(f"container {container_id[:12]} was created without a command")
+        started = time.perf_counter()
+        process = container.main = await self._spawn(container, container.argv, on_output)
+        try:
+            code = await process.wait()
+        except asyncio.CancelledError:
+            await finish_despite_cancel(process.kill())
+            raise
+        return ExecOutcome(code, time.perf_counter() - started)
+
+    async def start(self, container_id: str) -> None:
+        container = self._get(container_id)
+        if container.argv is None:
+            raise EngineError(f"container {container_id[:12]} was created without a command")
+        container.main = await self._spawn(container, container.argv, None)
+
+    async def attach_exec(
+        self, container_id: str, argv: Sequence[str], on_output: OutputCallback
+    ) -> AttachedProcess:
+        container = self._get(container_id)
+        if container.main is None or not container.main.running:
+            raise EngineError(f"container {container_id[:12]} is not running")
+        process = await self._spawn(container, argv, on_output, stdin=True, main=False)
+        container.execs.add(process)
+        process.exited.add_done_callback(lambda _: container.execs.discard(process))
+        return _EmbeddedProcess(process)
+
+    async def state(self, container_id: str) -> str:
+        container = self._live.get(container_id)
+        if container is None or not container.path.exists():
+            return "gone"
+        if container.main is None:
+            return "created"
+        if container.main.running:
+            return "running"
+        return f"exited ({await container.main.exited})"
+
+    async def remove(self, container_id: str) -> None:
+        container = self._live.pop(container_id, None)
+        if container is None:
+            return
+        for process in [p for p in (container.main, *container.execs) if p is not None]:
+            await process.kill()
+        await _in_thread(self._remove_dir, container)
+
+    def _remove_dir(self, container: _Container) -> None:
+        for process in [p for p in (container.main, *container.execs) if p is not None]:
+            process.kill_now()
+        remove_tree(container.path)
+
+    # -- files and snapshots -----------------------------------------------------------------
+
+    async def copy_to(self, container_id: str, source: Path, target: str) -> None:
+        container = self._get(container_id)
+        await _in_thread(_copy_into, source, container.rootfs, target)
+
+    async def copy_from(self, container_id: str, path: str, dest: Path) -> bool:
+        container = self._get(container_id)
+
+        def copy() -> bool:
+            found = resolve_parent_in_root(container.rootfs, path)
+            if not found.is_symlink() and not found.exists():
+                raise InvalidArgument(f"{path} does not exist in the container")
+            if found.is_dir() and not found.is_symlink():
+                copy_tree(found, dest)
+                return True
+            dest.mkdir()
+            shutil.copy2(found, dest / found.name, follow_symlinks=False)
+            return False
+
+        return await _in_thread(copy)
+
+    async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
+        container = self._get(container_id)
+        parent_dir = container.image_dir
+        parent = self._meta(parent_dir)
+        image = PulledImage(
+            f"snapshot of {container_id[:12]}", container.image.platform, _snapshot_id(), None
+        )
+        layer_name = f"diff-{len(parent['layers'])}.tar"
+
+        def make(work: Path) -> list[dict[str, Any]]:
+            linked = LinkedFiles.load(parent_dir)
+            clone_tree(container.rootfs, work / "rootfs", link=linked)
+            for name in MOUNT_POINTS:
+                with contextlib.suppress(OSError):  # proot's empty mount points
+                    if not (parent_dir / "rootfs" / name).exists():
+                        (work / "rootfs" / name).rmdir()
+            layer = work / layer_name
+            diff(
+                parent_dir / "rootfs",
+                container.rootfs,
+                layer,
+                linked=linked,
+                ignore=container.ignore,
+            )
+            return [{"file": layer_name, "diff_id": file_digest(layer)}]
+
+        oci = {
+            **{k: v for k, v in parent["config"].items() if k not in ("config", "rootfs")},
+            **container.image.platform.to_oci(),
+            "config": config.to_oci(),
+        }
+        diff_ids = parent["config"].get("rootfs", {}).get("diff_ids", [])
+        return await self._make_image(image, make, oci, parent["layers"], diff_ids)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def reap_orphans(self) -> int:
+        """Remove containers (killing their proot processes) and snapshots of dead processes."""
+        return await _in_thread(self._reap)
+
+    def _reap(self) -> int:
+        reaped = 0
+        for base, meta_name in (
+            (self._containers_dir, "container.json"),
+            (self._images, "image.json"),
+        ):
+            if not base.is_dir():
+                continue
+            for entry in base.iterdir():
+                try:
+                    labels = json.loads((entry / meta_name).read_text()).get("labels") or {}
+                except (OSError, ValueError):
+                    continue
+                if not owner_is_gone(labels):
+                    continue
+                for pid in processes_using(entry / "rootfs"):
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, 9)
+                remove_tree(entry)
+                reaped += 1
+        return reaped
+
+    async def aclose(self) -> None:
+        # Synchronous on purpose, as DockerEngine's: at interpreter exit no thread pool runs.
+        try:
+            for container in list(self._live.values()):
+                with contextlib.suppress(OSError):
+                    self._remove_dir(container)
+            self._live.clear()
+            for image_id in reversed(list(self._made)):
+                with contextlib.suppress(OSError):
+                    remove_tree(self._images / image_id)
+            self._made.clear()
+        finally:
+            await self.registry.aclose()
+
+
+class _EmbeddedProcess(AttachedProcess):
+    def __init__(self, process: ProotProcess) -> None:
+        self._process = process
+        self.exited = process.exited
+
+    async def write(self, data: bytes) -> None:
+        await self._process.write(data)
+
+    async def interrupt(self, group: int) -> None:
+        # The guest's processes share proot's process group (proot does not start new ones).
+        await self._process.interrupt()
+
+
+def _snapshot_id() -> str:
+    return f"{SNAPSHOT_PREFIX}{secrets.token_hex(16)}"
+
+
+def _copy_into(source: Path, rootfs: Path, target: str) -> None:
+    """Merge host ``source`` into ``target`` of ``rootfs``, safely, as ``docker cp`` does.
+
+    Through a tar and the layer unpacker: whatever symlinks the container planted, nothing
+    is written outside ``rootfs`` (a link to /etc is the container's /etc, not the host's).
+    """
+    top = target.strip("/")
+    with tempfile.TemporaryFile() as archive:
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            if source.is_dir() and not source.is_symlink():
+                for child in sorted(source.iterdir()):
+                    tar.add(child, f"{top}/{child.name}" if top else child.name)
+                if top and not any(source.iterdir()):
+                    tar.add(source, top, recursive=False)
+            else:
+                tar.add(source, top or source.name)
+        archive.seek(0)
+        extract_archive(archive, rootfs)  # type: ignore[arg-type]
+
+
+def _passwd_entry(rootfs: Path, user: str) -> list[str] | None:
+    with contextlib.suppress(OSError):
+        for line in resolve_in_root(rootfs, "/etc/passwd").read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 6 and user in (fields[0], fields[2]):
+                return fields
+    return None
+
+
+def _home_of(rootfs: Path, user: str) -> str:
+    entry = _passwd_entry(rootfs, user.partition(":")[0] or "root")
+    return entry[5] if entry and entry[5] else "/root" if not user else "/"
+
+
+def _proot_user(rootfs: Path, user: str) -> str | None:
+    """proot's ``-i uid:gid`` for an image's User ("name", "uid", "uid:gid"); None for root."""
+    name, _, group = user.partition(":")
+    if name in ("", "root", "0") and group in ("", "root", "0"):
+        return None
+    entry = _passwd_entry(rootfs, name)
+    if name.isdigit():
+        uid = name
+    elif entry is not None:
+        uid = entry[2]
+    else:
+        raise EngineError(
+            f"unable to find user {name}: no matching entries in the image's /etc/passwd"
+        )
+    if group.isdigit():
+        gid = group
+    elif group:
+        gid = _group_id(rootfs, group)
+    else:
+        gid = entry[3] if entry is not None else "0"
+    return f"{uid}:{gid}"
+
+
+def _group_id(rootfs: Path, group: str) -> str:
+    with contextlib.suppress(OSError):
+        for line in resolve_in_root(rootfs, "/etc/group").read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[0] == group:
+                return fields[2]
+    raise EngineError(
+        f"unable to find group {group}: no matching entries in the image's /etc/group"
+    )
+
+
+async def _in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Blocking file work on a worker thread; if we are cancelled, it still completes first."""
+    return await finish_despite_cancel(asyncio.to_thread(function, *args, **kwargs))

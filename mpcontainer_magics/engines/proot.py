@@ -1,0 +1,362 @@
+"""Commands in an unpacked rootfs, run with proot (and qemu-user for foreign platforms).
+
+proot is a ptrace-based ``chroot``/bind-mount emulator that needs no privileges, which is
+what makes containers possible where there is no Docker daemon and no root (Binder). What it
+does not do, and this module does instead so runs behave as Docker's do:
+
+- **Exit codes.** proot exits with the status of the *last* traced process to end, so
+  ``sh -c 'sleep 1 & exit 3'`` would report 0. With ``-v 1`` it reports every traced process's
+  end on stderr (``proot info: pid N: exited with status S``); we take the status of the
+  command itself, the first process proot starts. Its own messages are taken out of the
+  command's stderr.
+- **Ending.** A container ends when its command does: processes it left behind are killed
+  (``docker run`` parity), whereas proot would wait for them.
+- **Stopping.** Debian's proot 5.1 has no ``--kill-on-exit``: each proot starts a session of
+  its own, and stopping kills that process group *and* every process proot still traces (a
+  command may leave the group with ``setsid``). Ctrl-C goes to the guest processes, not to
+  proot, which must stay alive to keep tracing them.
+
+proot is not a security boundary: the guest can reach the host's files (with ``-q`` the host
+root is even bound at ``/host-rootfs``), and it runs as the calling user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import EngineError, EngineUnavailable, InvalidArgument
+from ..platforms import Platform
+from .base import OutputCallback
+
+log = logging.getLogger(__name__)
+
+#: Host paths every container gets, as Docker gives a /dev, /proc and /sys.
+SYSTEM_BINDS = ("/dev", "/proc", "/sys")
+#: Directories proot creates in a rootfs as mount points (not part of what a command wrote).
+MOUNT_POINTS = ("dev", "proc", "sys", "host-rootfs")
+
+_MARKERS = (b"proot info: ", b"proot warning: ", b"proot error: ", b"fatal error: see `proot")
+_ENDED = re.compile(rb"proot info: pid (\d+): (exited with status|terminated with signal) (\d+)")
+_NOT_FOUND = re.compile(rb"proot error: '(.*)' not found")
+# Started once the command has ended, to let proot finish on its own before we kill the rest.
+_LINGER_S = 0.05
+
+
+def find_proot() -> str:
+    """The proot binary ($MPC_PROOT, else on PATH); EngineUnavailable naming the fix."""
+    explicit = os.environ.get("MPC_PROOT")
+    found = shutil.which(explicit or "proot")
+    if found is None:
+        raise EngineUnavailable(
+            "the embedded engine needs proot, which is not installed: `apt-get install proot` "
+            "(Debian/Ubuntu; on Binder list it in binder/apt.txt), or set MPC_PROOT to its path"
+            + (f" (MPC_PROOT={explicit} is not an executable)" if explicit else "")
+        )
+    return found
+
+
+def find_qemu(platform: Platform) -> str | None:
+    """The qemu-user binary emulating ``platform`` on this host, None if not installed."""
+    if platform.qemu_arch is None:
+        return None
+    for name in (f"qemu-{platform.qemu_arch}-static", f"qemu-{platform.qemu_arch}"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def proot_command(
+    proot: str,
+    rootfs: Path,
+    argv: Sequence[str],
+    *,
+    workdir: str,
+    qemu: str | None,
+    binds: Sequence[tuple[str, str]],
+    user: str | None,
+) -> list[str]:
+    """The host argv running ``argv`` in ``rootfs`` (``user`` "uid:gid", None for root)."""
+    if not argv:
+        raise InvalidArgument("nothing to run: the command is empty")
+    if argv[0].startswith("-"):
+        # proot has no "--": an argv[0] like "-x" would be taken as one of its options.
+        raise InvalidArgument(
+            f"command {argv[0]!r} starts with '-'; give a path such as ./{argv[0]}"
+        )
+    command = [proot, "-v", "1", "-r", str(rootfs), "-w", workdir]
+    command += ["-0"] if user is None else ["-i", user]
+    if qemu is not None:
+        command += ["-q", qemu]
+    for host, guest in binds:
+        if ":" in host or ":" in guest:
+            raise InvalidArgument(
+                f"cannot bind {host} at {guest} with proot: paths must not contain ':'"
+            )
+        command += ["-b", f"{host}:{guest}"]
+    return command + list(argv)
+
+
+def proot_env() -> dict[str, str]:
+    """Host settings proot itself reads (e.g. PROOT_NO_SECCOMP=1 for odd kernels)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PROOT_")}
+
+
+class ProotProcess:
+    """One proot run: its output streamed, its command's exit code, and a way to stop it all.
+
+    ``exited`` resolves with the command's exit code (128+N when signal N killed it, 127 when
+    it was not found) as soon as the command has ended. With ``end_with_command`` (a
+    container's main process) what it left behind is killed then; otherwise (an exec in a
+    running container) it keeps running, as with ``docker exec``.
+    """
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        on_output: OutputCallback | None,
+        *,
+        end_with_command: bool,
+    ) -> None:
+        self._process = process
+        self.pid = process.pid  # also the process group and session: proot leads both
+        self._on_output = on_output
+        self._end_with_command = end_with_command
+        self._main: int | None = None
+        self._statuses: dict[int, int] = {}
+        self._held = b""  # stderr that may be the start of one of proot's messages
+        self._not_found: str | None = None
+        self._errors: list[str] = []
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._tasks = [
+            loop.create_task(self._find_main()),
+            loop.create_task(self._pump(process.stdout, "stdout")),
+            loop.create_task(self._pump(process.stderr, "stderr")),
+        ]
+        self._finished = loop.create_task(self._finish())
+
+    @classmethod
+    async def spawn(
+        cls,
+        command: Sequence[str],
+        env: dict[str, str],
+        on_output: OutputCallback | None,
+        *,
+        stdin: bool = False,
+        end_with_command: bool = True,
+    ) -> ProotProcess:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot start proot ({command[0]}): {exc}") from None
+        return cls(process, on_output, end_with_command=end_with_command)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _find_main(self) -> None:
+        """The command's PID: proot's only child (the command's own children are its)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        while self._process.returncode is None:
+            with contextlib.suppress(OSError, ValueError):
+                found = children.read_text().split()
+                if found:
+                    self._main = int(found[0])
+                    self._check_ended()
+                    return
+            await asyncio.sleep(0.001)
+
+    async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
+        assert stream is not None
+        while chunk := await stream.read(65536):
+            if name == "stderr":
+                chunk = self._filter(chunk)
+            if chunk and self._on_output is not None:
+                self._on_output(name, chunk)
+        if name == "stderr" and self._held:
+            held, self._held = self._held, b""
+            if self._on_output is not None:
+                self._on_output("stderr", held)
+
+    def _filter(self, chunk: bytes) -> bytes:
+        """The command's own stderr in ``chunk``; proot's messages are taken out and read."""
+        data, self._held = self._held + chunk, b""
+        out = bytearray()
+        for line in data.splitlines(keepends=True):
+            at = min((i for i in (line.find(m) for m in _MARKERS) if i >= 0), default=-1)
+            if at >= 0 and line.endswith(b"\n"):
+                out += line[:at]
+                self._message(line[at:].rstrip(b"\n"))
+                continue
+            if not line.endswith(b"\n"):
+                # A last, unfinished line: hold back what may become one of proot's messages.
+                keep = at if at >= 0 else _partial_marker(line)
+                out += line[:keep]
+                self._held = line[keep:]
+                break
+            out += line
+        return bytes(out)
+
+    def _message(self, text: bytes) -> None:
+        ended = _ENDED.search(text)
+        if ended:
+            code = int(ended.group(3))
+            self._statuses[int(ended.group(1))] = (
+                code if ended.group(2) == b"exited with status" else 128 + code
+            )
+            self._check_ended()
+        elif (missing := _NOT_FOUND.search(text)) is not None:
+            self._not_found = missing.group(1).decode(errors="replace")
+        elif text.startswith(b"proot error: "):
+            self._errors.append(text.decode(errors="replace").removeprefix("proot error: "))
+        elif not text.startswith(b"proot info: "):
+            log.debug("%s", text.decode(errors="replace"))
+
+    def _check_ended(self) -> None:
+        if self._main is not None and self._main in self._statuses and not self.exited.done():
+            self.exited.set_result(self._statuses[self._main])
+            if self._end_with_command:
+                asyncio.get_running_loop().create_task(self._end_leftovers())
+
+    async def _end_leftovers(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._process.wait()), _LINGER_S)
+        if self._process.returncode is None:
+            self.kill_now()
+
+    async def _finish(self) -> None:
+        code = await self._process.wait()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        self._tasks[0].cancel()
+        if self.exited.done():
+            return
+        if self._not_found is not None:
+            message = f"{self._not_found}: not found\n".encode()
+            if self._on_output is not None:
+                self._on_output("stderr", message)
+            self.exited.set_result(127)
+        elif self._errors and code != 0 and self._main is None:
+            self.exited.set_exception(EngineError(f"proot failed: {'; '.join(self._errors)}"))
+        else:
+            self.exited.set_result(self._statuses.get(self._main or -1, code))
+
+    async def wait(self) -> int:
+        """The command's exit code, once all of its output has been passed on."""
+        code = await self.exited
+        await asyncio.shield(self._finished)
+        return code
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process.returncode is None
+
+    def signal_guests(self, signum: int) -> None:
+        """Send ``signum`` to the command's processes, not to proot (it must keep tracing)."""
+        for pid in _group_members(self.pid):
+            if pid != self.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+
+    def kill_now(self) -> None:
+        """SIGKILL everything: the group, and whatever proot traces outside it (setsid)."""
+        if self._process.returncode is not None:
+            return
+        escaped = _tracees(self.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for pid in escaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def kill(self) -> None:
+        """Kill everything and wait until proot is gone and its output read."""
+        self.kill_now()
+        await asyncio.shield(self._finished)
+
+    async def interrupt(self) -> None:
+        """Ctrl-C: SIGINT to the command's processes; then SIGTERM, then SIGKILL to the rest."""
+        self.signal_guests(signal.SIGINT)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 2)
+        if self.running:
+            self.signal_guests(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._process.wait()), 1)
+        await self.kill()
+
+    async def write(self, data: bytes) -> None:
+        stdin = self._process.stdin
+        if stdin is None:
+            raise EngineError("this process was started without stdin")
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (ConnectionError, OSError) as exc:
+            raise EngineError(f"lost the stdin of a process in the container: {exc}") from None
+
+
+def _partial_marker(line: bytes) -> int:
+    """Where a suffix of ``line`` that could start one of proot's messages begins."""
+    for start in range(max(0, len(line) - max(map(len, _MARKERS))), len(line)):
+        tail = line[start:]
+        if any(marker.startswith(tail) for marker in _MARKERS):
+            return start
+    return len(line)
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for pid in _pids():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                members.append(pid)
+    return members
+
+
+def _tracees(tracer: int) -> list[int]:
+    """Processes ptrace-attached to ``tracer``."""
+    wanted = f"TracerPid:\t{tracer}\n"
+    found = []
+    for pid in _pids():
+        with (
+            contextlib.suppress(OSError),
+            open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f,
+        ):
+            if wanted in f.read():
+                found.append(pid)
+    return found
+
+
+def processes_using(path: Path) -> list[int]:
+    """proot processes whose command line names ``path`` (for reaping a dead kernel's)."""
+    needle = os.fsencode(path) + b"\0"
+    found = []
+    for pid in _pids():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            if needle in f.read():
+                found.append(pid)
+    return found
