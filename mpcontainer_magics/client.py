@@ -324,12 +324,19 @@ class Client:
 async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] = ()) -> Engine:
     """The engine called ``kind``: "docker", "embedded" (proot + qemu-user, no daemon), or
     "auto": Docker when a daemon answers, else the embedded engine. The engine's ``chosen``
-    then says why it was picked.
+    then says why it was picked. ``MPC_ENGINE=docker|embedded`` in the environment decides
+    what "auto" means (say, for a whole JupyterHub or test run).
 
     ``insecure_registries`` (host[:port]) may be reached over plain HTTP, as loopback ones are.
     """
     if kind not in ENGINES:
         raise InvalidArgument(f"unknown engine {kind!r}; use one of: {', '.join(ENGINES)}")
+    if kind == "auto" and os.environ.get("MPC_ENGINE"):
+        kind = os.environ["MPC_ENGINE"]
+        if kind not in ENGINES:
+            raise InvalidArgument(
+                f"MPC_ENGINE={kind!r} is not an engine; set it to one of: {', '.join(ENGINES)}"
+            )
     # Lazy imports: docker-py and httpx are slow to import, and %load_ext must stay fast.
     from .engines.embedded import EmbeddedEngine
     from .registry import RegistryClient

@@ -71,14 +71,17 @@ class EngineUnavailable(EngineError):
 class EmulationUnavailable(EngineError):
     """The engine cannot run binaries of a foreign platform (no QEMU/binfmt handler)."""
 
-    def __init__(self, platform: Platform, detail: str = "") -> None:
+    DOCKER_FIX = (
+        "`docker run --privileged --rm tonistiigi/binfmt --install all`, or on Debian/Ubuntu "
+        "`apt-get install qemu-user-static binfmt-support`."
+    )
+
+    def __init__(self, platform: Platform, detail: str = "", fix: str = DOCKER_FIX) -> None:
         self.platform = platform
         self.detail = detail
         super().__init__(
-            f"{platform} cannot run on this engine: no QEMU emulation is registered for "
-            f"{platform.architecture} ({detail or 'exec format error'}). Fix: "
-            "`docker run --privileged --rm tonistiigi/binfmt --install all`, or on Debian/Ubuntu "
-            "`apt-get install qemu-user-static binfmt-support`."
+            f"{platform} cannot run on this engine: no QEMU emulation is available for "
+            f"{platform.architecture} ({detail or 'exec format error'}). Fix: {fix}"
         )
 
 

@@ -9,14 +9,17 @@ so a broken set-up can never turn the suite green by skipping.
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mpcontainer_magics.engines.base import LABEL_MANAGED, LABEL_PID, owner_is_gone
+from mpcontainer_magics.engines.proot import processes_using
 
 FIVE_PLATFORMS = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le,linux/arm/v7"
 
@@ -84,10 +87,90 @@ def my_containers(api: Any) -> list[dict[str, Any]]:
     return managed_containers(api, **{LABEL_PID: str(os.getpid())})
 
 
+ENGINE_KINDS = ("docker", "embedded")
+
+
+@pytest.fixture(params=ENGINE_KINDS)
+def engine_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine the test runs against: every real-engine test runs on both, with the same
+    assertions. MPC_ENGINE makes the extension's and ``connect()``'s "auto" pick it."""
+    monkeypatch.setenv("MPC_ENGINE", request.param)
+    return str(request.param)
+
+
+class Containers:
+    """What the engine under test holds, seen independently of the code under test: Docker's
+    own API, or the embedded engine's directories (its cache is the test's MPC_CACHE_DIR)."""
+
+    def __init__(self, kind: str, docker_api: Any, cache: Path) -> None:
+        self.kind = kind
+        self._api = docker_api
+        self._cache = cache
+
+    def managed(self, **labels: str) -> list[dict[str, Any]]:
+        """Containers of ours as {"Id", "Labels", "State"}, filtered by labels."""
+        if self.kind == "docker":
+            return managed_containers(self._api, **labels)
+        found = []
+        for entry in sorted((self._cache / "containers").glob("*/container.json")):
+            meta = json.loads(entry.read_text())
+            if all(meta["labels"].get(k) == v for k, v in labels.items()):
+                running = processes_using(entry.parent / "rootfs")
+                found.append(
+                    {
+                        "Id": entry.parent.name,
+                        "Labels": meta["labels"],
+                        "State": "running" if running else "created",
+                    }
+                )
+        return found
+
+    def mine(self, **labels: str) -> list[dict[str, Any]]:
+        """Containers created by this test process."""
+        return self.managed(**{LABEL_PID: str(os.getpid()), **labels})
+
+    def exists(self, container_id: str) -> bool:
+        if self.kind == "docker":
+            return bool(self._api.containers(all=True, filters={"id": container_id}))
+        return (self._cache / "containers" / container_id).exists()
+
+    def image_facts(self, image_id: str) -> tuple[str, str, int]:
+        """(os, architecture, number of layers) of an image the engine holds."""
+        if self.kind == "docker":
+            info = self._api.inspect_image(image_id)
+            return info["Os"], info["Architecture"], len(info["RootFS"]["Layers"])
+        meta = json.loads((self._cache / "images" / image_id / "image.json").read_text())
+        config = meta["config"]
+        return config["os"], config["architecture"], len(config["rootfs"]["diff_ids"])
+
+    def pulled_architecture(self, reference: str, digest: str) -> str:
+        """The architecture of the image the engine holds for ``reference`` at ``digest``."""
+        if self.kind == "docker":
+            pinned = f"{reference.rsplit(':', 1)[0]}@{digest}"
+            return str(self._api.inspect_image(pinned)["Architecture"])
+        return self.image_facts(digest.removeprefix("sha256:"))[1]
+
+    def my_images(self) -> list[str]:
+        """Images (snapshots) this test process made and has not removed."""
+        if self.kind == "docker":
+            mine = {"label": [f"{LABEL_PID}={os.getpid()}"]}
+            return [i["Id"] for i in self._api.images(all=True, filters=mine)]
+        found = []
+        for entry in sorted((self._cache / "images").glob("snap-*/image.json")):
+            if json.loads(entry.read_text())["labels"].get(LABEL_PID) == str(os.getpid()):
+                found.append(entry.parent.name)
+        return found
+
+
 @pytest.fixture
-def no_leaks(docker_api: Any) -> Iterator[None]:
+def containers(engine_kind: str, docker_api: Any, blob_cache: Path) -> Containers:
+    return Containers(engine_kind, docker_api, blob_cache)
+
+
+@pytest.fixture
+def no_leaks(containers: Containers) -> Iterator[None]:
     yield
-    assert my_containers(docker_api) == [], "this test left containers behind"
+    assert containers.mine() == [], "this test left containers behind"
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIVE_PLATFORMS, StampedOutput, my_containers
+from conftest import FIVE_PLATFORMS, StampedOutput
 from IPython.core.error import UsageError
 
 BYTE_ORDER = "printf '\\001\\002\\003\\004' | od -An -tx4"
@@ -20,7 +21,7 @@ def run(shell: Any, line: str, cell: str) -> Any:
     return shell.run_cell_magic("container", line, cell)
 
 
-def test_each_platform_reports_its_own_machine(shell):
+def test_each_platform_reports_its_own_machine(shell, engine_kind):
     run(shell, f"--platform {FIVE_PLATFORMS} --out res", "uname -m")
     res = shell.user_ns["res"]
     assert {r.platform.uname_machine: r.stdout.strip() for r in res} == {
@@ -31,7 +32,7 @@ def test_each_platform_reports_its_own_machine(shell):
         "armv7l": "armv7l",
     }
     assert [r.emulated for r in res] == [False, True, True, True, True]
-    assert all(r.engine == "docker" and r.exit_code == 0 for r in res)
+    assert all(r.engine == engine_kind and r.exit_code == 0 for r in res)
     # Each row names the manifest actually run: one distinct digest per platform.
     assert len({r.image_digest for r in res}) == 5
     assert all(r.image_digest.startswith("sha256:") for r in res)
@@ -166,11 +167,21 @@ def test_unreachable_engine_says_how_to_start_it(ip, test_image, monkeypatch):
     assert "DOCKER_HOST" in text and "dockerd" in text
 
 
-def test_missing_emulation_is_translated_and_other_platforms_kept(shell):
+def test_missing_emulation_is_translated_and_other_platforms_kept(
+    shell, engine_kind, tmp_path, monkeypatch
+):
+    # As on a machine without emulation for ppc64le: Docker's binfmt handler disabled, or
+    # (embedded engine) no qemu-ppc64le on PATH.
     handler = Path("/proc/sys/fs/binfmt_misc/qemu-ppc64le")
     if not handler.exists():
         pytest.fail("the qemu-ppc64le binfmt handler should be registered by .ci/setup")
-    handler.write_text("0")  # as on a machine without emulation for ppc64le
+    only_proot = tmp_path / "bin"
+    only_proot.mkdir()
+    (only_proot / "proot").symlink_to(shutil.which("proot"))
+    if engine_kind == "docker":
+        handler.write_text("0")
+    else:
+        monkeypatch.setenv("PATH", str(only_proot))
     try:
         with pytest.raises(UsageError) as exc:
             run(shell, "--platform linux/amd64,linux/ppc64le --out res", "uname -m")
@@ -178,7 +189,11 @@ def test_missing_emulation_is_translated_and_other_platforms_kept(shell):
         handler.write_text("1")
     text = one_line(exc)
     assert "linux/ppc64le cannot run on this engine" in text
-    assert "tonistiigi/binfmt --install all" in text and "qemu-user-static" in text
+    if engine_kind == "docker":
+        assert "tonistiigi/binfmt --install all" in text
+    else:
+        assert "no qemu-ppc64le-static on PATH" in text
+    assert "qemu-user-static" in text
     res = shell.user_ns["res"]
     assert res["linux/amd64"].stdout == "x86_64\n"
     assert res["linux/ppc64le"].exit_code is None and "QEMU" in res["linux/ppc64le"].error
@@ -223,14 +238,14 @@ def test_user_sees_one_line_not_a_traceback(shell, capsys):
     assert err.strip().startswith("UsageError:") and len(err.strip().splitlines()) == 1
 
 
-def test_ctrl_c_stops_and_removes_the_cells_containers(shell, docker_api):
+def test_ctrl_c_stops_and_removes_the_cells_containers(shell, containers):
     main = threading.main_thread().ident
     assert main == threading.get_ident()
 
     def interrupt_once_running() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            running = [c for c in my_containers(docker_api) if c["State"] == "running"]
+            running = [c for c in containers.mine() if c["State"] == "running"]
             if len(running) == 2:
                 signal.pthread_kill(main, signal.SIGINT)
                 return
@@ -241,7 +256,7 @@ def test_ctrl_c_stops_and_removes_the_cells_containers(shell, docker_api):
     with pytest.raises(KeyboardInterrupt):
         run(shell, "--platform linux/amd64,linux/arm64", "sleep 120")
     assert time.monotonic() - started < 30
-    assert my_containers(docker_api) == []
+    assert containers.mine() == []
     # The extension still works after an interrupt.
     run(shell, "--platform linux/arm64 --out res", "echo alive")
     assert shell.user_ns["res"][0].stdout == "alive\n"

@@ -20,7 +20,6 @@ import pytest
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
-from mpcontainer_magics.engines.base import LABEL_PID
 
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("no_leaks")]
 
@@ -41,15 +40,6 @@ def run(coro_fn: Callable[[mpc.Client], Awaitable[T]]) -> T:
             return await coro_fn(client)
 
     return asyncio.run(main())
-
-
-def my_images(docker_api: Any) -> list[dict[str, Any]]:
-    """Images (snapshots, loaded rootfs images) labelled with this test process's PID.
-
-    ``all=True``: a snapshot that another snapshot was made from is an "intermediate" image,
-    which Docker's image list leaves out by default.
-    """
-    return docker_api.images(all=True, filters={"label": [f"{LABEL_PID}={os.getpid()}"]})
 
 
 def sha256_of(path: Path) -> str:
@@ -351,7 +341,7 @@ def test_with_directory_into_an_existing_directory_keeps_its_mode(test_image):
 # -- a container from nothing but a directory ------------------------------------------------
 
 
-def test_with_rootfs_of_a_static_binary(test_image, docker_api):
+def test_with_rootfs_of_a_static_binary(test_image, containers):
     """A directory holding arm64 busybox becomes an arm64 container with exactly those files."""
 
     async def main(client: mpc.Client) -> dict[str, Any]:
@@ -362,7 +352,7 @@ def test_with_rootfs_of_a_static_binary(test_image, docker_api):
             .with_new_file("bin/busybox", busybox, permissions=0o755)
             .with_new_file("etc/motd", "tiny\n")
         )
-        before = {i["Id"] for i in my_images(docker_api)}
+        before = set(containers.my_images())
         ctr = client.container(platform=ARM64).with_rootfs(root)
         got = {
             "entries": await ctr.rootfs().entries(),
@@ -370,12 +360,8 @@ def test_with_rootfs_of_a_static_binary(test_image, docker_api):
             "motd": await ctr.with_exec(["/bin/busybox", "cat", "/etc/motd"]).stdout(),
             "elf": busybox[:4],
         }
-        made = [
-            docker_api.inspect_image(i["Id"])
-            for i in my_images(docker_api)
-            if i["Id"] not in before
-        ]
-        got["made"] = sorted((m["Os"], m["Architecture"], len(m["RootFS"]["Layers"])) for m in made)
+        made = [containers.image_facts(i) for i in containers.my_images() if i not in before]
+        got["made"] = sorted(made)
         return got
 
     got = run(main)
@@ -651,19 +637,19 @@ def test_stdout_before_any_exec_is_invalid_argument(test_image):
 # -- clean-up --------------------------------------------------------------------------------
 
 
-def test_closing_the_client_removes_its_snapshot_images(test_image, docker_api):
+def test_closing_the_client_removes_its_snapshot_images(test_image, containers):
     """with_exec snapshots and with_rootfs images live as long as the client, no longer."""
 
-    before = {i["Id"] for i in my_images(docker_api)}
+    before = set(containers.my_images())
 
     async def main(client: mpc.Client) -> set[str]:
         ctr = client.container(platform=ARM64).from_(test_image)
         await ctr.with_exec(["touch", "/tmp/x"]).with_exec(["touch", "/tmp/y"]).sync()
         root = client.directory().with_new_file("hello", "hi")
         await client.container(platform=ARM64).with_rootfs(root).rootfs().entries()
-        return {i["Id"] for i in my_images(docker_api)} - before
+        return set(containers.my_images()) - before
 
     made = run(main)
     assert len(made) == 3  # two snapshots and one rootfs image, while the client was open
     assert before == set(), "an earlier test's client left images behind"
-    assert my_images(docker_api) == []
+    assert containers.my_images() == []

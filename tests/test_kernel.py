@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import managed_containers
 from jupyter_client.manager import start_new_kernel
 
 from mpcontainer_magics.engines.base import LABEL_PID
 
 
 @pytest.fixture
-def kernel() -> Iterator[tuple[Any, Any]]:
+def kernel(engine_kind: str) -> Iterator[tuple[Any, Any]]:
     km, kc = start_new_kernel(kernel_name="python3")
     try:
         yield km, kc
@@ -43,7 +42,7 @@ def text_of(outputs: list[dict], name: str = "stdout") -> str:
     return "".join(m["content"]["text"] for m in outputs if m["content"].get("name") == name)
 
 
-def test_magic_and_await_inside_a_kernel(kernel, test_image, docker_api):
+def test_magic_and_await_inside_a_kernel(kernel, test_image, containers):
     km, kc = kernel
     reply, _ = execute(kc, "%load_ext mpcontainer_magics")
     assert reply["status"] == "ok"
@@ -72,7 +71,7 @@ def test_magic_and_await_inside_a_kernel(kernel, test_image, docker_api):
     theirs = {LABEL_PID: text_of(outputs).strip()}
     kc.execute(f"%%container --image {test_image} --platform linux/amd64,linux/arm64\nsleep 120")
     deadline = time.monotonic() + 60
-    while len([c for c in managed_containers(docker_api, **theirs) if c["State"] == "running"]) < 2:
+    while len([c for c in containers.managed(**theirs) if c["State"] == "running"]) < 2:
         assert time.monotonic() < deadline, "the cell's containers never started"
         time.sleep(0.05)
     interrupted = time.monotonic()
@@ -80,13 +79,13 @@ def test_magic_and_await_inside_a_kernel(kernel, test_image, docker_api):
     reply = kc.get_shell_msg(timeout=60)["content"]
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
     assert time.monotonic() - interrupted < 30
-    assert managed_containers(docker_api, **theirs) == []
+    assert containers.managed(**theirs) == []
 
     reply, outputs = execute(kc, "res['linux/amd64'].stdout")
     assert reply["status"] == "ok"  # the kernel and the extension still work
 
 
-def test_kernel_shutdown_removes_sessions(test_image, docker_api):
+def test_kernel_shutdown_removes_sessions(test_image, containers):
     km, kc = start_new_kernel(kernel_name="python3")
     try:
         execute(kc, "%load_ext mpcontainer_magics")
@@ -97,8 +96,8 @@ def test_kernel_shutdown_removes_sessions(test_image, docker_api):
         assert reply["status"] == "ok" and "aarch64" in text_of(outputs)
         _, outputs = execute(kc, "import os; print(os.getpid())")
         theirs = {LABEL_PID: text_of(outputs).strip()}
-        assert len(managed_containers(docker_api, **theirs)) == 1
+        assert len(containers.managed(**theirs)) == 1
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)  # what the notebook's "Shut Down Kernel" does
-    assert managed_containers(docker_api, **theirs) == []
+    assert containers.managed(**theirs) == []

@@ -9,8 +9,6 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from conftest import managed_containers
-
 from mpcontainer_magics.container import reap_workspaces, workspace_prefix
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
 
@@ -33,13 +31,13 @@ def start_hanging_kernel(image: str) -> subprocess.Popen[str]:
     return proc
 
 
-def test_containers_of_a_killed_kernel_are_reaped_on_next_load(ip, test_image, docker_api):
+def test_containers_of_a_killed_kernel_are_reaped_on_next_load(ip, test_image, containers):
     proc = start_hanging_kernel(test_image)
     theirs = {LABEL_PID: str(proc.pid)}
-    assert len(managed_containers(docker_api, **theirs)) == 1
+    assert len(containers.managed(**theirs)) == 1
     proc.kill()  # SIGKILL: no atexit, no cleanup
     proc.wait()
-    assert len(managed_containers(docker_api, **theirs)) == 1
+    assert len(containers.managed(**theirs)) == 1
 
     ip.run_line_magic("load_ext", "mpcontainer_magics")
     try:
@@ -47,25 +45,24 @@ def test_containers_of_a_killed_kernel_are_reaped_on_next_load(ip, test_image, d
     finally:
         ip.run_line_magic("unload_ext", "mpcontainer_magics")
     assert reaped >= 1
-    assert managed_containers(docker_api, **theirs) == []
+    assert containers.managed(**theirs) == []
 
 
-def test_live_kernels_containers_are_not_reaped(ip, test_image, docker_api):
+def test_live_kernels_containers_are_not_reaped(ip, test_image, containers):
     proc = start_hanging_kernel(test_image)
     try:
         ip.run_line_magic("load_ext", "mpcontainer_magics")
         ip.magics_manager.registry["ContainerMagics"].startup.result(timeout=60)
         ip.run_line_magic("unload_ext", "mpcontainer_magics")
-        assert len(managed_containers(docker_api, **{LABEL_PID: str(proc.pid)})) == 1
+        assert len(containers.managed(**{LABEL_PID: str(proc.pid)})) == 1
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the cell stops and removes its container
         proc.wait(timeout=60)
-    assert managed_containers(docker_api, **{LABEL_PID: str(proc.pid)}) == []
+    assert containers.managed(**{LABEL_PID: str(proc.pid)}) == []
 
 
 EXITS_WHILE_RUNNING = """
-import os, threading, time
-import docker
+import glob, json, os, threading, time
 from IPython.testing.globalipapp import start_ipython
 ip = start_ipython()
 ip.run_line_magic("load_ext", "mpcontainer_magics")
@@ -76,15 +73,22 @@ threading.Thread(
     args=("container", "--image {image}", "sleep 600"),
     daemon=True,
 ).start()
-mine = {{"label": f"io.mpcontainer-magics.pid={{os.getpid()}}"}}
-api = docker.from_env().api
-while len(api.containers(filters=mine)) < 2:
+
+def mine():
+    if os.environ["MPC_ENGINE"] == "docker":
+        import docker
+        label = {{"label": f"io.mpcontainer-magics.pid={{os.getpid()}}"}}
+        return [c["Id"] for c in docker.from_env().api.containers(filters=label)]
+    found = glob.glob(os.path.join(os.environ["MPC_CACHE_DIR"], "containers", "*"))
+    return [os.path.basename(path) for path in found]
+
+while len(mine()) < 2:
     time.sleep(0.05)
-print(" ".join(c["Id"] for c in api.containers(filters=mine)), flush=True)
+print(" ".join(mine()), flush=True)
 """
 
 
-def test_interpreter_exit_removes_sessions_and_running_containers(test_image, docker_api):
+def test_interpreter_exit_removes_sessions_and_running_containers(test_image, containers):
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(EXITS_WHILE_RUNNING.format(image=test_image))],
         capture_output=True,
@@ -95,7 +99,7 @@ def test_interpreter_exit_removes_sessions_and_running_containers(test_image, do
     container_ids = done.stdout.split()
     assert len(container_ids) == 2
     for container_id in container_ids:
-        assert not docker_api.containers(all=True, filters={"id": container_id})
+        assert not containers.exists(container_id)
 
 
 def test_workspaces_of_dead_processes_are_reaped(tmp_path, monkeypatch):

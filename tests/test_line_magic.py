@@ -22,7 +22,7 @@ def test_platforms_reports_native_emulated_and_offered(shell, amd64_only_image, 
     assert report.to_frame().to_dict("records") == [{"platform": "linux/amd64", "runs": "native"}]
 
 
-def test_pull_pins_each_platform_by_digest(shell, test_image, docker_api, capsys):
+def test_pull_pins_each_platform_by_digest(shell, test_image, containers, capsys):
     shell.run_line_magic("container", f"pull {test_image} --platform linux/arm64,linux/s390x")
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[0] for line in lines] == [
@@ -31,9 +31,7 @@ def test_pull_pins_each_platform_by_digest(shell, test_image, docker_api, capsys
     ]
     digests = [line.split(": ")[1] for line in lines]
     # The engine holds each platform's image under its digest, with the right architecture.
-    repo = test_image.rsplit(":", 1)[0]
-    archs = [docker_api.inspect_image(f"{repo}@{d}")["Architecture"] for d in digests]
-    assert archs == ["arm64", "s390x"]
+    assert [containers.pulled_architecture(test_image, d) for d in digests] == ["arm64", "s390x"]
 
 
 def test_runs_after_pulls_never_mix_platforms(shell, test_image):

@@ -24,6 +24,9 @@ from nbclient import NotebookClient
 from mpcontainer_magics.engines.base import LABEL_MANAGED, LABEL_PID
 from mpcontainer_magics.platforms import host_platform
 
+# Every test runs on both engines (MPC_ENGINE makes connect() pick it).
+pytestmark = pytest.mark.usefixtures("engine_kind")
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT = 300
 PLATFORMS = ["linux/amd64", "linux/arm64", "linux/s390x"]

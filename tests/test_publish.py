@@ -20,6 +20,9 @@ from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
 
+# Every test runs on both engines (MPC_ENGINE makes connect() pick it).
+pytestmark = pytest.mark.usefixtures("engine_kind")
+
 T = TypeVar("T")
 THREE = ["linux/amd64", "linux/arm64", "linux/s390x"]
 

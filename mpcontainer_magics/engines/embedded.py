@@ -51,6 +51,8 @@ from ..platforms import Platform
 from ..registry import RegistryClient, ResolvedImage
 from .base import (
     EMULATION_CANDIDATES,
+    LABEL_PID,
+    LABEL_PID_START,
     AttachedProcess,
     Engine,
     ExecOutcome,
@@ -63,6 +65,7 @@ from .base import (
     once,
     owner_is_gone,
     owner_labels,
+    process_start_ticks,
 )
 from .layers import extract_archive
 from .proot import (
@@ -200,7 +203,7 @@ class EmbeddedEngine(Engine):
     async def _unpack(self, image: PulledImage, path: Path) -> Path:
         assert image.digest is not None
         self._images.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=self._images))
+        work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=self._images))
         try:
             unpacked = await unpack_image(
                 self.registry,
@@ -307,7 +310,7 @@ class EmbeddedEngine(Engine):
         """A snapshot image: ``make(work)`` fills work/rootfs and returns its own layers."""
         self._images.mkdir(parents=True, exist_ok=True)
         path = self._dir_of(image)
-        work = Path(tempfile.mkdtemp(prefix=".making-", dir=self._images))
+        work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=self._images))
         try:
 
             def build() -> None:
@@ -377,6 +380,7 @@ class EmbeddedEngine(Engine):
         with contextlib.suppress(OSError):
             os.rename(image_dir, trash)
         await _in_thread(remove_tree, trash)
+        self._unpacking.pop(image.image_id, None)  # that unpack is void: do it again
         return await self._image_dir(image)
 
     @staticmethod
@@ -423,10 +427,12 @@ class EmbeddedEngine(Engine):
         if platform.architecture != native.architecture:
             qemu = find_qemu(platform)
             if qemu is None:
+                name = f"qemu-{platform.qemu_arch or platform.architecture}-static"
                 raise EmulationUnavailable(
                     platform,
-                    f"no qemu-{platform.qemu_arch or platform.architecture}-static on PATH for "
-                    "the embedded engine; install qemu-user-static",
+                    f"the embedded engine found no {name} on PATH",
+                    "`apt-get install qemu-user-static` (Debian/Ubuntu; on Binder list it in "
+                    "binder/apt.txt), or put a qemu-user binary for it on PATH.",
                 )
         binds = [(path, path) for path in SYSTEM_BINDS if os.path.exists(path)]
         return proot_command(
@@ -576,6 +582,12 @@ class EmbeddedEngine(Engine):
 
     def _reap(self) -> int:
         reaped = 0
+        # Half-made images of processes that died while unpacking or snapshotting.
+        for entry in self._images.glob(".work-*") if self._images.is_dir() else ():
+            _, pid, ticks, _ = entry.name.split("-", 3)
+            if owner_is_gone({**owner_labels(), LABEL_PID: pid, LABEL_PID_START: ticks}):
+                remove_tree(entry)
+                reaped += 1
         for base, meta_name in (
             (self._containers_dir, "container.json"),
             (self._images, "image.json"),
@@ -622,6 +634,12 @@ class _EmbeddedProcess(AttachedProcess):
     async def interrupt(self, group: int) -> None:
         # The guest's processes share proot's process group (proot does not start new ones).
         await self._process.interrupt()
+
+
+def _work_prefix() -> str:
+    """Temporary image directories name their process, so a dead one's can be reaped."""
+    pid = os.getpid()
+    return f".work-{pid}-{process_start_ticks(pid)}-"
 
 
 def _snapshot_id() -> str:

@@ -172,14 +172,12 @@ class ProotProcess:
 
     async def _find_main(self) -> None:
         """The command's PID: proot's only child (the command's own children are its)."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        while self._process.returncode is None:
-            with contextlib.suppress(OSError, ValueError):
-                found = children.read_text().split()
-                if found:
-                    self._main = int(found[0])
-                    self._check_ended()
-                    return
+        while self._process.returncode is None and self._main is None:
+            found = _children(self.pid)
+            if found:
+                self._main = found[0]
+                self._check_ended()
+                return
             await asyncio.sleep(0.001)
 
     async def _pump(self, stream: asyncio.StreamReader | None, name: str) -> None:
@@ -220,6 +218,9 @@ class ProotProcess:
             self._statuses[int(ended.group(1))] = (
                 code if ended.group(2) == b"exited with status" else 128 + code
             )
+            if self._main is None and not _children(self.pid):
+                # It ended before we saw it: proot forked it first, so it has the lowest PID.
+                self._main = min(self._statuses)
             self._check_ended()
         elif (missing := _NOT_FOUND.search(text)) is not None:
             self._not_found = missing.group(1).decode(errors="replace")
@@ -322,19 +323,34 @@ def _partial_marker(line: bytes) -> int:
     return len(line)
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid``."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}"):
+            return []
+    except (OSError, ValueError):
+        return []
+    # A kernel without /proc/PID/task/PID/children: read every process's parent.
+    return [child for child in _pids() if _stat_field(child, 1) == pid]
+
+
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def _stat_field(pid: int, index: int) -> int | None:
+    """Field ``index`` after the command name in /proc/PID/stat (1: parent, 2: group)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[index])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _group_members(pgid: int) -> list[int]:
-    members = []
-    for pid in _pids():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                members.append(pid)
-    return members
+    return [pid for pid in _pids() if _stat_field(pid, 2) == pgid]
 
 
 def _tracees(tracer: int) -> list[int]:

@@ -1,0 +1,341 @@
+"""What only the embedded engine (proot + qemu-user) has to get right.
+
+The shared behaviour (cells, sessions, the Container API, publish, clean-up) is tested on
+both engines by the other modules. These are about running without a daemon: Docker-like
+exit codes and endings from proot, private rootfs copies that share the image's files,
+the user's cache, picking the engine, and running as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Containers
+
+import mpcontainer_magics as mpc
+from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
+from mpcontainer_magics.engines.proot import processes_using
+from mpcontainer_magics.engines.tree import LinkedFiles, clone_tree, diff
+from mpcontainer_magics.errors import EngineUnavailable
+
+ARM64 = "linux/arm64"
+
+
+def run(coro_fn: Any) -> Any:
+    async def main() -> Any:
+        async with mpc.connect(engine="embedded") as client:
+            return await coro_fn(client)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def embedded(monkeypatch: pytest.MonkeyPatch, docker_api: Any, blob_cache: Path) -> Containers:
+    """The embedded engine as "auto" (MPC_ENGINE), and a view of what it holds."""
+    monkeypatch.setenv("MPC_ENGINE", "embedded")
+    return Containers("embedded", docker_api, blob_cache)
+
+
+# -- runs behave as `docker run` does ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "exit_code", "stderr"),
+    [
+        ("exit 3", 3, ""),
+        # proot would report the *last* process to end (the sleep): the command's status wins,
+        # and what it left behind is killed when it ends, as in a container.
+        ("sleep 30 & exit 4", 4, ""),
+        ("kill -9 $$", 137, ""),
+        ("printf 'no newline' >&2; exit 5", 5, "no newline"),
+    ],
+)
+@pytest.mark.parametrize("platform", ["linux/amd64", ARM64])  # native ones end fastest
+def test_exit_codes_and_stderr_are_the_commands_own(
+    embedded, test_image, platform, script, exit_code, stderr
+):
+    started = time.monotonic()
+    result = run(lambda c: c.run(script, image=test_image, platforms=platform))[0]
+    assert (result.exit_code, result.stderr) == (exit_code, stderr)
+    assert time.monotonic() - started < 20
+
+
+def test_a_missing_command_is_127_with_a_message(embedded, test_image):
+    async def main(client: mpc.Client) -> Any:
+        ctr = client.container(platform=ARM64).from_(test_image)
+        return await ctr.with_exec(["no-such-tool", "x"]).sync()
+
+    with pytest.raises(mpc.NonZeroExit) as failed:
+        run(main)
+    assert failed.value.result.exit_code == 127
+    assert "exited with 127" in str(failed.value) and "no-such-tool: not found" in str(failed.value)
+
+
+def test_leftover_processes_die_with_the_command(embedded, test_image, tmp_path):
+    marker = tmp_path / "pid"
+    script = f"sleep 60 & echo $! > /out/{marker.name}"
+    mount = f"{tmp_path}:/out"
+    run(lambda c: c.run(script, image=test_image, platforms=ARM64, mounts=[mount]))
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+# -- private rootfs copies ---------------------------------------------------------------------
+
+
+def test_sessions_get_private_copies_and_the_image_stays_intact(embedded, test_image):
+    look = "wc -c < /bin/busybox; cat /etc/motd 2>&1; ls /bin/new 2>&1; :"
+
+    async def main(client: mpc.Client) -> list[str]:
+        before = await client.run(look, image=test_image, platforms=ARM64)
+        one = await client.session("one", image=test_image, platforms=ARM64)
+        # A new file, a file in a copied directory, and a write *into* a file the session
+        # shares with the image (a hard link): the one thing that reaches the image's inode.
+        await one.run("echo x > /bin/new; echo one > /etc/motd; echo one >> /bin/busybox")
+        mine = await one.run(look)
+        two = await client.session("two", image=test_image, platforms=ARM64)
+        theirs = await two.run(look)
+        later = await client.run(look, image=test_image, platforms=ARM64)
+        return [r[0].stdout for r in (before, mine, theirs, later)]
+
+    before, mine, theirs, later = run(main)
+    size = int(before.splitlines()[0])
+    assert mine.splitlines() == [str(size + 4), "one", "/bin/new"]
+    # The damaged image was noticed and unpacked again from the cache for the next ones.
+    assert theirs == later == before
+    assert "No such file" in before
+
+
+def test_a_container_copy_is_mostly_hard_links(embedded, test_image, blob_cache):
+    async def main(client: mpc.Client) -> tuple[Path, Path]:
+        image = await client.engine.pull(test_image, mpc.Platform.parse(ARM64))
+        async with client.engine.container(image) as container_id:
+            root = blob_cache / "containers" / container_id / "rootfs"
+            image_root = blob_cache / "images" / image.image_id.removeprefix("sha256:") / "rootfs"
+            return (root / "bin/busybox").stat().st_ino, (image_root / "bin/busybox").stat().st_ino
+
+    linked, original = run(main)
+    assert linked == original
+
+
+def test_diff_records_changes_deletions_and_same_size_edits(tmp_path):
+    lower = tmp_path / "lower"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "usr/lib").mkdir(parents=True)
+    (lower / "etc/conf").write_text("aaaa\n")
+    (lower / "usr/lib/big").write_bytes(b"x" * 100)
+    (lower / "usr/lib/gone").write_text("bye\n")
+    (lower / "link").symlink_to("/etc/conf")
+    for path in lower.rglob("*"):
+        os.utime(path, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    linked = LinkedFiles.scan(lower)
+    upper = tmp_path / "upper"
+    clone_tree(lower, upper, link=linked)
+    assert (upper / "usr/lib/big").stat().st_ino == (lower / "usr/lib/big").stat().st_ino
+
+    (upper / "etc/conf").write_text("bbbb\n")  # same size...
+    os.utime(upper / "etc/conf", (1_600_000_000, 1_600_000_000))  # ...and same mtime
+    (upper / "usr/lib/gone").unlink()
+    (upper / "link").unlink()
+    (upper / "link").symlink_to("/usr/lib/big")
+    (upper / "new/deep").mkdir(parents=True)
+    (upper / "new/deep/file").write_text("hi\n")
+    layer = tmp_path / "layer.tar"
+    diff(lower, upper, layer, linked=linked)
+    with tarfile.open(layer) as tar:
+        names = tar.getnames()
+        assert tar.extractfile("etc/conf").read() == b"bbbb\n"  # type: ignore[union-attr]
+    assert sorted(names) == sorted(
+        ["etc/conf", "link", "new", "new/deep", "new/deep/file", "usr/lib/.wh.gone"]
+    )
+    assert (lower / "etc/conf").read_text() == "aaaa\n"
+
+
+# -- the cache and the engine choice -----------------------------------------------------------
+
+
+def test_a_second_pull_fetches_no_blob(embedded, test_image, blob_cache):
+    async def pull(client: mpc.Client) -> Any:
+        await client.pull(test_image, platforms="linux/s390x")
+        return dict(client.engine.registry.requests)
+
+    first, second = run(pull), run(pull)
+    assert first.get("GET blob", 0) >= 2  # config and layer, into the cache
+    assert "GET blob" not in second
+    assert len(list((blob_cache / "images").iterdir())) == 1
+
+
+def test_missing_proot_names_the_package(monkeypatch):
+    monkeypatch.setenv("MPC_PROOT", "/nonexistent/proot")
+    with pytest.raises(EngineUnavailable, match=r"apt-get install proot"):
+        asyncio.run(mpc.connect(engine="embedded")._open())
+
+
+def test_auto_picks_the_embedded_engine_without_a_daemon_and_says_so(
+    ip, test_image, monkeypatch, embedded
+):
+    monkeypatch.delenv("MPC_ENGINE")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    try:
+        report = ip.run_line_magic("container", f"platforms {test_image}")
+        ip.run_cell_magic("container", f"--image {test_image} --platform {ARM64} --out res", "true")
+    finally:
+        ip.run_line_magic("unload_ext", "mpcontainer_magics")
+    assert "engine: embedded (auto: no Docker daemon answered" in repr(report)
+    assert ip.user_ns["res"][0].engine == "embedded"
+
+
+def test_orphans_and_their_processes_are_reaped(ip, test_image, embedded, blob_cache):
+    kernel = textwrap.dedent(
+        f"""
+        from IPython.testing.globalipapp import start_ipython
+        ip = start_ipython()
+        ip.run_line_magic("load_ext", "mpcontainer_magics")
+        ip.run_cell_magic("container", "--session s --image {test_image}", "true")
+        print("started", flush=True)
+        ip.run_cell_magic("container", "--image {test_image}", "sleep 600")
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", kernel], stdout=subprocess.PIPE, text=True)
+    roots: list[Path] = []
+    try:
+        _kill_and_reap(ip, proc, embedded, blob_cache, roots)
+    finally:  # whatever failed, no proot of that kernel may outlive the test
+        proc.kill()
+        proc.wait()
+        for pid in (pid for root in roots for pid in processes_using(root)):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _kill_and_reap(
+    ip: Any, proc: subprocess.Popen[str], embedded: Containers, cache: Path, roots: list[Path]
+) -> None:
+    assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+    theirs = {LABEL_PID: str(proc.pid)}
+    deadline = time.monotonic() + 30
+    while len(embedded.managed(**theirs)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    roots += [cache / "containers" / c["Id"] / "rootfs" for c in embedded.managed(**theirs)]
+    while not all(processes_using(root) for root in roots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(roots) == 2 and all(processes_using(root) for root in roots)
+    # As if it had died half-way through unpacking an image.
+    half_made = cache / "images" / f".work-{proc.pid}-{process_start_ticks(proc.pid)}-x"
+    (half_made / "rootfs").mkdir(parents=True)
+    proc.send_signal(signal.SIGKILL)  # no atexit, no clean-up
+    proc.wait()
+
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    try:
+        reaped = ip.magics_manager.registry["ContainerMagics"].startup.result(timeout=60)
+    finally:
+        ip.run_line_magic("unload_ext", "mpcontainer_magics")
+    assert reaped >= 3
+    assert embedded.managed(**theirs) == [] and not half_made.exists()
+    assert not any(processes_using(root) for root in roots)
+
+
+# -- no root, no daemon ------------------------------------------------------------------------
+
+PYTHON = "/usr/bin/python3"  # Debian's, readable by every user
+
+AS_A_USER = """
+import asyncio, json, os
+import mpcontainer_magics as mpc
+
+async def main():
+    async with mpc.connect() as client:
+        report = await client.platforms()
+        res = await client.run("id -u; uname -m; touch /etc/ok && echo writable",
+                               image=os.environ["IMAGE"], platforms="linux/amd64,linux/s390x")
+        session = await client.session("s", image=os.environ["IMAGE"], platforms="linux/arm64")
+        await session.run("cd /tmp && echo kept > f")
+        again = await session.run("cat f; pwd")
+        print(json.dumps({"chosen": report.chosen, "stdout": res.stdout,
+                          "codes": [r.exit_code for r in res], "session": again[0].stdout}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def user_home() -> Any:
+    """A home directory for the unprivileged user "mpcu" (created by .ci/setup)."""
+    home = Path(tempfile.mkdtemp(prefix="mpc-user-"))
+    shutil.chown(home, "mpcu")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_an_unprivileged_user_without_docker(test_image, user_home, embedded):
+    user, home = "mpcu", user_home
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+        # Debian's python with our venv's packages: the venv's own interpreter may live
+        # somewhere only root can read (pyenv under /root).
+        "PYTHONPATH": os.pathsep.join(
+            [
+                str(Path(mpc.__file__).parent.parent),
+                *{sysconfig.get_path(k) for k in ("purelib", "platlib")},
+            ]
+        ),
+        "IMAGE": test_image,
+    }
+    done = subprocess.run(
+        [
+            shutil.which("runuser") or "runuser",
+            "--preserve-environment",  # HOME too: the cache goes to this test's home
+            "-u",
+            user,
+            "--",
+            PYTHON,
+            "-c",
+            AS_A_USER,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["chosen"].startswith("auto: no Docker daemon answered")
+    assert got["stdout"] == {
+        "linux/amd64": "0\nx86_64\nwritable\n",  # proot's fake root, as in a container
+        "linux/s390x": "0\ns390x\nwritable\n",
+    }
+    assert got["codes"] == [0, 0] and got["session"] == "kept\n/tmp\n"
+    # Its cache is the user's own (XDG), blobs included, nothing of root's.
+    cache = home / ".cache" / "mpcontainer_magics"
+    assert any((cache / "blobs" / "sha256").iterdir())
+    assert not any((cache / "containers").iterdir())
