@@ -58,6 +58,7 @@ def embedded(monkeypatch: pytest.MonkeyPatch, docker_api: Any, blob_cache: Path)
     ("script", "exit_code", "stderr"),
     [
         ("exit 3", 3, ""),
+        ("echo one >&2\necho two\n\nexit 6", 6, "one\n"),  # proot echoes the argv: not ours
         # proot would report the *last* process to end (the sleep): the command's status wins,
         # and what it left behind is killed when it ends, as in a container.
         ("sleep 30 & exit 4", 4, ""),
@@ -84,6 +85,18 @@ def test_a_missing_command_is_127_with_a_message(embedded, test_image):
         run(main)
     assert failed.value.result.exit_code == 127
     assert "exited with 127" in str(failed.value) and "no-such-tool: not found" in str(failed.value)
+
+
+def test_a_command_that_cannot_start_says_why(embedded, test_image):
+    async def main(client: mpc.Client) -> tuple[int, str]:
+        script = client.directory().with_new_file("x", "#!/no/interpreter\n", permissions=0o755)
+        ctr = client.container(platform=ARM64).from_(test_image).with_directory("/opt", script)
+        ran = ctr.with_exec(["/opt/x"], expect="any")
+        return await ran.exit_code(), await ran.stderr()
+
+    exit_code, stderr = run(main)
+    assert exit_code != 0
+    assert stderr == 'proot: execve("/opt/x"): No such file or directory\n'
 
 
 def test_leftover_processes_die_with_the_command(embedded, test_image, tmp_path):

@@ -457,6 +457,7 @@ class EmbeddedEngine(Engine):
         command = self._command(container, argv)
         return await ProotProcess.spawn(
             command,
+            argv,
             {**proot_env(), **container.env},
             on_output,
             stdin=stdin,

@@ -125,6 +125,7 @@ class ProotProcess:
         on_output: OutputCallback | None,
         *,
         end_with_command: bool,
+        argv_newlines: int = 0,
     ) -> None:
         self._process = process
         self.pid = process.pid  # also the process group and session: proot leads both
@@ -133,6 +134,9 @@ class ProotProcess:
         self._main: int | None = None
         self._statuses: dict[int, int] = {}
         self._held = b""  # stderr that may be the start of one of proot's messages
+        self._argv_newlines = argv_newlines
+        self._continued = 0  # lines still to come of a multi-line message of proot's
+        self._causes = False
         self._not_found: str | None = None
         self._errors: list[str] = []
         loop = asyncio.get_running_loop()
@@ -148,6 +152,7 @@ class ProotProcess:
     async def spawn(
         cls,
         command: Sequence[str],
+        argv: Sequence[str],
         env: dict[str, str],
         on_output: OutputCallback | None,
         *,
@@ -166,7 +171,12 @@ class ProotProcess:
             )
         except OSError as exc:
             raise EngineError(f"cannot start proot ({command[0]}): {exc}") from None
-        return cls(process, on_output, end_with_command=end_with_command)
+        return cls(
+            process,
+            on_output,
+            end_with_command=end_with_command,
+            argv_newlines=" ".join(argv).count("\n"),
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -197,6 +207,13 @@ class ProotProcess:
         data, self._held = self._held + chunk, b""
         out = bytearray()
         for line in data.splitlines(keepends=True):
+            if self._continued or (self._causes and line.startswith(b"  * ")):
+                # The rest of a multi-line message of proot's (an argv with newlines).
+                if not line.endswith(b"\n"):
+                    self._held = line
+                    break
+                self._continued = max(0, self._continued - 1)
+                continue
             at = min((i for i in (line.find(m) for m in _MARKERS) if i >= 0), default=-1)
             if at >= 0 and line.endswith(b"\n"):
                 out += line[:at]
@@ -222,10 +239,21 @@ class ProotProcess:
                 # It ended before we saw it: proot forked it first, so it has the lowest PID.
                 self._main = min(self._statuses)
             self._check_ended()
+        elif text.startswith(b"proot info: argv = "):
+            self._continued = self._argv_newlines  # proot prints the argv as it is
+        elif text.startswith(b"proot info: possible causes:"):
+            self._causes = True  # "  * ..." lines follow, up to proot's "fatal error"
+        elif text.startswith(b"fatal error: see `proot"):
+            self._causes = False
         elif (missing := _NOT_FOUND.search(text)) is not None:
             self._not_found = missing.group(1).decode(errors="replace")
         elif text.startswith(b"proot error: "):
-            self._errors.append(text.decode(errors="replace").removeprefix("proot error: "))
+            error = text.decode(errors="replace").removeprefix("proot error: ")
+            if "/proot-" in error:  # about proot's own temporary files, as it exits
+                return
+            self._errors.append(error)
+            if self._on_output is not None:  # why the command could not start, in its stderr
+                self._on_output("stderr", f"proot: {error}\n".encode())
         elif not text.startswith(b"proot info: "):
             log.debug("%s", text.decode(errors="replace"))
 
