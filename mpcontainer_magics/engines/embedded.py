@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import platform as host_platform
@@ -46,9 +47,10 @@ from ..errors import (
     EngineError,
     ExecUnsupported,
     InvalidArgument,
+    RegistryError,
 )
 from ..platforms import Platform
-from ..registry import RegistryClient, ResolvedImage
+from ..registry import Reference, RegistryClient, ResolvedImage
 from .base import (
     EMULATION_CANDIDATES,
     LABEL_PID,
@@ -172,8 +174,31 @@ class EmbeddedEngine(Engine):
     # -- images ------------------------------------------------------------------------------
 
     async def _resolve(self, reference: str, refresh: bool = False) -> ResolvedImage:
+        """What ``reference`` points to; when its registry cannot be reached, what it pointed
+        to last time (as Docker runs a local image then), if this cache knows."""
         if refresh or reference not in self._resolved:
-            self._resolved[reference] = await self.registry.resolve(reference)
+            known = self._images / "refs" / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"
+            try:
+                resolved = await self.registry.resolve(reference)
+            except RegistryError:
+                if not known.is_file():
+                    raise
+                saved = json.loads(known.read_text())
+                resolved = ResolvedImage(
+                    Reference.parse(reference),
+                    saved["digest"],
+                    saved["media_type"],
+                    tuple((Platform.parse(p), d) for p, d in saved["manifests"]),
+                )
+            else:
+                known.parent.mkdir(parents=True, exist_ok=True)
+                saved = {
+                    "digest": resolved.digest,
+                    "media_type": resolved.media_type,
+                    "manifests": [(str(p), d) for p, d in resolved.manifests],
+                }
+                _write_atomically(known, json.dumps(saved))
+            self._resolved[reference] = resolved
         return self._resolved[reference]
 
     async def pull(
@@ -635,6 +660,14 @@ class _EmbeddedProcess(AttachedProcess):
     async def interrupt(self, group: int) -> None:
         # The guest's processes share proot's process group (proot does not start new ones).
         await self._process.interrupt()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Kernels sharing the cache never read half a file."""
+    handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(partial, path)
 
 
 def _work_prefix() -> str:
