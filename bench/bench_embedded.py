@@ -1,7 +1,8 @@
 """Embedded-engine benchmark: proot + qemu-user containers from the image cache, against peers.
 
 Run: .venv/bin/python bench/bench_embedded.py [--repeat 10] [--big-repeat 3] [--image IMG]
-     [--golang-image IMG] [--registry HOST:PORT] [--megabytes 100] [--files 4500] [--keep-image]
+     [--golang-image IMG] [--registry HOST:PORT] [--megabytes 100] [--files 4500]
+     [--scratch-base DIR] [--tmpfs DIR] [--keep-image]
 (needs proot, qemu-user-static, the Docker CLI with QEMU binfmt emulation, skopeo, and the
 local test registry; the images default to $MPC_TEST_IMAGE and $MPC_GOLANG_IMAGE, the
 registry to $MPC_TEST_REGISTRY: source /var/lib/mpcontainer-test/env.sh).
@@ -16,12 +17,15 @@ Four targets, measured side by side in one run, every number a median:
    ``skopeo copy docker://... oci:DIR:tag`` of the same platform into an empty directory:
    MB/s of compressed bytes transferred; target ours / skopeo >= 1;
 4. the private rootfs copy a container (and so a session) gets, for a ~100 MB image of
-   a few thousand real files that this script builds and pushes as
+   a few thousand real host files that this script builds and pushes as
    REGISTRY/bench/rootfs100:1 (deleted again at the end unless --keep-image); target < 100 ms.
 
-Everything runs in a temporary cache directory ($MPC_CACHE_DIR is pointed there), removed at
-the end with every container, session and temporary file. See bench/README.md for what each
-row means. Targets print PASS or MISS; the exit status is 0 either way.
+The cache is a new temporary directory under --scratch-base (default: the system's temporary
+directory; $MPC_CACHE_DIR is pointed there), so what is measured is that filesystem. Parts 1,
+3 and 4 are repeated with a second cache on --tmpfs (default /dev/shm) to show how much of
+the time is the filesystem's. Everything (caches, containers, sessions, layouts) is removed
+at the end. See bench/README.md for what each row means. Targets print PASS or MISS; the exit
+status is 0 either way.
 """
 
 from __future__ import annotations
@@ -266,8 +270,8 @@ async def cold_runs(
         pinned = f"{repository_of(args.image)}@{pulled.digest}"
         had = subprocess.run(["docker", "image", "inspect", pinned], capture_output=True)
         if had.returncode != 0:
+            args.leftovers["docker_image"] = pinned  # removed at the end, even after errors
             run_quiet(["docker", "pull", "-q", pinned])
-            found["docker_pulled"] = pinned
         docker_argv = ["docker", "run", "--rm", "--platform", ARM, pinned, "uname", "-m"]
 
         # The floor: proot + qemu on a copy of the image's rootfs, started as the engine does.
@@ -606,7 +610,7 @@ async def rootfs_copies(
         layer = scratch / "rootfs100.tar.gz"
         diff_id = await asyncio.to_thread(build_layer, image_rootfs(client, busybox), files, layer)
         digest, blobs = await push_rootfs_image(client, reference, layer, diff_id)
-        found["pushed"] = (digest, blobs)
+        args.leftovers["pushed"] = (reference, digest, blobs)
         found["layer_mb"] = layer.stat().st_size / MB
         layer.unlink()
         found["build"] = time.perf_counter() - started
@@ -703,7 +707,7 @@ def report(
     inodes: dict[str, dict[str, float]],
 ) -> None:
     fast = "tmpfs" if args.tmpfs else None
-    med = {k: median(v) for k, v in cold.items() if isinstance(v, list)}
+    med = {k: median(v) for k, v in cold.items()}
     rows: list[tuple[str, str, str, str]] = []
     docker = med["docker"]
     ratio = docker / med["ours"]
@@ -898,9 +902,9 @@ def report(
         )
     dirs, links = copies["kinds"]
     print(
-        f"  the rootfs has {dirs} directories and {links} symlinks: new inodes for every copy, "
-        f"~{ms((dirs + links) * inodes[str(args.scratch_base)]['mkdir'])} at this disk's mkdir "
-        "cost; its regular files are hard links, except under /etc, /root, /tmp, ... (copies)"
+        f"  a copy of this rootfs makes {dirs} directories and {links} symlinks (new inodes) "
+        f"and {files} hard links (real copies under /etc, /root, /tmp, ...); GNU `cp -al` "
+        "makes the same link farm in C: the floor for a private tree on that filesystem"
     )
     for key in ("ours", fast):
         if key is None:
@@ -927,8 +931,7 @@ async def main_async(args: argparse.Namespace) -> None:
     cache = scratch / "cache"
     fast_cache = fast_scratch / "cache" if fast_scratch else None
     saved_cache_env = os.environ.get("MPC_CACHE_DIR")
-    cold: dict[str, Any] = {}
-    copies: dict[str, Any] = {}
+    args.leftovers = {}
     try:
         inodes = {str(args.scratch_base): inode_costs(scratch)}
         if fast_scratch:
@@ -939,11 +942,11 @@ async def main_async(args: argparse.Namespace) -> None:
         copies = await rootfs_copies(args, cache, scratch, fast_cache)
         report(args, cold, repull, pull, copies, inodes)
     finally:
-        if cold.get("docker_pulled"):
-            subprocess.run(["docker", "image", "rm", cold["docker_pulled"]], capture_output=True)
-        if copies.get("pushed") and not args.keep_image:
-            digest, blobs = copies["pushed"]
-            for problem in delete_image(f"{args.registry}/bench/rootfs100:1", digest, blobs):
+        if "docker_image" in args.leftovers:
+            docker_image = args.leftovers["docker_image"]
+            subprocess.run(["docker", "image", "rm", docker_image], capture_output=True)
+        if "pushed" in args.leftovers and not args.keep_image:
+            for problem in delete_image(*args.leftovers["pushed"]):
                 print(f"cleanup: {problem}", file=sys.stderr)
         for path in (scratch, fast_scratch):
             if path is not None:

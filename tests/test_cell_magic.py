@@ -156,6 +156,7 @@ def test_unreachable_registry(shell):
 
 def test_unreachable_engine_says_how_to_start_it(ip, test_image, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    monkeypatch.setenv("MPC_ENGINE", "docker")  # "auto" would fall back to the embedded engine
     ip.run_line_magic("load_ext", "mpcontainer_magics")
     try:
         with pytest.raises(UsageError) as exc:

@@ -212,6 +212,17 @@ def test_missing_proot_names_the_package(monkeypatch):
         asyncio.run(mpc.connect(engine="embedded")._open())
 
 
+def test_with_neither_engine_the_error_names_both_fixes(monkeypatch):
+    monkeypatch.delenv("MPC_ENGINE", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    monkeypatch.setenv("MPC_PROOT", "/nonexistent/proot")
+    with pytest.raises(EngineUnavailable) as failed:
+        asyncio.run(mpc.connect()._open())
+    text = str(failed.value)
+    assert text.startswith("no container engine is available: cannot reach the Docker engine")
+    assert "apt-get install proot" in text and "\n" not in text
+
+
 def test_auto_picks_the_embedded_engine_without_a_daemon_and_says_so(
     ip, test_image, monkeypatch, embedded
 ):

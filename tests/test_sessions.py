@@ -178,7 +178,9 @@ def test_mounts_bind_host_paths_read_write_or_read_only(shell, tmp_path, engine_
     assert res[0].stdout == "from the host\n"
     assert (data / "out.txt").read_text() == "aarch64\n"
 
-    res = cell(shell, f"--platform linux/s390x --mount {data}:/data:ro", "touch /data/x; ls /data")
+    res = cell(
+        shell, f"--platform linux/s390x --mount {data}:/data:ro", "touch /data/x && ls /data"
+    )
     if engine_kind == "docker":
         assert res[0].exit_code != 0 and "Read-only file system" in res[0].stderr
     else:  # proot cannot make a bind read-only: the container writes to its own copy

@@ -134,6 +134,7 @@ class EmbeddedEngine(Engine):
         self._pulled: dict[tuple[str, Platform], PulledImage] = {}
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
         self._live: dict[str, _Container] = {}
+        self._creating: set[Path] = set()  # container directories not in _live yet
         self._made: dict[str, None] = {}  # snapshot image IDs, oldest first
 
     @classmethod
@@ -371,6 +372,7 @@ class EmbeddedEngine(Engine):
         container_id = secrets.token_hex(32)
         path = self._containers_dir / container_id
         path.mkdir(parents=True)
+        self._creating.add(path)
         (path / "container.json").write_text(
             json.dumps({"image": image.image_id, "labels": {**owner_labels(), **(labels or {})}})
         )
@@ -396,8 +398,10 @@ class EmbeddedEngine(Engine):
             await _in_thread(self._prepare, container, mounts)
         except BaseException:
             await _in_thread(remove_tree, path)
+            self._creating.discard(path)
             raise
         self._live[container_id] = container
+        self._creating.discard(path)
         return container_id
 
     async def _replace_tainted(self, image: PulledImage, image_dir: Path) -> Path:
@@ -641,6 +645,10 @@ class EmbeddedEngine(Engine):
                 with contextlib.suppress(OSError):
                     self._remove_dir(container)
             self._live.clear()
+            for path in list(self._creating):  # e.g. the interpreter exits mid-create
+                with contextlib.suppress(OSError):
+                    remove_tree(path)
+            self._creating.clear()
             for image_id in reversed(list(self._made)):
                 with contextlib.suppress(OSError):
                     remove_tree(self._images / image_id)

@@ -141,6 +141,8 @@ class ProotProcess:
         self._errors: list[str] = []
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
+        # Retrieved here too: nobody awaits a background process's failure to start.
+        self.exited.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._tasks = [
             loop.create_task(self._find_main()),
             loop.create_task(self._pump(process.stdout, "stdout")),
