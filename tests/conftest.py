@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,24 @@ def required_env(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_proot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the suite, no proot of ours may still run (the embedded engine's leak check):
+    every test's cache lives under this run's temporary directory."""
+    yield
+    ours = os.fsencode(tmp_path_factory.getbasetemp())
+    stray = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if ours in f.read():
+                    stray.append(pid)
+                    os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+    assert stray == [], "proot processes of the embedded engine outlived the suite"
 
 
 @pytest.fixture(autouse=True)

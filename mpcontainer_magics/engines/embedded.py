@@ -7,6 +7,7 @@ user's cache directory, proot, and qemu-user for foreign platforms.
 Layout of the cache (``$MPC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mpcontainer_magics``)::
 
     blobs/sha256/<hex>        verified blobs (store.BlobStore), shared with publish/export
+    refs/<sha256 of name>.json  what a name resolved to last (used when its registry is down)
     images/<manifest hex>/    one platform of a pulled image, pinned by its manifest digest:
         rootfs/               its layers applied safely (layers.apply_layer)
         image.json            reference, platform, the whole image config, its layers
@@ -135,6 +136,7 @@ class EmbeddedEngine(Engine):
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
         self._live: dict[str, _Container] = {}
         self._creating: set[Path] = set()  # container directories not in _live yet
+        self._linked_files: dict[Path, LinkedFiles] = {}  # per image directory
         self._made: dict[str, None] = {}  # snapshot image IDs, oldest first
 
     @classmethod
@@ -178,7 +180,7 @@ class EmbeddedEngine(Engine):
         """What ``reference`` points to; when its registry cannot be reached, what it pointed
         to last time (as Docker runs a local image then), if this cache knows."""
         if refresh or reference not in self._resolved:
-            known = self._images / "refs" / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"
+            known = self._cache / "refs" / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"
             try:
                 resolved = await self.registry.resolve(reference)
             except RegistryError:
@@ -377,12 +379,7 @@ class EmbeddedEngine(Engine):
             json.dumps({"image": image.image_id, "labels": {**owner_labels(), **(labels or {})}})
         )
         try:
-            linked = await _in_thread(LinkedFiles.load, image_dir)
-            if linked.written_in_place(image_dir / "rootfs"):
-                # A container wrote into a linked file: that image is no longer its layers.
-                image_dir = await self._replace_tainted(image, image_dir)
-                linked = await _in_thread(LinkedFiles.load, image_dir)
-            await _in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
+            image_dir = await self._clone(image, image_dir, path / "rootfs")
             container = _Container(
                 container_id,
                 path,
@@ -404,12 +401,38 @@ class EmbeddedEngine(Engine):
         self._creating.discard(path)
         return container_id
 
+    async def _clone(self, image: PulledImage, image_dir: Path, rootfs: Path) -> Path:
+        """Make ``rootfs`` a private copy of the image; returns the image directory used.
+
+        Meanwhile (on another core) the image is checked for files a container wrote into
+        through a hard link: such an image is no longer its layers, so it is unpacked again
+        and the copy made anew.
+        """
+        linked = await self._linked(image_dir)
+        damaged, _ = await asyncio.gather(
+            _in_thread(linked.written_in_place, image_dir / "rootfs"),
+            _in_thread(clone_tree, image_dir / "rootfs", rootfs, link=linked),
+        )
+        if not damaged:
+            return image_dir
+        await _in_thread(remove_tree, rootfs)
+        image_dir = await self._replace_tainted(image, image_dir)
+        linked = await self._linked(image_dir)
+        await _in_thread(clone_tree, image_dir / "rootfs", rootfs, link=linked)
+        return image_dir
+
+    async def _linked(self, image_dir: Path) -> LinkedFiles:
+        if image_dir not in self._linked_files:
+            self._linked_files[image_dir] = await _in_thread(LinkedFiles.load, image_dir)
+        return self._linked_files[image_dir]
+
     async def _replace_tainted(self, image: PulledImage, image_dir: Path) -> Path:
         trash = image_dir.with_name(f".tainted-{secrets.token_hex(8)}")
         with contextlib.suppress(OSError):
             os.rename(image_dir, trash)
         await _in_thread(remove_tree, trash)
         self._unpacking.pop(image.image_id, None)  # that unpack is void: do it again
+        self._linked_files.pop(image_dir, None)
         return await self._image_dir(image)
 
     @staticmethod
@@ -580,7 +603,7 @@ class EmbeddedEngine(Engine):
         layer_name = f"diff-{len(parent['layers'])}.tar"
 
         def make(work: Path) -> list[dict[str, Any]]:
-            linked = LinkedFiles.load(parent_dir)
+            linked = self._linked_files.get(parent_dir) or LinkedFiles.load(parent_dir)
             clone_tree(container.rootfs, work / "rootfs", link=linked)
             for name in MOUNT_POINTS:
                 with contextlib.suppress(OSError):  # proot's empty mount points

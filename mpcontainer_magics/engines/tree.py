@@ -151,7 +151,9 @@ def clone_tree(source: Path, dest: Path, *, link: LinkedFiles | None) -> None:
                     os.chmod(target, stat.S_IMODE(mode) | stat.S_IRWXU)  # exact: no umask
                     stack.append(child)
                 elif entry.is_symlink():
-                    os.symlink(os.readlink(entry.path), target)
+                    # Shared too: a symlink cannot be changed, only replaced. A link is
+                    # much cheaper than a new inode on most filesystems.
+                    os.link(entry.path, target, follow_symlinks=False)
                 elif entry.is_file(follow_symlinks=False):
                     recorded = known.get(child)
                     if recorded is not None and entry.inode() == recorded[0]:
