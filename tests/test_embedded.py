@@ -134,6 +134,7 @@ def test_sessions_get_private_copies_and_the_image_stays_intact(embedded, test_i
         # shares with the image (a hard link): the one thing that reaches the image's inode.
         await one.run("echo x > /bin/new; echo one > /etc/motd; echo one >> /bin/busybox")
         mine = await one.run(look)
+        await client.stop("one")  # the damage is found when the writer's container goes
         two = await client.session("two", image=test_image, platforms=ARM64)
         theirs = await two.run(look)
         later = await client.run(look, image=test_image, platforms=ARM64)

@@ -31,6 +31,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import os
 import platform as host_platform
 import secrets
@@ -94,6 +95,7 @@ from .tree import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SNAPSHOT_PREFIX = "snap-"
@@ -379,7 +381,8 @@ class EmbeddedEngine(Engine):
             json.dumps({"image": image.image_id, "labels": {**owner_labels(), **(labels or {})}})
         )
         try:
-            image_dir = await self._clone(image, image_dir, path / "rootfs")
+            linked = await self._linked(image_dir)
+            await _in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
             container = _Container(
                 container_id,
                 path,
@@ -401,39 +404,31 @@ class EmbeddedEngine(Engine):
         self._creating.discard(path)
         return container_id
 
-    async def _clone(self, image: PulledImage, image_dir: Path, rootfs: Path) -> Path:
-        """Make ``rootfs`` a private copy of the image; returns the image directory used.
-
-        Meanwhile (on another core) the image is checked for files a container wrote into
-        through a hard link: such an image is no longer its layers, so it is unpacked again
-        and the copy made anew.
-        """
-        linked = await self._linked(image_dir)
-        damaged, _ = await asyncio.gather(
-            _in_thread(linked.written_in_place, image_dir / "rootfs"),
-            _in_thread(clone_tree, image_dir / "rootfs", rootfs, link=linked),
-        )
-        if not damaged:
-            return image_dir
-        await _in_thread(remove_tree, rootfs)
-        image_dir = await self._replace_tainted(image, image_dir)
-        linked = await self._linked(image_dir)
-        await _in_thread(clone_tree, image_dir / "rootfs", rootfs, link=linked)
-        return image_dir
-
     async def _linked(self, image_dir: Path) -> LinkedFiles:
         if image_dir not in self._linked_files:
             self._linked_files[image_dir] = await _in_thread(LinkedFiles.load, image_dir)
         return self._linked_files[image_dir]
 
-    async def _replace_tainted(self, image: PulledImage, image_dir: Path) -> Path:
-        trash = image_dir.with_name(f".tainted-{secrets.token_hex(8)}")
+    def _check_shared_files(self, container: _Container) -> None:
+        """Before a container goes: did it write into a file it shares with its image?
+
+        Then that image is no longer its layers: it is set aside (and deleted), so the next
+        container of it is made from a fresh unpack of the cached layers.
+        """
+        image_dir = container.image_dir
+        linked = self._linked_files.get(image_dir)
+        if linked is None or not linked.written_in_place(container.rootfs):
+            return
+        log.warning(
+            "a container of %s wrote into files it shares with the image; unpacking it again",
+            container.image.reference,
+        )
         with contextlib.suppress(OSError):
+            trash = image_dir.with_name(f"{_work_prefix()}damaged")
             os.rename(image_dir, trash)
-        await _in_thread(remove_tree, trash)
-        self._unpacking.pop(image.image_id, None)  # that unpack is void: do it again
+            remove_tree(trash)
         self._linked_files.pop(image_dir, None)
-        return await self._image_dir(image)
+        self._unpacking.pop(container.image.image_id, None)
 
     @staticmethod
     def _env(defaults: ImageConfig, env: Mapping[str, str] | None, rootfs: Path) -> dict[str, str]:
@@ -569,6 +564,7 @@ class EmbeddedEngine(Engine):
     def _remove_dir(self, container: _Container) -> None:
         for process in [p for p in (container.main, *container.execs) if p is not None]:
             process.kill_now()
+        self._check_shared_files(container)
         remove_tree(container.path)
 
     # -- files and snapshots -----------------------------------------------------------------

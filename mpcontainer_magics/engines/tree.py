@@ -9,9 +9,10 @@ commands normally do to files they did not create (replace them: package manager
 
 - the directories where files are edited in place (``COPIED``: /etc, /root, /home, /tmp,
   /usr/local, logs...) are real copies, as small as they are in images;
-- everything else is linked, and each image records the size and mtime of its linked files
-  (``LinkedFiles``), so a write into one is detected when it matters: a commit includes the
-  file, and the image is re-unpacked from its cached layers before the next container uses it.
+- everything else is linked (symlinks too: they cannot be changed, only replaced), and each
+  image records the size and mtime of its linked files (``LinkedFiles``), so a write into one
+  is detected: a commit includes the file, and when the container ends the image is set aside
+  to be unpacked again from its cached layers.
 
 ``diff`` turns a container's tree into an OCI layer against its image's tree (new and changed
 entries, ``.wh.`` whiteouts for deleted ones). A linked file that kept its inode and its
