@@ -897,14 +897,14 @@ def report(
         print(
             f"  rootfs copy{'' if key == 'ours' else ' (tmpfs)'} {c('create')}: its steps "
             f"called alone: LinkedFiles.load {c('load')} ({copies['linked']} linked files) + "
-            f"written_in_place check {c('check')} + clone_tree {c('clone')}; remove "
-            f"{c('remove')} (remove_tree alone {c('rm')})"
+            f"clone_tree {c('clone')}; remove {c('remove')} (the written_in_place check "
+            f"{c('check')} + remove_tree {c('rm')})"
         )
     dirs, links = copies["kinds"]
     print(
-        f"  a copy of this rootfs makes {dirs} directories and {links} symlinks (new inodes) "
-        f"and {files} hard links (real copies under /etc, /root, /tmp, ...); GNU `cp -al` "
-        "makes the same link farm in C: the floor for a private tree on that filesystem"
+        f"  a copy of this rootfs makes {dirs} directories (new inodes) and hard links to "
+        f"{links} symlinks and {files} files (real copies under /etc, /root, /tmp, ...); "
+        "GNU `cp -al` makes the same link farm in C: the floor for a private tree there"
     )
     for key in ("ours", fast):
         if key is None:

@@ -601,10 +601,11 @@ class EmbeddedEngine(Engine):
         def make(work: Path) -> list[dict[str, Any]]:
             linked = self._linked_files.get(parent_dir) or LinkedFiles.load(parent_dir)
             clone_tree(container.rootfs, work / "rootfs", link=linked)
-            for name in MOUNT_POINTS:
-                with contextlib.suppress(OSError):  # proot's empty mount points
-                    if not (parent_dir / "rootfs" / name).exists():
-                        (work / "rootfs" / name).rmdir()
+            for rel in container.ignore:  # mount points (ours, proot's): not the image's
+                point = work / "rootfs" / rel
+                with contextlib.suppress(OSError):
+                    if not os.path.lexists(parent_dir / "rootfs" / rel):
+                        point.rmdir() if point.is_dir() else point.unlink()
             layer = work / layer_name
             diff(
                 parent_dir / "rootfs",
