@@ -124,12 +124,13 @@ class ContainerMagics(Magics):
 
     async def _connected(self) -> Client:
         async with self._connecting:
-            if self._client is None or self._client_engine != self.engine:
+            kind = self.engine  # read once: %config may change it while we connect
+            if self._client is None or self._client_engine != kind:
                 if self._client is not None:
                     await self._client.aclose()
                     self._client = None
-                self._client = Client(await open_engine(self.engine))
-                self._client_engine = self.engine
+                self._client = Client(await open_engine(kind))
+                self._client_engine = kind
             # Follows `%config ContainerMagics.insecure_registries` without reconnecting.
             self._client.engine.registry.insecure_registries = self.insecure_registries
             return self._client

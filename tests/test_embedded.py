@@ -239,6 +239,20 @@ def test_auto_picks_the_embedded_engine_without_a_daemon_and_says_so(
     assert ip.user_ns["res"][0].engine == "embedded"
 
 
+def test_the_engine_is_configurable_in_the_magic(ip, test_image, monkeypatch, embedded):
+    monkeypatch.delenv("MPC_ENGINE")
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    try:
+        ip.run_line_magic("config", 'ContainerMagics.engine = "embedded"')
+        ip.run_cell_magic("container", f"--image {test_image} --out res", "true")
+        embedded_row = ip.user_ns["res"][0]
+        ip.run_line_magic("config", 'ContainerMagics.engine = "docker"')
+        ip.run_cell_magic("container", f"--image {test_image} --out res", "true")
+    finally:
+        ip.run_line_magic("unload_ext", "mpcontainer_magics")
+    assert (embedded_row.engine, ip.user_ns["res"][0].engine) == ("embedded", "docker")
+
+
 def test_orphans_and_their_processes_are_reaped(ip, test_image, embedded, blob_cache):
     kernel = textwrap.dedent(
         f"""
