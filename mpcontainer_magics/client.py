@@ -33,6 +33,7 @@ from .compare import (
     runnable,
 )
 from .container import Container, Directory, Evaluator, GitRepository, Host, _Empty
+from .doctor import DoctorReport, diagnose
 from .engines.base import Engine, Mount, PulledImage, finish_despite_cancel
 from .errors import EngineUnavailable, InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
@@ -319,6 +320,12 @@ class Client:
             offered=tuple(offered),
             chosen=self.engine.chosen,
         )
+
+    async def doctor(self) -> DoctorReport:
+        """What this machine can run and why not: the engine and its version, the native
+        platform, each common platform (emulation present, enabled, usable in containers),
+        registries, the cache and its size, and each problem with its fix."""
+        return await diagnose(self.engine)
 
 
 async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] = ()) -> Engine:

@@ -169,13 +169,127 @@ class RunResult:
         return f"{self.to_frame().to_string(index=False)}\n{self.summary()}"
 
     def _repr_html_(self) -> str:
+        """The comparison table as HTML (Jupyter); ``__repr__`` stays plain text.
+
+        - ``exit_code`` is coloured: 0 green, non-zero red, none (timed out, did not run) grey;
+          the platform cell of a failed row has a pink background.
+        - ``exit_code``, ``stdout`` and ``stderr`` cells whose value is not the same on every
+          platform are highlighted (yellow): when one value is shared by more platforms than
+          any other, that majority stays plain and the others are highlighted; when there is
+          no single majority (say, every platform printed something else), all are.
+        - Outputs longer than a few lines (or characters) are folded into a ``<details>``
+          element: its summary shows the first line and the line count, the full text is
+          inside. All text is HTML-escaped.
+        """
+        frame = self.to_frame()
         failed = [not r.ok for r in self.results]
+        marked = {
+            column: _minority(values)
+            for column, values in (
+                ("exit_code", [_exit_text(r) for r in self.results]),
+                ("stdout", [r.stdout for r in self.results]),
+                ("stderr", [r.stderr for r in self.results]),
+            )
+        }
 
-        def highlight(row: pd.Series) -> list[str]:
-            return ["background-color: #fdd" if failed[row.name] else "" for _ in row]
+        def row_styles(row: pd.Series) -> list[str]:
+            styles = []
+            for column in row.index:
+                style = []
+                if column == "platform" and failed[row.name]:
+                    style.append(FAILED_STYLE)
+                if column == "exit_code":
+                    style.append(_exit_style(row[column]))
+                if column in marked and marked[column][row.name]:
+                    style.append(DIFFERS_STYLE)
+                styles.append("; ".join(style))
+            return styles
 
-        styled = self.to_frame().style.apply(highlight, axis=1).hide(axis="index")
-        return f"{styled.to_html()}<pre>{html.escape(self.summary())}</pre>"
+        styled = (
+            frame.style.apply(row_styles, axis=1)
+            .hide(axis="index")
+            .format(escape="html", na_rep="")
+            .format(_exit_cell, subset=["exit_code"])
+            .format(_fold, subset=["stdout", "stderr", "error"])
+            .format("{:.3f}", subset=["duration_s"])
+            .set_table_styles(
+                [
+                    {"selector": "td", "props": "text-align: left; vertical-align: top"},
+                    {"selector": "th", "props": "text-align: left"},
+                    {"selector": "pre", "props": "margin: 0; white-space: pre-wrap"},
+                ]
+            )
+        )
+        legend = (
+            '<p style="font-size: smaller">exit code: '
+            f'<span style="{_exit_style(0)}">0</span>, '
+            f'<span style="{_exit_style(1)}">non-zero</span>, '
+            f'<span style="{_exit_style(None)}">none</span>; '
+            f'<span style="{DIFFERS_STYLE}">highlighted</span>: differs from the majority '
+            "(all differing values when there is none)</p>"
+        )
+        return f"{styled.to_html()}{legend}<pre>{html.escape(self.summary())}</pre>"
+
+
+#: Background of the platform cell of a row that failed (non-zero exit, timeout, no run).
+FAILED_STYLE = "background-color: #fdd"
+#: Background of a cell whose value differs between platforms (see ``_minority``).
+DIFFERS_STYLE = "background-color: #fff3b0"
+EXIT_COLOURS = {"ok": "#1a7f37", "failed": "#cf222e", "none": "#6e7781"}
+#: Outputs with more lines or characters than this are folded in a ``<details>`` element.
+FOLD_LINES = 6
+FOLD_CHARS = 300
+
+
+def _minority(values: Sequence[str]) -> list[bool]:
+    """Which values to highlight: none when all agree; else all but a single largest group."""
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    if len(counts) <= 1:
+        return [False] * len(values)
+    ranked = sorted(counts.values(), reverse=True)
+    if ranked[0] == ranked[1]:  # no single majority: every value is "different"
+        return [True] * len(values)
+    majority = max(counts, key=lambda value: counts[value])
+    return [value != majority for value in values]
+
+
+def _is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN; pd.NA raises on bool()
+    except TypeError:
+        return True
+
+
+def _exit_style(code: object) -> str:
+    if _is_missing(code):
+        colour = EXIT_COLOURS["none"]
+    else:
+        colour = EXIT_COLOURS["ok"] if code == 0 else EXIT_COLOURS["failed"]
+    return f"color: {colour}; font-weight: bold"
+
+
+def _exit_cell(code: object) -> str:
+    return "—" if _is_missing(code) else html.escape(str(code))
+
+
+def _fold(text: object) -> str:
+    """A text cell: escaped; multi-line in ``<pre>``; long ones folded in ``<details>``."""
+    if text is None or not isinstance(text, str) or not text:
+        return ""
+    lines = text.splitlines()
+    if len(lines) <= FOLD_LINES and len(text) <= FOLD_CHARS:
+        shown = html.escape(text.rstrip("\n"))
+        return shown if len(lines) <= 1 else f"<pre>{shown}</pre>"
+    first = lines[0][:60] if lines else ""
+    count = f"{len(lines)} lines" if len(lines) != 1 else f"{len(text)} characters"
+    return (
+        f"<details><summary><code>{html.escape(first)}</code>… ({count})</summary>"
+        f"<pre>{html.escape(text)}</pre></details>"
+    )
 
 
 def _exit_text(result: PlatformResult) -> str:

@@ -41,6 +41,8 @@ T = TypeVar("T")
 SUBCOMMANDS = {
     "pull": "%container pull IMAGE [--platform P1,P2|all]   fetch an image for platforms",
     "platforms": "%container platforms [IMAGE]   native/emulated platforms, what IMAGE offers",
+    "doctor": "%container doctor   the engine and its version, which platforms can run and why "
+    "not, registries, cache size, and each problem with its fix",
     "sessions": "%container sessions   the live sessions, one row per platform",
     "stop": "%container stop NAME | --all   remove a session's containers (or every session's)",
     "cp": "%container cp SRC DST   copy between this machine and a session; the session side "
@@ -215,6 +217,9 @@ class ContainerMagics(Magics):
           %container pull IMAGE [--platform P1,P2|all]   fetch an image for platforms
           %container platforms [IMAGE]                   native/emulated platforms, and
                                                          which platforms IMAGE offers
+          %container doctor                              engine, version, which platforms
+                                                         can run and why not, registries,
+                                                         cache size; each problem's fix
           %container sessions                            live sessions (one row per platform)
           %container stop NAME | --all                   remove sessions
           %container cp SRC DST                          copy files; the session side is
@@ -334,6 +339,10 @@ class ContainerMagics(Magics):
         parser.add_argument("image", nargs="?")
         args = parser.parse_args(words)
         return self._run(lambda client: client.platforms(args.image))
+
+    def _line_doctor(self, parser: MagicArgumentParser, words: list[str]) -> Any:
+        parser.parse_args(words)
+        return self._run(lambda client: client.doctor())
 
     def _line_sessions(self, parser: MagicArgumentParser, words: list[str]) -> Any:
         parser.parse_args(words)

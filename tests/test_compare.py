@@ -76,7 +76,7 @@ class FakeEngine(Engine):
         pass
 
     # Sessions, files and snapshots are tested against the real engine only.
-    start = attach_exec = state = copy_to = copy_from = commit = _unused
+    start = attach_exec = state = copy_to = copy_from = commit = version = _unused
     read_image = save_layers = image_from_directory = image_config = remove_image = _unused
 
     async def reap_orphans(self) -> int:

@@ -249,6 +249,7 @@ def test_the_engine_is_configurable_in_the_magic(ip, test_image, monkeypatch, em
         ip.run_line_magic("config", 'ContainerMagics.engine = "docker"')
         ip.run_cell_magic("container", f"--image {test_image} --out res", "true")
     finally:
+        ip.run_line_magic("config", 'ContainerMagics.engine = "auto"')  # the shell is shared
         ip.run_line_magic("unload_ext", "mpcontainer_magics")
     assert (embedded_row.engine, ip.user_ns["res"][0].engine) == ("embedded", "docker")
 

@@ -206,6 +206,10 @@ class Engine(abc.ABC):
         """Foreign platforms this engine can run through emulation (may be empty)."""
 
     @abc.abstractmethod
+    async def version(self) -> str:
+        """What runs the containers and its version, e.g. "Docker 20.10.24 (API 1.41)"."""
+
+    @abc.abstractmethod
     async def image_platforms(self, reference: str) -> list[Platform]:
         """Every platform the image offers."""
 

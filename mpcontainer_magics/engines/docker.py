@@ -210,6 +210,17 @@ class DockerEngine(Engine):
             self._native = Platform.parse(f"{version.get('Os', 'linux')}/{version['Arch']}")
         return self._native
 
+    async def version(self) -> str:
+        """The daemon's version and the API version it speaks, e.g. "Docker 20.10.24 (API
+        1.41)"; this client uses the API version negotiated when it connected."""
+        try:
+            info = await self._call(self._api.version)
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(
+                f"the Docker engine did not say its version ({_short(exc)})"
+            ) from None
+        return f"Docker {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
+
     async def emulated_platforms(self) -> list[Platform]:
         """Foreign platforms with an enabled binfmt_misc QEMU handler on the daemon's host.
 

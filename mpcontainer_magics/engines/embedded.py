@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import platform as host_platform
+import re
 import secrets
 import shutil
 import tarfile
@@ -47,6 +48,7 @@ from typing import Any, TypeVar
 from ..errors import (
     EmulationUnavailable,
     EngineError,
+    EngineUnavailable,
     ExecUnsupported,
     InvalidArgument,
     RegistryError,
@@ -101,6 +103,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SNAPSHOT_PREFIX = "snap-"
 # `uname -m` spellings Platform.parse refuses as input (containerd's rules).
 _UNAME_PLATFORMS = {"armv7l": "linux/arm/v7", "armv6l": "linux/arm/v6", "i686": "linux/386"}
+# The version in `proot --version`'s banner (Debian 12: "... 5.1.0").
+_PROOT_VERSION = re.compile(r"\b(\d+\.\d+(?:\.\d+)?)\b")
 
 
 @dataclass
@@ -114,7 +118,7 @@ class _Container:
     workdir: str
     user: str | None  # proot's -i "uid:gid"; None runs as (fake) root
     binds: list[tuple[str, str]]
-    ignore: frozenset[str]  # mount points we made, not part of a commit
+    mount_points: frozenset[str] = frozenset()  # relative to the rootfs; contents not ours
     main: ProotProcess | None = None
     execs: set[ProotProcess] = field(default_factory=set)
 
@@ -161,8 +165,39 @@ class EmbeddedEngine(Engine):
     # -- platforms ---------------------------------------------------------------------------
 
     async def native_platform(self) -> Platform:
-        machine = host_platform.machine()
-        return Platform.parse(_UNAME_PLATFORMS.get(machine, f"linux/{machine}"))
+        return _host_platform()
+
+    @property
+    def proot(self) -> str:
+        """The proot binary this engine runs."""
+        return self._proot
+
+    async def version(self) -> str:
+        """proot's version, from ``proot --version`` (e.g. "proot 5.1.0")."""
+        failed = EngineUnavailable(
+            f"`{self._proot} --version` failed; reinstall proot (`apt-get install proot`) or "
+            "set MPC_PROOT to a working proot"
+        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._proot,
+                "--version",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError:
+            raise failed from None
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), 10)
+        except asyncio.TimeoutError:
+            raise failed from None
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        found = _PROOT_VERSION.search(out.decode("utf-8", "replace"))
+        return f"proot {found.group(1) if found else '(version unknown)'}"
 
     async def emulated_platforms(self) -> list[Platform]:
         """Foreign platforms whose qemu-user binary is installed (proot runs it with -q)."""
@@ -393,7 +428,6 @@ class EmbeddedEngine(Engine):
                 workdir or defaults.workdir or "/",
                 await _in_thread(_proot_user, path / "rootfs", defaults.user),
                 [],
-                frozenset(MOUNT_POINTS),
             )
             await _in_thread(self._prepare, container, mounts)
         except BaseException:
@@ -441,23 +475,23 @@ class EmbeddedEngine(Engine):
         """Make the working directory and mount points; copy read-only mounts in."""
         rootfs = container.rootfs
         resolve_in_root(rootfs, container.workdir).mkdir(parents=True, exist_ok=True)
-        ignore = set(container.ignore)
+        points = set()
         for mount in mounts:
+            point = resolve_in_root(rootfs, mount.target)
             if mount.read_only:
                 # proot cannot make a bind read-only: the container gets a copy, so the
                 # host's files stay untouched whatever it does.
                 _copy_into(Path(mount.source), rootfs, mount.target)
-                continue
-            point = resolve_in_root(rootfs, mount.target)
-            if not point.exists():
+            elif not point.exists():
                 if os.path.isdir(mount.source):
                     point.mkdir(parents=True)
                 else:
                     point.parent.mkdir(parents=True, exist_ok=True)
                     point.touch()
-                ignore.add(str(point.relative_to(rootfs)))
-            container.binds.append((mount.source, "/" + str(point.relative_to(rootfs))))
-        container.ignore = frozenset(ignore)
+            points.add(str(point.relative_to(rootfs)))
+            if not mount.read_only:
+                container.binds.append((mount.source, "/" + str(point.relative_to(rootfs))))
+        container.mount_points = frozenset(points)
 
     def _get(self, container_id: str) -> _Container:
         container = self._live.get(container_id)
@@ -468,10 +502,7 @@ class EmbeddedEngine(Engine):
     def _command(self, container: _Container, argv: Sequence[str]) -> list[str]:
         platform = container.image.platform
         qemu = None
-        native = Platform.parse(
-            _UNAME_PLATFORMS.get(host_platform.machine(), f"linux/{host_platform.machine()}")
-        )
-        if platform.architecture != native.architecture:
+        if platform.architecture != _host_platform().architecture:
             qemu = find_qemu(platform)
             if qemu is None:
                 name = f"qemu-{platform.qemu_arch or platform.architecture}-static"
@@ -601,18 +632,31 @@ class EmbeddedEngine(Engine):
         def make(work: Path) -> list[dict[str, Any]]:
             linked = self._linked_files.get(parent_dir) or LinkedFiles.load(parent_dir)
             clone_tree(container.rootfs, work / "rootfs", link=linked)
-            for rel in container.ignore:  # mount points (ours, proot's): not the image's
-                point = work / "rootfs" / rel
+            for name in MOUNT_POINTS:  # proot's empty mount points are not the image's
                 with contextlib.suppress(OSError):
-                    if not os.path.lexists(parent_dir / "rootfs" / rel):
-                        point.rmdir() if point.is_dir() else point.unlink()
+                    if not os.path.lexists(parent_dir / "rootfs" / name):
+                        (work / "rootfs" / name).rmdir()
+            for rel in container.mount_points:  # nor what a read-only mount copied in
+                point, original = work / "rootfs" / rel, parent_dir / "rootfs" / rel
+                made_dir = point.is_dir() and not point.is_symlink()
+                remove_tree(point)
+                if os.path.lexists(original):  # the image's own, as the mount hid it
+                    if original.is_dir() and not original.is_symlink():
+                        copy_tree(original, point)
+                    else:
+                        shutil.copy2(original, point, follow_symlinks=False)
+                elif made_dir:
+                    point.mkdir()
+                else:
+                    point.touch()
             layer = work / layer_name
             diff(
                 parent_dir / "rootfs",
                 container.rootfs,
                 layer,
                 linked=linked,
-                ignore=container.ignore,
+                ignore=frozenset(MOUNT_POINTS),
+                mount_points=container.mount_points,
             )
             return [{"file": layer_name, "diff_id": file_digest(layer)}]
 
@@ -688,6 +732,11 @@ class _EmbeddedProcess(AttachedProcess):
     async def interrupt(self, group: int) -> None:
         # The guest's processes share proot's process group (proot does not start new ones).
         await self._process.interrupt()
+
+
+def _host_platform() -> Platform:
+    machine = host_platform.machine()
+    return Platform.parse(_UNAME_PLATFORMS.get(machine, f"linux/{machine}"))
 
 
 def _write_atomically(path: Path, text: str) -> None:

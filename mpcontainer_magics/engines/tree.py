@@ -129,7 +129,7 @@ def walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
             yield from walk(root, path)
 
 
-def clone_tree(source: Path, dest: Path, *, link: LinkedFiles | None) -> None:
+def clone_tree(source: Path, dest: Path, *, link: LinkedFiles) -> None:
     """Make ``dest`` (new) a private copy of ``source``: hard links to the files ``link``
     names (while they are still those inodes), real copies of everything else.
 
@@ -138,7 +138,7 @@ def clone_tree(source: Path, dest: Path, *, link: LinkedFiles | None) -> None:
     """
     os.mkdir(dest)
     os.chmod(dest, stat.S_IMODE(os.lstat(source).st_mode) | stat.S_IRWXU)
-    known = link.entries if link is not None else {}
+    known = link.entries
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -194,11 +194,13 @@ def diff(
     *,
     linked: LinkedFiles,
     ignore: frozenset[str] = frozenset(),
+    mount_points: frozenset[str] = frozenset(),
 ) -> int:
     """Write the OCI layer turning tree ``lower`` into tree ``upper``; returns its entry count.
 
-    ``linked`` is what ``upper`` shares with ``lower``; ``ignore`` names paths (mount points)
-    that are not part of the change when ``lower`` lacks them.
+    ``linked`` is what ``upper`` shares with ``lower``; ``ignore`` names paths that are not
+    part of the change when ``lower`` lacks them (proot's own mount points). What is under a
+    ``mount_points`` path is never part of it (as with Docker, a new mount point is, empty).
     """
     as_root = os.geteuid() == 0
     count = 0
@@ -206,11 +208,17 @@ def diff(
 
         def add(rel: str, whole: bool) -> None:
             nonlocal count
+            if any(rel.startswith(point + "/") for point in mount_points):
+                return  # a mount's contents: the host's files, or a read-only copy of them
             info = tar.gettarinfo(str(upper / rel), arcname=rel)
             info.uname = info.gname = ""
             if not as_root:  # proot -0 shows the caller's files as root's
                 info.uid = info.gid = 0
-            if info.isreg():
+            if rel in mount_points:
+                whole = False
+                info.size = 0
+                tar.addfile(info)
+            elif info.isreg():
                 with open(upper / rel, "rb") as data:
                     tar.addfile(info, data)
             else:
@@ -232,7 +240,7 @@ def diff(
                 child = f"{rel}/{name}" if rel else name
                 new = os.lstat(upper / child)
                 old = os.lstat(lower / child) if name in lower_names else None
-                if old is None and child in ignore:
+                if (old is None and child in ignore) or (old is not None and child in mount_points):
                     continue
                 if old is None or stat.S_IFMT(old.st_mode) != stat.S_IFMT(new.st_mode):
                     add(child, True)

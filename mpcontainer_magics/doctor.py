@@ -1,0 +1,395 @@
+"""``%container doctor`` / ``await client.doctor()``: what this machine can run, and what to fix.
+
+The report names the engine in use, its version and why it was chosen; the native platform;
+for each common platform whether it can run here and why (Docker: the binfmt_misc QEMU
+handler is registered, enabled and has the F flag, which containers need; the embedded
+engine: ``qemu-<arch>-static`` is on PATH); the registries configured (insecure ones, and the
+*hosts* that have credentials in the Docker config — never the credentials); the cache
+directory and its size; and every problem found, each with its fix on one line.
+
+Nothing here raises for a problem it finds: problems are data in the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .engines.base import EMULATION_CANDIDATES, Engine
+from .engines.proot import find_qemu
+from .errors import MPCError
+from .platforms import Platform
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+#: Foreign architectures a kernel runs itself, without emulation (Docker: no handler needed).
+NATIVE_COMPAT = {"amd64": {"386"}}
+INSTALL_QEMU = "apt-get install qemu-user-static"
+HUB_AUTH_KEY = "https://index.docker.io/v1/"  # as in registry.py (not imported: httpx is slow)
+
+RUNS_COLOURS = {"native": "#1a7f37", "emulated": "#1a7f37", "no": "#cf222e", "unknown": "#6e7781"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that does not work, and the command or step that fixes it."""
+
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what} — fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class PlatformCheck:
+    """Whether one platform can run on the engine: "native", "emulated", "no" or "unknown"."""
+
+    platform: Platform
+    runs: str
+    detail: str
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True, repr=False)
+class DoctorReport:
+    """The engine, what it can run, registries, cache and problems; see the module docstring."""
+
+    engine: str
+    version: str
+    chosen: str  # why "auto" picked this engine ("" when it was asked for)
+    native: Platform
+    platforms: tuple[PlatformCheck, ...]
+    insecure_registries: tuple[str, ...]
+    credential_hosts: tuple[str, ...]  # registry hosts only, never credentials
+    docker_config: str  # the config.json read for credential hosts
+    cache_dir: str
+    cache_bytes: int | None  # None when the cache directory does not exist yet
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per platform: platform, runs, detail, problem, fix."""
+        import pandas as pd
+
+        rows = [
+            {
+                "platform": str(c.platform),
+                "runs": c.runs,
+                "detail": c.detail,
+                "problem": c.problem.what if c.problem else None,
+                "fix": c.problem.fix if c.problem else None,
+            }
+            for c in self.platforms
+        ]
+        return pd.DataFrame(rows, columns=["platform", "runs", "detail", "problem", "fix"])
+
+    def _facts(self) -> list[tuple[str, str]]:
+        insecure = ", ".join(self.insecure_registries) or "none"
+        hosts = ", ".join(self.credential_hosts) or "none"
+        if self.cache_bytes is None:
+            cache = f"{self.cache_dir} (not created yet)"
+        else:
+            cache = f"{self.cache_dir}, {format_size(self.cache_bytes)}"
+        facts = [("engine", f"{self.engine} ({self.version})")]
+        if self.chosen:
+            facts.append(("chosen because", self.chosen))
+        return [
+            *facts,
+            ("native platform", str(self.native)),
+            ("insecure registries", f"{insecure} (loopback registries always use plain HTTP)"),
+            ("registries with credentials", f"{hosts} (hosts from {self.docker_config})"),
+            ("cache", cache),
+        ]
+
+    def __repr__(self) -> str:
+        lines = [f"{name}: {value}" for name, value in self._facts()]
+        lines.append("platforms:")
+        width = max((len(str(c.platform)) for c in self.platforms), default=0)
+        for check in self.platforms:
+            lines.append(f"  {check.platform!s:<{width}}  {check.runs:<8}  {check.detail}")
+        if self.problems:
+            lines.append(f"problems ({len(self.problems)}):")
+            lines += [f"  {problem}" for problem in self.problems]
+        else:
+            lines.append("problems: none")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        facts = "".join(
+            f'<tr><th style="text-align: left">{html.escape(name)}</th>'
+            f'<td style="text-align: left">{html.escape(value)}</td></tr>'
+            for name, value in self._facts()
+        )
+        rows = "".join(
+            "<tr>"
+            f'<td style="text-align: left">{html.escape(str(c.platform))}</td>'
+            f'<td style="text-align: left; color: {RUNS_COLOURS.get(c.runs, "inherit")}; '
+            f'font-weight: bold">{html.escape(c.runs)}</td>'
+            f'<td style="text-align: left">{html.escape(c.detail)}</td>'
+            "</tr>"
+            for c in self.platforms
+        )
+        if self.problems:
+            items = "".join(
+                f"<li>{_code(problem.what)} — fix: {_code(problem.fix)}</li>"
+                for problem in self.problems
+            )
+            problems = f'<p style="color: #cf222e"><b>problems ({len(self.problems)}):</b></p>'
+            problems += f"<ul>{items}</ul>"
+        else:
+            problems = '<p style="color: #1a7f37"><b>no problems found</b></p>'
+        return (
+            f'<table class="mpc-doctor">{facts}</table>'
+            '<table class="mpc-doctor-platforms"><thead><tr>'
+            '<th style="text-align: left">platform</th><th style="text-align: left">runs</th>'
+            '<th style="text-align: left">why</th>'
+            f"</tr></thead><tbody>{rows}</tbody></table>{problems}"
+        )
+
+
+def _code(text: str) -> str:
+    """Escaped text with `backquoted` parts shown as code."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
+def format_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def directory_size(root: Path) -> int | None:
+    """Bytes in the files under ``root`` (hard links counted once; symlinks not followed)."""
+    if not root.is_dir():
+        return None
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def _candidates(native: Platform) -> list[Platform]:
+    """The native platform, then the common foreign ones."""
+    found = [native]
+    for platform in EMULATION_CANDIDATES:
+        if not any(platform.matches(p) for p in found):
+            found.append(platform)
+    return found
+
+
+def _reinstall_handler(platform: Platform) -> str:
+    return (
+        f"`docker run --privileged --rm tonistiigi/binfmt --install {platform.architecture}` "
+        "or `apt-get install qemu-user-static binfmt-support`"
+    )
+
+
+def check_binfmt(
+    platform: Platform, native: Platform, binfmt_dir: Path = BINFMT_DIR
+) -> PlatformCheck:
+    """Can Docker run ``platform`` here: a QEMU binfmt handler registered, enabled, flag F."""
+    if platform.architecture == native.architecture:
+        return PlatformCheck(platform, "native", "the host's own architecture")
+    if platform.architecture in NATIVE_COMPAT.get(native.architecture, ()):
+        return PlatformCheck(platform, "native", f"the {native.architecture} kernel runs it")
+    arch = platform.qemu_arch
+    if arch is None:
+        return PlatformCheck(platform, "no", "QEMU has no user-mode emulator for it")
+    name = f"qemu-{arch}"
+    entry = binfmt_dir / name
+    try:
+        text = entry.read_text()
+    except FileNotFoundError:
+        why = f"no binfmt handler {name} is registered"
+        problem = Problem(f"{platform}: {why}", _reinstall_handler(platform))
+        return PlatformCheck(platform, "no", why, problem)
+    except OSError as exc:
+        return PlatformCheck(platform, "unknown", f"cannot read {entry}: {exc.strerror}")
+    lines = text.splitlines()
+    enabled = bool(lines) and lines[0].strip() == "enabled"
+    flags = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("flags:")), "")
+    interpreter = next(
+        (line.split(None, 1)[1] for line in lines if line.startswith("interpreter ")), "?"
+    )
+    if not enabled:
+        why = f"binfmt handler {name} is disabled"
+        fix = f"`echo 1 > {entry}` or `update-binfmts --enable {name}`"
+        return PlatformCheck(platform, "no", why, Problem(f"{platform}: {why}", fix))
+    if "F" not in flags:
+        why = (
+            f"binfmt handler {name} is registered without the F flag (flags: {flags or 'none'}), "
+            f"so containers cannot find its interpreter {interpreter}"
+        )
+        fix = (
+            f"remove it (`echo -1 > {entry}`), then {_reinstall_handler(platform)} "
+            "(both register it with F)"
+        )
+        return PlatformCheck(platform, "no", why, Problem(f"{platform}: {why}", fix))
+    return PlatformCheck(platform, "emulated", f"binfmt handler {name}: enabled, flags {flags}")
+
+
+def check_qemu(platform: Platform, native: Platform) -> PlatformCheck:
+    """Can the embedded engine run ``platform`` here: its qemu-user binary on PATH."""
+    if platform.architecture == native.architecture:
+        return PlatformCheck(platform, "native", "the host's own architecture")
+    if platform.qemu_arch is None:
+        return PlatformCheck(platform, "no", "QEMU has no user-mode emulator for it")
+    found = find_qemu(platform)
+    if found is None:
+        binary = f"qemu-{platform.qemu_arch}-static"
+        why = f"{binary} is not on PATH"
+        fix = f"`{INSTALL_QEMU}` (or put {binary} on PATH)"
+        return PlatformCheck(platform, "no", why, Problem(f"{platform}: {why}", fix))
+    return PlatformCheck(platform, "emulated", f"proot -q {found}")
+
+
+def _host_of(key: str) -> str:
+    """The registry host[:port] of a Docker config key (a host, or a URL)."""
+    if key.rstrip("/") == HUB_AUTH_KEY.rstrip("/"):
+        return "docker.io"
+    return urlsplit(key if "://" in key else f"//{key}").netloc or key
+
+
+def credential_hosts(config_file: Path) -> tuple[tuple[str, ...], Problem | None]:
+    """Registry hosts the Docker config has credentials for; never the credentials."""
+    try:
+        config: Any = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        return (), None
+    except (OSError, ValueError) as exc:
+        problem = Problem(
+            f"cannot read the Docker config {config_file} ({type(exc).__name__})",
+            f"repair or remove {config_file}, then `docker login` again",
+        )
+        return (), problem
+    if not isinstance(config, dict):
+        return (), Problem(
+            f"the Docker config {config_file} is not a JSON object",
+            f"repair or remove {config_file}",
+        )
+    hosts: dict[str, None] = {}
+    store = config.get("credsStore")
+    auths = config.get("auths")
+    for key, entry in (auths if isinstance(auths, dict) else {}).items():
+        if store or (isinstance(entry, dict) and entry):
+            hosts[_host_of(str(key)) + (f" (credential store {store})" if store else "")] = None
+    helpers = config.get("credHelpers")
+    for key, helper in (helpers if isinstance(helpers, dict) else {}).items():
+        hosts[f"{_host_of(str(key))} (credential helper {helper})"] = None
+    return tuple(hosts), None
+
+
+def _config_file(engine: Engine) -> Path:
+    # The registry client's own config file (it may have been given another directory).
+    explicit = getattr(getattr(engine, "registry", None), "_config_file", None)
+    if explicit is not None:
+        return Path(explicit)
+    directory = os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker"
+    return Path(directory) / "config.json"
+
+
+async def diagnose(engine: Engine, *, binfmt_dir: Path = BINFMT_DIR) -> DoctorReport:
+    """Check ``engine`` and this machine; problems are collected, not raised."""
+    problems: list[Problem] = []
+    try:
+        version = await engine.version()
+    except MPCError as exc:
+        version = "version unknown"
+        problems.append(Problem(f"{engine.name} did not say its version: {exc}", "see the message"))
+    proot = getattr(engine, "proot", None)
+    if engine.name == "embedded" and proot:
+        version += f" at {proot}"
+    native = await engine.native_platform()
+    candidates = _candidates(native)
+    if engine.name == "docker":
+        if not getattr(engine, "is_local", True):
+            checks = [
+                PlatformCheck(p, "native", "the daemon's own architecture")
+                if p.matches(native)
+                else PlatformCheck(
+                    p, "unknown", "the Docker daemon is remote: its handlers are not visible here"
+                )
+                for p in candidates
+            ]
+        elif not (binfmt_dir / "status").exists():
+            problems.append(
+                Problem(
+                    f"binfmt_misc is not mounted at {binfmt_dir}, so no foreign platform runs",
+                    f"`mount -t binfmt_misc binfmt_misc {binfmt_dir}`, then "
+                    "`apt-get install qemu-user-static binfmt-support`",
+                )
+            )
+            checks = [
+                check_binfmt(p, native, binfmt_dir)
+                if p.architecture == native.architecture
+                else PlatformCheck(p, "no", "binfmt_misc is not mounted")
+                for p in candidates
+            ]
+        else:
+            checks = [check_binfmt(p, native, binfmt_dir) for p in candidates]
+    elif engine.name == "embedded":
+        checks = [check_qemu(p, native) for p in candidates]
+    else:
+        emulated = await engine.emulated_platforms()
+        checks = [
+            PlatformCheck(p, "native", "the engine's own architecture")
+            if p.matches(native)
+            else PlatformCheck(p, "emulated", "the engine says so")
+            if any(p.matches(e) for e in emulated)
+            else PlatformCheck(p, "no", "the engine cannot emulate it")
+            for p in candidates
+        ]
+    problems += [c.problem for c in checks if c.problem is not None]
+    config_file = _config_file(engine)
+    hosts, config_problem = credential_hosts(config_file)
+    if config_problem is not None:
+        problems.append(config_problem)
+    from .engines.store import default_cache_dir  # lazily: it imports httpx
+
+    cache_dir = Path(getattr(engine, "cache_dir", None) or default_cache_dir())
+    insecure = getattr(getattr(engine, "registry", None), "insecure_registries", ())
+    return DoctorReport(
+        engine=engine.name,
+        version=version,
+        chosen=engine.chosen,
+        native=native,
+        platforms=tuple(checks),
+        insecure_registries=tuple(sorted(insecure)),
+        credential_hosts=hosts,
+        docker_config=str(config_file),
+        cache_dir=str(cache_dir),
+        cache_bytes=await asyncio.to_thread(directory_size, cache_dir),
+        problems=tuple(problems),
+    )
