@@ -357,3 +357,35 @@ def test_publish_the_out_result_of_a_session_cell(shell, registry_host):
     shell.run_cell_magic("container", "--platform linux/arm64 --out oneoff", "true")
     with pytest.raises(UsageError, match="the result of a one-off run holds outputs"):
         shell.run_line_magic("container", f"publish {ref} --from oneoff")
+
+
+def test_a_published_session_never_holds_its_mounts_contents(
+    engine_kind, test_image, registry_host, tmp_path, no_leaks
+):
+    """Mounted files (a read-only mount is a copy on the embedded engine) stay out of images."""
+    secrets_dir, shared = tmp_path / "secrets", tmp_path / "shared"
+    secrets_dir.mkdir()
+    shared.mkdir()
+    (secrets_dir / "token").write_text("hunter2\n")
+    reference = f"{registry_host}/mpc-test/mounts:{engine_kind}"
+    look = "ls -A /secrets /shared; cat /etc/made"
+
+    async def main(client: mpc.Client) -> Any:
+        session = await client.session(
+            "m",
+            image=test_image,
+            platforms="linux/arm64",
+            mounts=[f"{secrets_dir}:/secrets:ro", f"{shared}:/shared"],
+        )
+        await session.run("cat /secrets/token > /shared/seen; echo made > /etc/made")
+        published = await client.publish(reference, session)
+        return await client.run(look, image=published.reference, platforms="linux/arm64")
+
+    async def with_engine() -> Any:
+        async with mpc.connect(engine=engine_kind) as client:
+            return await main(client)
+
+    ran = asyncio.run(with_engine())
+    assert (shared / "seen").read_text() == "hunter2\n"
+    # The mount points stay (empty), as Docker commits them; what was in them does not.
+    assert ran[0].stdout == "/secrets:\n\n/shared:\nmade\n"
