@@ -49,6 +49,7 @@ from .session import Session
 
 if TYPE_CHECKING:
     from .magics import ContainerMagics
+    from .widgets import ContainerApp
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -90,10 +91,20 @@ __all__ = [
     "host_platform",
     "load_ipython_extension",
     "parse_platforms",
+    "ui",
     "unload_ipython_extension",
 ]
 
 _loaded: dict[int, ContainerMagics] = {}
+
+
+def ui(image: str | None = None, **options: Any) -> ContainerApp:
+    """The widget app (image, platform picker, command, Run/Stop, live output per platform,
+    result table, Publish); see :func:`mpcontainer_magics.widgets.ui` for the options.
+    ipywidgets is imported on this first call only."""
+    from .widgets import ui as make_ui
+
+    return make_ui(image, **options)
 
 
 def load_ipython_extension(ipython: Any) -> None:

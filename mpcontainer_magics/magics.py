@@ -54,6 +54,8 @@ SUBCOMMANDS = {
     "(or of a session cell's --out result, or Containers in a variable) as one image",
     "export": "%container export PATH --from SESSION_OR_VAR [--tag TAG]   the same, written as "
     "an OCI image layout (a directory, or a tar for PATH.tar)",
+    "ui": "%container ui [IMAGE]   the widget app: platforms, command, Run/Stop, live output, "
+    "Publish",
 }
 
 #: The session side of `%container cp`: NAME[@PLATFORM]:/absolute/path
@@ -228,6 +230,7 @@ class ContainerMagics(Magics):
           %container cat PATH --image IMAGE [--platform P]    print an image's file
           %container publish REF --from SESSION_OR_VAR        push a multi-platform image
           %container export PATH --from SESSION_OR_VAR        write it as an OCI layout
+          %container ui [IMAGE]                              the widget app (also mpc.ui())
         """
         if cell is None:
             return self._line(line)
@@ -343,6 +346,16 @@ class ContainerMagics(Magics):
     def _line_doctor(self, parser: MagicArgumentParser, words: list[str]) -> Any:
         parser.parse_args(words)
         return self._run(lambda client: client.doctor())
+
+    def _line_ui(self, parser: MagicArgumentParser, words: list[str]) -> Any:
+        parser.add_argument("image", nargs="?")
+        args = parser.parse_args(words)
+        from .widgets import ContainerApp  # imports ipywidgets: only when asked for
+
+        # The magics' own loop and client: the app's session is one of %container sessions.
+        return ContainerApp(
+            args.image or self.default_image, bridge=self._bridge, connect=self._connected
+        )
 
     def _line_sessions(self, parser: MagicArgumentParser, words: list[str]) -> Any:
         parser.parse_args(words)

@@ -425,3 +425,13 @@ def test_an_unreachable_registry_falls_back_to_what_the_cache_knows(embedded, te
     assert offline[0].image_digest == first[0].image_digest
     with pytest.raises(mpc.errors.RegistryError, match="cannot reach registry"):
         run(lambda c: c.run("true", image=through_proxy, platforms="linux/ppc64le"))
+
+
+@pytest.mark.parametrize("platform", ["linux/arm/v7", ARM64, "linux/amd64"])
+def test_paths_stay_in_the_rootfs_on_32_bit_platforms_too(embedded, test_image, platform):
+    # 32-bit glibc stats with statx, a syscall Debian's proot 5.1 does not translate: without
+    # the engine's seccomp filter, /tmp here was the host's /tmp.
+    script = "mkdir -p /tmp/deep/er && ls -A /tmp && stat -c %n /tmp/deep/er"
+    result = run(lambda c: c.run(script, image=test_image, platforms=platform))[0]
+    assert (result.exit_code, result.stdout) == (0, "deep\n/tmp/deep/er\n")
+    assert not Path("/tmp/deep/er").exists()

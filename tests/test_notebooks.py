@@ -22,7 +22,7 @@ from conftest import required_env
 from nbclient import NotebookClient
 
 from mpcontainer_magics.engines.base import LABEL_MANAGED, LABEL_PID
-from mpcontainer_magics.platforms import host_platform
+from mpcontainer_magics.platforms import Platform, host_platform
 
 # Every test runs on both engines (MPC_ENGINE makes connect() pick it).
 pytestmark = pytest.mark.usefixtures("engine_kind")
@@ -34,7 +34,10 @@ NATIVE = host_platform()  # the engine's is this machine's: the tests' dockerd i
 
 
 def text_outputs(nb: nbformat.NotebookNode) -> str:
-    """Every stream text and text/plain result of the executed notebook, in order."""
+    """Every stream text and text/plain result of the executed notebook, in order.
+
+    A PNG image (a matplotlib figure) is one line: ``[image/png: N base64 chars]``.
+    """
     parts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -42,6 +45,8 @@ def text_outputs(nb: nbformat.NotebookNode) -> str:
                 parts.append(out["text"])
             elif out.get("output_type") in ("execute_result", "display_data"):
                 parts.append(out.get("data", {}).get("text/plain", ""))
+                if png := out.get("data", {}).get("image/png"):
+                    parts.append(f"[image/png: {len(png)} base64 chars]")
     return "\n".join(parts)
 
 
@@ -98,10 +103,79 @@ def check_03(text: str) -> None:
     assert float(found.group(1)) > 2, found.group(0)
 
 
+def check_04(text: str) -> None:
+    little = ["linux/amd64", "linux/arm64", "linux/ppc64le", "linux/arm/v7"]
+    for platform in little:
+        assert f"[{platform}] byte order: little-endian (04030201)" in text
+        assert f"[{platform}] od -tx2:    0201 0403 0605 0807" in text
+    assert "[linux/s390x] byte order: big-endian (01020304)" in text
+    assert "[linux/s390x] od -tx2:    0102 0304 0506 0708" in text
+    # od's sizes of C's short, int, long (and busybox's ELF class): ILP32 vs LP64
+    for platform in ["linux/amd64", "linux/arm64", "linux/s390x", "linux/ppc64le"]:
+        assert f"[{platform}] sizeof(short, int, long): 2, 4, 8" in text
+        assert f"[{platform}] ELF class: 2" in text
+    assert "[linux/arm/v7] sizeof(short, int, long): 2, 4, 4" in text
+    assert "[linux/arm/v7] ELF class: 1" in text
+    # the Go probe: GOARCH, int bits, pointer bytes, int64 alignment, offset of b, sizeof(pair)
+    go = {
+        m.group(1): m.group(2).split()
+        for m in re.finditer(r"^\s*(linux/\S+)\s+(\w+(?:\s+\d+){5})\s*$", text, re.M)
+    }
+    for platform in PLATFORMS:
+        assert go[platform] == [platform.split("/")[1], "64", "8", "8", "8", "16"], go
+    assert go["linux/arm/v7"] == ["arm", "32", "4", "4", "4", "12"], go
+
+
+def check_05(text: str) -> None:
+    # the ratio table: platform, emulated, start, loop, work, slowdown, slowdown_total
+    number = r"(-?[\d.]+)"
+    row = rf"^\s*(linux/\S+)\s+(True|False)\s+{number}\s+{number}\s+{number}\s+{number}\s+{number}$"
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(row, text, re.M)}
+    assert sorted(rows) == sorted([*PLATFORMS, "linux/ppc64le", "linux/arm/v7"]), rows
+    for platform, (emulated, start, loop, work, slowdown, total) in rows.items():
+        assert emulated == str(not NATIVE.matches(platform)), (platform, emulated)
+        assert float(start) >= 0 and float(work) > 0, (platform, start, loop, work)
+        if emulated == "True":
+            assert float(slowdown) > 1 and float(total) > 1, (platform, slowdown, total)
+        else:
+            assert float(slowdown) == float(total) == 1, (platform, slowdown, total)
+    assert re.search(r"emulation runs the loop [\d.]+x to [\d.]+x slower than native", text)
+    assert re.search(r"\[image/png: \d+ base64 chars\]", text), "no figure was plotted"
+
+
+def check_06(text: str) -> None:
+    image = required_env("MPC_TEST_IMAGE")  # what the test passes as MPC_DEMO_IMAGE
+    registry = required_env("MPC_TEST_REGISTRY")
+    five = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x", "linux/ppc64le"]
+    # The picker's lookup, read from the registry: what the image offers, how each runs.
+    offered = re.search(rf"{re.escape(image)} offers: (.*)", text)
+    assert offered, "no platform report printed"
+    for platform in five:
+        how = "native" if NATIVE.matches(platform) else "emulated"
+        assert f"{platform} ({how})" in offered.group(1), platform
+    # The scripted Run click, on every platform the image offers (the picker's default).
+    assert "exit code: same on all 5 platforms ('0')" in text
+    machines = re.search(r"stdout line 1 differs: (.*)", text)
+    assert machines, "no per-platform machine names"
+    for platform in five:
+        machine = Platform.parse(platform).uname_machine
+        assert f"'{machine}' on {platform}" in machines.group(1), platform
+    assert re.search(
+        r"stdout line 2 differs: '04030201' on [^;]+; '01020304' on linux/s390x$", text, re.M
+    )
+    # Publish: the session's files pushed under one name, pinned to the index's digest.
+    assert re.search(
+        rf"^{re.escape(registry)}/mpc-widget-demo-\w+@sha256:[0-9a-f]{{64}}$", text, re.M
+    )
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "01-architectures.ipynb": check_01,
     "02-build-and-publish.ipynb": check_02,
     "03-cross-compile.ipynb": check_03,
+    "04-byte-order-and-word-size.ipynb": check_04,
+    "05-cost-of-emulation.ipynb": check_05,
+    "06-widget-app.ipynb": check_06,
 }
 
 

@@ -170,6 +170,7 @@ class ProotProcess:
                 env=env,
                 cwd="/",
                 start_new_session=True,
+                preexec_fn=deny_unknown_syscalls,
             )
         except OSError as exc:
             raise EngineError(f"cannot start proot ({command[0]}): {exc}") from None
@@ -342,6 +343,57 @@ class ProotProcess:
             await stdin.drain()
         except (ConnectionError, OSError) as exc:
             raise EngineError(f"lost the stdin of a process in the container: {exc}") from None
+
+
+# Syscalls newer than Debian's proot 5.1, which passes them on untranslated: a path given
+# to them would be looked up on the host, not in the rootfs. glibc uses statx for stat() on
+# 32-bit platforms (time64), so under qemu-arm `mkdir -p /tmp/x` looked at the host's /tmp.
+# Refused with ENOSYS, as an older kernel would, they make libc fall back to the old calls,
+# which proot translates. Numbers per host architecture: statx, openat2, faccessat2.
+_UNTRANSLATED = {
+    "x86_64": (0xC000003E, (332, 437, 439)),
+    "aarch64": (0xC00000B7, (291, 437, 439)),
+}
+
+
+def deny_unknown_syscalls() -> None:
+    """In the child, before proot starts: a seccomp filter failing ``_UNTRANSLATED`` calls.
+
+    Filters stack with proot's own (ERRNO outranks TRACE), and are inherited by everything
+    it runs. Where seccomp is unavailable the child starts without it.
+    """
+    import ctypes
+    import platform
+
+    arch = _UNTRANSLATED.get(platform.machine())
+    if arch is None:
+        return
+    audit_arch, numbers = arch
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06
+    allow, enosys = 0x7FFF0000, 0x00050000 | 38
+    program = [(ld_abs, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, allow), (ld_abs, 0, 0, 0)]
+    for index, number in enumerate(numbers):
+        remaining = len(numbers) - index - 1
+        program.append((jeq, remaining + 1, 0, number))  # to the ENOSYS return
+    program += [(ret, 0, 0, allow), (ret, 0, 0, enosys)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_ushort),
+            ("jt", ctypes.c_ubyte),
+            ("jf", ctypes.c_ubyte),
+            ("k", ctypes.c_uint),
+        ]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*program)
+    fprog = Program(len(program), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) == 0:
+        libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0)
 
 
 def _partial_marker(line: bytes) -> int:
