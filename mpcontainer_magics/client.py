@@ -34,7 +34,14 @@ from .compare import (
 )
 from .container import Container, Directory, Evaluator, GitRepository, Host, _Empty
 from .doctor import DoctorReport, diagnose
-from .engines.base import Engine, Mount, PulledImage, finish_despite_cancel
+from .engines.base import (
+    Engine,
+    Mount,
+    PulledImage,
+    PullProgressCallback,
+    finish_despite_cancel,
+    per_platform,
+)
 from .errors import EngineUnavailable, InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
 from .publish import Published, Variant, check_variants, push, write_layout
@@ -193,11 +200,14 @@ class Client:
         platforms: PlatformsSpec = None,
         image: str | None = None,
         mounts: MountsSpec | None = None,
+        on_progress: PullProgressCallback | None = None,
     ) -> Session:
         """The session ``name``, started (or extended to more platforms) as needed.
 
         A new session needs nothing but a name: it defaults to DEFAULT_IMAGE on the native
         platform. An existing one keeps its image and mounts; asking for others is an error.
+        ``on_progress(platform, done_bytes, total_bytes)`` follows the pull of each platform
+        started now (as in :meth:`pull`).
         """
         session = self._sessions.get(check_name(name))
         wanted_mounts = mounts_arg(mounts)
@@ -213,7 +223,9 @@ class Client:
             )
         if platforms is not None or not session.platforms:
             try:
-                await session.ensure(await self.resolve_platforms(session.image, platforms))
+                await session.ensure(
+                    await self.resolve_platforms(session.image, platforms), on_progress=on_progress
+                )
             except BaseException:
                 if name not in self._sessions:  # a new session that failed to start
                     await finish_despite_cancel(session.stop())
@@ -303,11 +315,23 @@ class Client:
         )
 
     async def pull(
-        self, image: str = DEFAULT_IMAGE, *, platforms: PlatformsSpec = None
+        self,
+        image: str = DEFAULT_IMAGE,
+        *,
+        platforms: PlatformsSpec = None,
+        on_progress: PullProgressCallback | None = None,
     ) -> list[PulledImage]:
-        """Fetch ``image`` for each platform concurrently (always asks the registry again)."""
+        """Fetch ``image`` for each platform concurrently (always asks the registry again).
+
+        ``on_progress(platform, done_bytes, total_bytes)`` follows each platform's bytes
+        (see :data:`.engines.base.ProgressCallback`: from any thread, ``total`` None while
+        unknown, ``(total, total)`` last, also when the image was there already).
+        """
         targets = await resolve_platforms(self.engine, image, platforms_arg(platforms))
-        return await gather_or_cancel(self.engine.pull(image, p, refresh=True) for p in targets)
+        return await gather_or_cancel(
+            self.engine.pull(image, p, refresh=True, on_progress=per_platform(on_progress, p))
+            for p in targets
+        )
 
     async def platforms(self, image: str | None = None) -> PlatformReport:
         """The engine's native and emulated platforms, and what ``image`` offers."""

@@ -395,11 +395,18 @@ class RegistryClient:
         _verify(resp.content, digest, ref, f"blob {digest}")
         return resp.content
 
-    async def download_blob(self, ref: Reference, digest: str, dest: BinaryIO) -> int:
+    async def download_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        dest: BinaryIO,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
         """Stream blob ``digest`` into ``dest``, hashing as it goes; the number of bytes.
 
-        For layers, which need not fit in memory. On DigestMismatch ``dest`` holds the bad
-        bytes: the caller discards it.
+        For layers, which need not fit in memory. ``on_bytes(n)`` is called on the event loop
+        with the size of each piece written (for progress bars). On DigestMismatch ``dest``
+        holds the bad bytes: the caller discards it.
         """
         algo = check_digest(digest).partition(":")[0]
         resp = await self._request(
@@ -415,6 +422,8 @@ class RegistryClient:
                 hasher.update(chunk)
                 dest.write(chunk)
                 size += len(chunk)
+                if on_bytes is not None and chunk:
+                    on_bytes(len(chunk))
         except httpx.TransportError as exc:
             raise RegistryError(
                 f"lost the connection to registry {_host(ref.registry)} while downloading blob "

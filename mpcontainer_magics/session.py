@@ -29,7 +29,10 @@ from .engines.base import (
     ExecOutcome,
     Mount,
     OutputCallback,
+    ProgressCallback,
     PulledImage,
+    PullProgressCallback,
+    per_platform,
 )
 from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
 from .platforms import Platform
@@ -106,16 +109,24 @@ class Session:
             f"{', '.join(map(str, self._members))}"
         )
 
-    async def ensure(self, platforms: Sequence[Platform]) -> None:
+    async def ensure(
+        self,
+        platforms: Sequence[Platform],
+        *,
+        on_progress: PullProgressCallback | None = None,
+    ) -> None:
         """Start a container for each platform the session does not run yet, concurrently.
 
         Platforms that started stay in the session even when another one fails.
+        ``on_progress(platform, done_bytes, total_bytes)`` follows the pull of each platform
+        started (see :data:`.engines.base.ProgressCallback`).
         """
         runnable(platforms, platforms)
         async with self._starting:
             missing = [p for p in platforms if not any(p.matches(m) for m in self._members)]
             outcomes = await asyncio.gather(
-                *(self._start(p) for p in missing), return_exceptions=True
+                *(self._start(p, per_platform(on_progress, p)) for p in missing),
+                return_exceptions=True,
             )
             for outcome in outcomes:
                 if isinstance(outcome, Member):
@@ -124,8 +135,10 @@ class Session:
                 if isinstance(outcome, BaseException):
                     raise outcome
 
-    async def _start(self, platform: Platform) -> Member:
-        image = await self._engine.pull(self.image, platform)
+    async def _start(
+        self, platform: Platform, on_progress: ProgressCallback | None = None
+    ) -> Member:
+        image = await self._engine.pull(self.image, platform, on_progress=on_progress)
         labels = {LABEL_SESSION: self.name}
         async with self._engine.container(
             image, KEEP_ALIVE, mounts=self.mounts, labels=labels, keep=True

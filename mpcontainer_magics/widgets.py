@@ -59,6 +59,23 @@ COMMON_PLATFORMS = (
 FLUSH_INTERVAL = 0.05
 #: Lines shown live per platform and run; the full text is in the result table.
 MAX_LIVE_LINES = 2000
+#: At most this often (seconds) a platform's pull bar moves (~10 updates/s); the last
+#: count of a burst is shown when the interval is over, the end at once.
+PROGRESS_INTERVAL = 0.1
+
+
+def byte_label(done: int, total: int | None) -> str:
+    """``"12.3/45.6 MB"`` (decimal units, as Docker counts), or ``"12.3 MB"`` while the
+    total is unknown."""
+    largest = max(done, total or 0)
+    units = [(u, s) for u, s in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)) if largest >= s]
+    if not units:
+        return f"{done}/{total} B" if total is not None else f"{done} B"
+    unit, scale = units[0]
+    if total is None:
+        return f"{done / scale:.1f} {unit}"
+    return f"{done / scale:.1f}/{total / scale:.1f} {unit}"
+
 
 _session_numbers = itertools.count(1)
 _apps: weakref.WeakSet[ContainerApp] = weakref.WeakSet()
@@ -123,7 +140,7 @@ class Job:
 
 
 class PlatformCard(w.VBox):
-    """One platform's column: name and how it runs, pull state, live output."""
+    """One platform's column: name and how it runs, pull bar (bytes), live output."""
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
@@ -131,11 +148,12 @@ class PlatformCard(w.VBox):
         self.pull_bar = w.IntProgress(
             value=0,
             min=0,
-            max=2,
+            max=1,
             description="pull",
             style={"description_width": "initial"},
             layout=w.Layout(width="9em", min_width="9em"),
         )
+        self.pull_bytes = w.Label("")  # "12.3/45.6 MB"
         self.pull_state = w.HTML("")
         self.output = w.Output(
             layout=w.Layout(
@@ -143,35 +161,87 @@ class PlatformCard(w.VBox):
             )
         )
         self.lines = 0
+        # Pull progress arrives from any thread (Docker's pull streams on one of its own):
+        # the lock keeps the bar's updates in order, and at most one per PROGRESS_INTERVAL.
+        self._progress_lock = threading.Lock()
+        self._progress: tuple[int, int | None] | None = None
+        self._progress_shown = 0.0
+        self._progress_due = False
         super().__init__(
-            [self.header, w.HBox([self.pull_bar, self.pull_state]), self.output],
+            [
+                self.header,
+                w.HBox(
+                    [self.pull_bar, self.pull_bytes, self.pull_state],
+                    layout=w.Layout(flex_flow="row wrap", align_items="center"),
+                ),
+                self.output,
+            ],
             layout=w.Layout(border="1px solid #ccc", padding="4px", min_width="0"),
         )
         self.add_class("mpc-platform-card")  # CSS hooks, for styling and browser tests
         self.output.add_class("mpc-platform-output")
+        self.pull_bytes.add_class("mpc-pull-bytes")
 
     def reset(self, how: str) -> None:
         self.header.value = f"<b>{html.escape(str(self.platform))}</b> <i>({how})</i>"
-        self.pull_bar.value = 0
-        self.pull_bar.bar_style = ""
+        with self._progress_lock:
+            self._progress, self._progress_shown, self._progress_due = None, 0.0, False
+            self.pull_bar.max, self.pull_bar.value = 1, 0
+            self.pull_bar.bar_style = ""
+            self.pull_bytes.value = ""
         self.pull_state.value = "waiting"
         self.output.outputs = ()  # never clear_output() from a thread: it uses `with out:`
         self.lines = 0
 
     def pull_started(self) -> None:
-        self.pull_bar.value = 1
         self.pull_bar.bar_style = "info"
         self.pull_state.value = "pulling…"
 
+    def pull_progress(self, done: int, total: int | None) -> bool:
+        """Show ``done`` of ``total`` bytes (any thread), unless the bar moved less than
+        PROGRESS_INTERVAL ago: then True, once, and ``show_progress()`` is due later."""
+        with self._progress_lock:
+            self._progress = (done, total)
+            now = time.monotonic()
+            final = total is not None and done >= total
+            if not final and now - self._progress_shown < PROGRESS_INTERVAL:
+                due, self._progress_due = not self._progress_due, True
+                return due
+            self._show(now)
+        return False
+
+    def show_progress(self) -> None:
+        """Show the last count :meth:`pull_progress` held back."""
+        with self._progress_lock:
+            if self._progress_due:
+                self._show(time.monotonic())
+
+    def _show(self, now: float) -> None:  # with the lock held
+        assert self._progress is not None
+        done, total = self._progress
+        self._progress_shown, self._progress_due = now, False
+        if total is None:  # unknown yet: the bar waits, the label counts
+            self.pull_bar.max, self.pull_bar.value = 1, 0
+        else:
+            self.pull_bar.max = max(total, 1)
+            self.pull_bar.value = min(done, self.pull_bar.max) if total else 1
+        self.pull_bytes.value = byte_label(done, total)
+        if self.pull_state.value == "pulling…":
+            self.pull_state.value = ""
+
     def pulled(self, digest: str | None) -> None:
-        self.pull_bar.value = self.pull_bar.max
-        self.pull_bar.bar_style = "success"
+        with self._progress_lock:
+            self.pull_bar.value = self.pull_bar.max
+            self.pull_bar.bar_style = "success"
+            self._progress_due = False  # the engine's last count, (total, total), is shown
         self.pull_state.value = (
             f"<code title='{digest}'>{html.escape(digest[:19])}…</code>" if digest else "local"
         )
 
     def pull_failed(self) -> None:
-        self.pull_bar.bar_style = "danger"
+        with self._progress_lock:
+            self.pull_bar.bar_style = "danger"
+            self._progress_due = False
         self.pull_state.value = "pull failed"
 
     def append(self, stream: str, lines: Sequence[str]) -> None:
@@ -194,7 +264,8 @@ class ContainerApp(w.VBox):
 
     ``image_box``, ``platform_boxes`` ({"linux/arm64": Checkbox}), ``command_box``,
     ``run_button``, ``stop_button``, ``status``, ``cards`` ({"linux/arm64": PlatformCard}, each
-    with ``.output`` and ``.pull_bar``), ``table`` (the result), ``publish_ref``,
+    with ``.output``, ``.pull_bar`` (max: the bytes to pull) and ``.pull_bytes``, its label),
+    ``table`` (the result), ``publish_ref``,
     ``publish_button``, ``publish_output``. After a run: ``result`` (a RunResult);
     ``report`` is the PlatformReport of the image; ``job`` what runs now (``app.wait()``).
     """
@@ -502,7 +573,7 @@ class ContainerApp(w.VBox):
         finally:
             self._flush()
         self.result = result
-        self.table.append_display_data(result)
+        _show(self.table, result)
         failed = [str(r.platform) for r in result if not r.ok]
         self._say(
             f"done in {result.wall_s:.1f} s on {len(result)} platforms"
@@ -523,11 +594,17 @@ class ContainerApp(w.VBox):
         self.columns.children = shown
 
     async def _pull(self, client: Client, image: str, platform: Platform) -> None:
-        # The engines report no byte counts yet: the bar goes pending → pulling → pulled.
+        # The bar counts the platform's bytes; an image already here fills it at once.
         card = self.cards[str(platform)]
         card.pull_started()
+        loop = self._bridge.loop
+
+        def on_progress(done: int, total: int | None) -> None:  # any thread
+            if card.pull_progress(done, total):  # held back: show it when the interval ends
+                loop.call_soon_threadsafe(loop.call_later, PROGRESS_INTERVAL, card.show_progress)
+
         try:
-            pulled = await client.engine.pull(image, platform)
+            pulled = await client.engine.pull(image, platform, on_progress=on_progress)
         except BaseException:
             card.pull_failed()
             raise
@@ -594,7 +671,7 @@ class ContainerApp(w.VBox):
         self.publish_output.outputs = ()
         published = await client.publish(reference, session)
         self.published = published
-        self.publish_output.append_display_data(published.to_frame())
+        _show(self.publish_output, published.to_frame())
         self.publish_output.append_stdout(f"{published.reference}\n")
         self._say(f"published {len(published.variants)} platforms: {published.reference}")
         return published
@@ -658,3 +735,16 @@ def ui(
         publish_to=publish_to,
         session=session,
     )
+
+
+def _show(output: Any, obj: Any) -> None:
+    """Append ``obj`` to ``output`` as both plain text and HTML, whatever the shell.
+
+    Not ``Output.append_display_data``: it formats with the current shell's formatters, and
+    a terminal IPython has HTML switched off (with no shell at all, it would make one).
+    """
+    data = {"text/plain": repr(obj)}
+    to_html = getattr(obj, "_repr_html_", None)
+    if to_html is not None:
+        data["text/html"] = to_html()
+    output.outputs += ({"output_type": "display_data", "data": data, "metadata": {}},)

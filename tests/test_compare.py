@@ -48,7 +48,9 @@ class FakeEngine(Engine):
     async def image_platforms(self, reference: str) -> list[Platform]:
         return list(self.script)
 
-    async def pull(self, reference: str, platform: Platform, *, refresh: bool = False):
+    async def pull(
+        self, reference: str, platform: Platform, *, refresh: bool = False, on_progress=None
+    ):
         try:
             await asyncio.sleep(0.05 if platform in self.missing else 1)
         except asyncio.CancelledError:

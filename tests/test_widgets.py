@@ -20,7 +20,7 @@ from conftest import FIVE_PLATFORMS, Containers
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_SESSION
 from mpcontainer_magics.platforms import host_platform
-from mpcontainer_magics.widgets import ContainerApp
+from mpcontainer_magics.widgets import ContainerApp, byte_label
 
 MACHINES = {
     "linux/amd64": "x86_64",
@@ -152,6 +152,31 @@ def test_run_streams_each_platform_and_shows_the_table(
     assert len(containers.mine(**{LABEL_SESSION: app.session_name})) == 5
     app.close()
     assert containers.mine() == []
+
+
+def test_pull_bars_count_each_platforms_bytes(
+    make_app: Callable[..., ContainerApp], test_image: str
+) -> None:
+    app = make_app(test_image, command="true", platforms="linux/amd64,linux/s390x")
+    app.lookup().wait(60)
+    seen: dict[str, list[tuple[int, int]]] = {}
+    app.run_button.click()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while app.busy and time.monotonic() < deadline:  # what a browser shows meanwhile
+        for name, card in list(app.cards.items()):
+            seen.setdefault(name, []).append((card.pull_bar.value, card.pull_bar.max))
+        time.sleep(0.005)
+    assert app.wait(RUN_TIMEOUT).ok
+    for name in ("linux/amd64", "linux/s390x"):
+        card = app.cards[name]
+        assert card.pull_bar.max > 1, "the bar's maximum is the image's size in bytes"
+        assert card.pull_bar.value == card.pull_bar.max and card.pull_bar.bar_style == "success"
+        shown = re.fullmatch(r"([\d.]+)/([\d.]+) (B|kB|MB|GB)", card.pull_bytes.value)
+        assert shown and shown[1] == shown[2], card.pull_bytes.value
+        assert card.pull_bytes.value == byte_label(card.pull_bar.max, card.pull_bar.max)
+        values = [v for v, m in seen.get(name, []) if m == card.pull_bar.max]
+        assert values == sorted(values), "the bar only moves forward"
+    assert app.cards["linux/amd64"].pull_bar.max != app.cards["linux/s390x"].pull_bar.max
 
 
 def test_stop_cancels_a_run_on_five_platforms(

@@ -42,6 +42,27 @@ K = TypeVar("K")
 #: ``on_output(stream, chunk)`` with stream "stdout" or "stderr"; called on the event loop.
 OutputCallback = Callable[[str, bytes], None]
 
+#: ``on_progress(done_bytes, total_bytes)`` while an image is pulled: how many bytes of the
+#: platform's compressed blobs (config and layers) are fetched, of how many in all (None
+#: while unknown). ``done`` never decreases; the last call is ``(total, total)``. It may be
+#: called from any thread (Docker's pull streams on a thread of its own) or on the event
+#: loop, so it must be quick and thread-safe.
+ProgressCallback = Callable[[int, int | None], None]
+
+#: ``on_progress(platform, done_bytes, total_bytes)``: the pulls of several platforms (the
+#: client's and sessions' ``on_progress``), each as :data:`ProgressCallback`.
+PullProgressCallback = Callable[[Platform, int, int | None], None]
+
+
+def per_platform(
+    on_progress: PullProgressCallback | None, platform: Platform
+) -> ProgressCallback | None:
+    """The engine's ``on_progress`` for one platform of a multi-platform one."""
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress(platform, done, total)
+
+
 #: Foreign platforms an engine may be able to emulate with qemu-user.
 EMULATION_CANDIDATES = [
     Platform.parse(p)
@@ -215,9 +236,19 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def pull(
-        self, reference: str, platform: Platform, *, refresh: bool = False
+        self,
+        reference: str,
+        platform: Platform,
+        *,
+        refresh: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> PulledImage:
-        """Make ``reference`` available for ``platform``; cached unless ``refresh``."""
+        """Make ``reference`` available for ``platform``; cached unless ``refresh``.
+
+        ``on_progress(done_bytes, total_bytes)`` (see :data:`ProgressCallback`) follows the
+        bytes fetched; a pull that finds the image already there reports ``(total, total)``
+        once. It may be called from any thread, or on the event loop.
+        """
 
     async def run(
         self,

@@ -44,7 +44,7 @@ from ..errors import (
     RegistryError,
 )
 from ..platforms import Platform
-from ..registry import RegistryClient, ResolvedImage
+from ..registry import Reference, RegistryClient, ResolvedImage, check_digest
 from .base import (
     EMULATION_CANDIDATES,
     LABEL_MANAGED,
@@ -54,6 +54,7 @@ from .base import (
     ImageConfig,
     Mount,
     OutputCallback,
+    ProgressCallback,
     PulledImage,
     owner_is_gone,
     owner_labels,
@@ -131,6 +132,79 @@ def _sha256_of(stream: IO[bytes]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+class _PullMeter:
+    """The bytes of a ``docker pull``, summed per layer from its progress stream.
+
+    With ``sizes`` from the manifest (the config's size, {short layer ID: size}) the total is
+    known from the start; without them it is the sum of the layer sizes the stream named so
+    far. A layer counts in full once Docker has it ("Download complete", "Already exists",
+    "Pull complete"...). ``feed`` runs on the pull's thread, and so does ``on_progress``.
+    """
+
+    _COMPLETE = frozenset(
+        {"Verifying Checksum", "Download complete", "Extracting", "Pull complete", "Already exists"}
+    )
+
+    def __init__(
+        self, on_progress: ProgressCallback | None, sizes: tuple[int, dict[str, int]] | None
+    ) -> None:
+        self._report = on_progress
+        self._known = sizes is not None
+        self._config = sizes[0] if sizes else 0
+        self._sizes = dict(sizes[1]) if sizes else {}
+        self._got: dict[str, int] = {}
+        self._last: tuple[int, int | None] = (-1, None)
+        if self._known:
+            self._emit()
+
+    @property
+    def total(self) -> int | None:
+        if self._known:
+            return self._config + sum(self._sizes.values())
+        return sum(self._sizes.values()) or None
+
+    def feed(self, item: Mapping[str, Any]) -> None:
+        """Count one item of the stream, e.g. {"status": "Downloading", "id": "4b5f…",
+        "progressDetail": {"current": 1024, "total": 772788}}."""
+        if self._report is None:
+            return
+        layer, status = item.get("id"), item.get("status")
+        if not isinstance(layer, str) or not isinstance(status, str):
+            return
+        if self._known and layer not in self._sizes:
+            return  # not a layer of this manifest (e.g. the "Pulling from" line)
+        detail = item.get("progressDetail")
+        detail = detail if isinstance(detail, dict) else {}
+        if status == "Downloading":
+            size, current = detail.get("total"), detail.get("current")
+            if not self._known and isinstance(size, int) and size > 0:
+                self._sizes[layer] = size
+            if isinstance(current, int):
+                self._got[layer] = max(self._got.get(layer, 0), current)
+        elif status in self._COMPLETE:
+            self._got[layer] = max(self._got.get(layer, 0), self._sizes.get(layer, 0))
+        else:
+            return
+        self._emit()
+
+    def _emit(self) -> None:
+        total = self.total
+        done = sum(min(got, self._sizes.get(layer, got)) for layer, got in self._got.items())
+        done = max(done if total is None else min(done, total), self._last[0], 0)
+        if self._report is not None and (done, total) != self._last:
+            self._last = (done, total)
+            self._report(done, total)
+
+    def finish(self) -> int:
+        """The pull is over: report ``(total, total)``; returns ``total``."""
+        total = self.total if self._known else max(self.total or 0, self._last[0], 0)
+        assert total is not None
+        if self._report is not None and self._last != (total, total):
+            self._last = (total, total)
+            self._report(total, total)
+        return total
+
+
 class DockerEngine(Engine):
     name = "docker"
 
@@ -140,6 +214,7 @@ class DockerEngine(Engine):
         self._native: Platform | None = None
         self._resolved: dict[str, ResolvedImage] = {}
         self._pulled: dict[tuple[str, Platform], PulledImage] = {}
+        self._sizes: dict[str, int] = {}  # image ID -> bytes its pull reported
         self._live: set[str] = set()  # IDs of containers created and not yet removed
         self._made: dict[str, None] = {}  # images made by commit/load (ordered), not yet removed
 
@@ -277,14 +352,28 @@ class DockerEngine(Engine):
         )
 
     async def pull(
-        self, reference: str, platform: Platform, *, refresh: bool = False
+        self,
+        reference: str,
+        platform: Platform,
+        *,
+        refresh: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> PulledImage:
         key = (reference, platform)
         if refresh or key not in self._pulled:
-            self._pulled[key] = await self._pull(reference, platform, refresh)
+            self._pulled[key] = await self._pull(reference, platform, refresh, on_progress)
+        elif on_progress is not None:
+            size = self._sizes.get(self._pulled[key].image_id, 0)
+            on_progress(size, size)
         return self._pulled[key]
 
-    async def _pull(self, reference: str, platform: Platform, refresh: bool) -> PulledImage:
+    async def _pull(
+        self,
+        reference: str,
+        platform: Platform,
+        refresh: bool,
+        on_progress: ProgressCallback | None = None,
+    ) -> PulledImage:
         try:
             resolved = await self._resolve(reference, refresh)
         except (ImageNotFound, RegistryError):
@@ -297,24 +386,58 @@ class DockerEngine(Engine):
                 raise PlatformNotOffered(reference, platform, [found]) from None
             digests = local.get("RepoDigests") or []
             digest = digests[0].partition("@")[2] if digests else None
+            # No registry to tell the compressed size: the image's own size stands in.
+            self._report_present(local["Id"], int(local.get("Size") or 0), on_progress)
             return PulledImage(reference, platform, local["Id"], digest)
 
         digest = resolved.manifest_digest(platform)
-        pinned = resolved.reference.with_digest(digest).pull_name
+        pinned_ref = resolved.reference.with_digest(digest)
+        pinned = pinned_ref.pull_name
         local = await self._local_image(pinned)
+        sizes = await self._blob_sizes(pinned_ref) if on_progress is not None else None
         if local is None:
-            await self._call(self._docker_pull, pinned, platform)
+            meter = _PullMeter(on_progress, sizes)
+            await self._call(self._docker_pull, pinned, platform, meter)
             local = await self._local_image(pinned)
             if local is None:
                 raise EngineError(f"Docker reported pulling {pinned} but does not have it")
+            self._sizes[local["Id"]] = meter.finish()
+        else:
+            size = sum(sizes[1].values(), sizes[0]) if sizes else int(local.get("Size") or 0)
+            self._report_present(local["Id"], size, on_progress)
         return PulledImage(reference, platform, local["Id"], digest)
 
-    def _docker_pull(self, pinned: str, platform: Platform) -> None:
+    def _report_present(
+        self, image_id: str, size: int, on_progress: ProgressCallback | None
+    ) -> None:
+        self._sizes[image_id] = size
+        if on_progress is not None:
+            on_progress(size, size)
+
+    async def _blob_sizes(self, pinned: Reference) -> tuple[int, dict[str, int]] | None:
+        """The compressed size of the config and of each layer (by the short ID Docker's
+        progress stream names layers with) of manifest ``pinned``; None if unknown."""
+        try:
+            body, _, _ = await self.registry.get_manifest(pinned)
+            manifest = json.loads(body)
+            layers = {
+                check_digest(layer["digest"]).partition(":")[2][:12]: int(layer["size"])
+                for layer in manifest["layers"]
+            }
+            return int(manifest["config"]["size"]), layers
+        except (RegistryError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # progress then counts what the stream says
+
+    def _docker_pull(
+        self, pinned: str, platform: Platform, meter: _PullMeter | None = None
+    ) -> None:
         try:
             # Drain the progress stream; errors arrive as {"error": ...} items, not exceptions.
             for item in self._api.pull(pinned, platform=str(platform), stream=True, decode=True):
                 if "error" in item:
                     raise self._pull_error(pinned, platform, str(item["error"]))
+                if meter is not None:
+                    meter.feed(item)
         except docker.errors.APIError as exc:
             raise self._pull_error(pinned, platform, _short(exc)) from None
 

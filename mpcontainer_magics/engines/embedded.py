@@ -65,6 +65,7 @@ from .base import (
     ImageConfig,
     Mount,
     OutputCallback,
+    ProgressCallback,
     PulledImage,
     file_digest,
     finish_despite_cancel,
@@ -127,6 +128,24 @@ class _Container:
         return self.path / "rootfs"
 
 
+class _PullProgress:
+    """The byte counts of one image's unpacking, passed on to every pull waiting for it."""
+
+    def __init__(self) -> None:
+        self.listeners: list[ProgressCallback] = []
+        self.last: tuple[int, int | None] | None = None
+
+    def add(self, listener: ProgressCallback) -> None:
+        self.listeners.append(listener)
+        if self.last is not None:  # joined an unpacking under way: where it is
+            listener(*self.last)
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.last = (done, total)
+        for listener in list(self.listeners):
+            listener(done, total)
+
+
 class EmbeddedEngine(Engine):
     name = "embedded"
 
@@ -140,6 +159,7 @@ class EmbeddedEngine(Engine):
         self._resolved: dict[str, ResolvedImage] = {}
         self._pulled: dict[tuple[str, Platform], PulledImage] = {}
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
+        self._progress: dict[str, _PullProgress] = {}  # image ID -> its unpacking's bytes
         self._live: dict[str, _Container] = {}
         self._creating: set[Path] = set()  # container directories not in _live yet
         self._linked_files: dict[Path, LinkedFiles] = {}  # per image directory
@@ -242,31 +262,68 @@ class EmbeddedEngine(Engine):
         return self._resolved[reference]
 
     async def pull(
-        self, reference: str, platform: Platform, *, refresh: bool = False
+        self,
+        reference: str,
+        platform: Platform,
+        *,
+        refresh: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> PulledImage:
         key = (reference, platform)
         if refresh or key not in self._pulled:
             resolved = await self._resolve(reference, refresh)
             digest = resolved.manifest_digest(platform)
             image = PulledImage(reference, platform, digest, digest)
-            await self._image_dir(image)
+            await self._image_dir(image, on_progress)
             self._pulled[key] = image
+        elif on_progress is not None:
+            await self._image_dir(self._pulled[key], on_progress)
         return self._pulled[key]
 
     def _dir_of(self, image: PulledImage) -> Path:
         return self._images / image.image_id.removeprefix("sha256:")
 
-    async def _image_dir(self, image: PulledImage) -> Path:
-        """The unpacked image, unpacked now (from cached blobs, if any) when missing."""
+    async def _image_dir(
+        self, image: PulledImage, on_progress: ProgressCallback | None = None
+    ) -> Path:
+        """The unpacked image, unpacked now (from cached blobs, if any) when missing.
+
+        ``on_progress`` follows the bytes fetched; (total, total) at once when unpacked.
+        """
         path = self._dir_of(image)
         if (path / "image.json").is_file():
+            if on_progress is not None:
+                size = self._size_of(path)
+                on_progress(size, size)
             return path
         if image.digest is None or image.image_id.startswith(SNAPSHOT_PREFIX):
             raise EngineError(f"image {image.reference} is gone (it was removed)")
-        return await once(self._unpacking, image.image_id, lambda: self._unpack(image, path))
+        # Concurrent pulls of one image share its unpacking, and each sees its progress.
+        progress = self._progress.setdefault(image.image_id, _PullProgress())
+        if on_progress is not None:
+            progress.add(on_progress)
+        try:
+            return await once(
+                self._unpacking, image.image_id, lambda: self._unpack(image, path, progress)
+            )
+        finally:
+            if on_progress is not None:
+                progress.listeners.remove(on_progress)
+            if not progress.listeners and self._progress.get(image.image_id) is progress:
+                del self._progress[image.image_id]
 
-    async def _unpack(self, image: PulledImage, path: Path) -> Path:
+    def _size_of(self, image_dir: Path) -> int:
+        """Bytes of an unpacked image's config and layers (recorded when it was unpacked;
+        for older images, the cached layers' sizes)."""
+        meta = self._meta(image_dir)
+        if isinstance(meta.get("size"), int):
+            return int(meta["size"])
+        paths = [self._blobs.path(layer["digest"]) for layer in meta["layers"] if "digest" in layer]
+        return sum(p.stat().st_size for p in paths if p.is_file())
+
+    async def _unpack(self, image: PulledImage, path: Path, progress: _PullProgress) -> Path:
         assert image.digest is not None
+        progress.last = None  # a new attempt starts from zero
         self._images.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=self._images))
         try:
@@ -277,9 +334,12 @@ class EmbeddedEngine(Engine):
                 work / "rootfs",
                 self._blobs,
                 manifest_digest=image.digest,
+                on_progress=progress,
             )
             layers = [{"mediaType": t, "digest": d} for t, d in unpacked.layers]
-            await asyncio.to_thread(self._seal, work, image, unpacked.image_config, layers)
+            await asyncio.to_thread(
+                self._seal, work, image, unpacked.image_config, layers, unpacked.size
+            )
             with contextlib.suppress(OSError):  # another kernel won the race: use theirs
                 os.rename(work, path)
             return path
@@ -289,9 +349,16 @@ class EmbeddedEngine(Engine):
 
     @staticmethod
     def _seal(
-        work: Path, image: PulledImage, config: dict[str, Any], layers: list[dict[str, Any]]
+        work: Path,
+        image: PulledImage,
+        config: dict[str, Any],
+        layers: list[dict[str, Any]],
+        size: int | None = None,
     ) -> None:
-        """Write what makes ``work`` a complete image: the linked files, then image.json."""
+        """Write what makes ``work`` a complete image: the linked files, then image.json.
+
+        ``size``: the bytes of a pulled image's config and layers (what a pull reports).
+        """
         LinkedFiles.scan(work / "rootfs").save(work)
         meta = {
             "reference": image.reference,
@@ -301,6 +368,8 @@ class EmbeddedEngine(Engine):
             "layers": layers,
             "labels": owner_labels() if image.image_id.startswith(SNAPSHOT_PREFIX) else {},
         }
+        if size is not None:
+            meta["size"] = size
         (work / "image.json").write_text(json.dumps(meta))
 
     @staticmethod

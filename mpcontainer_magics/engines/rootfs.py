@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
 from ..mediatypes import MANIFEST_TYPES
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient, check_digest
+from .base import ProgressCallback
 from .layers import apply_layer
 from .store import BlobStore
 
@@ -57,6 +58,7 @@ class UnpackedImage:
     root: Path
     image_config: dict[str, Any]  # the whole image config (platform, rootfs.diff_ids...)
     layers: tuple[tuple[str, str], ...]  # (media type, digest) of each layer, bottom first
+    size: int = 0  # bytes of its config and (compressed) layers, as fetched
 
 
 async def unpack_image(
@@ -67,6 +69,7 @@ async def unpack_image(
     store: BlobStore | None = None,
     *,
     manifest_digest: str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> UnpackedImage:
     """Download ``reference`` for ``platform`` and unpack its layers into ``dest``.
 
@@ -75,6 +78,10 @@ async def unpack_image(
     resolved) the tag is not looked up again. ``dest`` must be missing or an empty
     directory. On error it may hold a partial tree, which the caller (who owns ``dest``)
     removes.
+
+    ``on_progress(done, total)`` (on the event loop) follows the bytes of the config and
+    layers, ``total`` being their compressed sizes in the manifest; cached blobs count at
+    once, and the last call is ``(total, total)``.
     """
     store = store or BlobStore()
     dest = Path(dest)
@@ -98,7 +105,10 @@ async def unpack_image(
         layers = [
             (str(layer["mediaType"]), check_digest(layer["digest"])) for layer in manifest["layers"]
         ]
-        config = json.loads((await store.fetch(registry, ref, config_digest)).read_bytes())
+        meter = _Meter(on_progress, [manifest["config"], *manifest["layers"]])
+        config_path = await store.fetch(registry, ref, config_digest, meter.blob(0))
+        meter.complete(0)
+        config = json.loads(config_path.read_bytes())
         offered = Platform.from_oci(config)
         settings = config.get("config") or {}
         if not isinstance(settings, dict):
@@ -119,8 +129,14 @@ async def unpack_image(
     dest.mkdir(parents=True, exist_ok=True)
     # Every layer downloads at once; each is applied, in order, as soon as it is ready.
     fetches = [
-        asyncio.ensure_future(_fetch_layer(store, registry, ref, image, media_type, layer))
-        for media_type, layer in layers
+        asyncio.ensure_future(
+            _counted(
+                meter,
+                index,
+                _fetch_layer(store, registry, ref, image, media_type, layer, meter.blob(index)),
+            )
+        )
+        for index, (media_type, layer) in enumerate(layers, start=1)
     ]
     try:
         for fetch, (_, layer) in zip(fetches, layers, strict=True):
@@ -134,7 +150,10 @@ async def unpack_image(
         for fetch in fetches:
             fetch.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
-    return UnpackedImage(name.familiar, platform, digest, settings, dest, config, tuple(layers))
+    size = meter.finish()
+    return UnpackedImage(
+        name.familiar, platform, digest, settings, dest, config, tuple(layers), size
+    )
 
 
 async def _fetch_layer(
@@ -144,6 +163,7 @@ async def _fetch_layer(
     image: str,
     media_type: str,
     digest: str,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Path:
     if media_type.endswith("+zstd"):
         raise ImageError(
@@ -157,7 +177,7 @@ async def _fetch_layer(
         )
     foreign = "foreign" in media_type or "nondistributable" in media_type
     try:
-        return await store.fetch(registry, ref, digest)
+        return await store.fetch(registry, ref, digest, on_bytes)
     except RegistryError as exc:
         if not foreign or isinstance(exc, DigestMismatch):
             raise
@@ -168,6 +188,75 @@ async def _fetch_layer(
             f"{ref.registry} does not provide; re-push the image with all its layers "
             "(e.g. crane copy --allow-nondistributable-artifacts)"
         ) from exc
+
+
+async def _counted(meter: _Meter, index: int, fetch: Awaitable[Path]) -> Path:
+    path = await fetch
+    meter.complete(index)
+    return path
+
+
+class _Meter:
+    """Bytes of an image's blobs fetched so far, reported as ``on_progress(done, total)``.
+
+    Blob 0 is the config, then the layers; ``total`` is the sum of the sizes the manifest
+    gives them (None when one is missing). A blob counts at most its size, and in full once
+    it is complete (also when it came from the cache); ``done`` never decreases.
+    """
+
+    def __init__(
+        self, on_progress: ProgressCallback | None, descriptors: Sequence[Mapping[str, Any]]
+    ) -> None:
+        self._report = on_progress
+        self._sizes: list[int | None] = []
+        for descriptor in descriptors:
+            size = descriptor.get("size")
+            ok = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            self._sizes.append(size if ok else None)
+        known = [s for s in self._sizes if s is not None]
+        self.total = sum(known) if len(known) == len(self._sizes) else None
+        self._got = [0] * len(self._sizes)
+        self._done = -1  # what was reported last
+        self._emit()
+
+    def blob(self, index: int) -> Callable[[int], None] | None:
+        """The ``on_bytes`` of blob ``index`` (None when nobody listens)."""
+        if self._report is None:
+            return None
+
+        def count(n: int) -> None:
+            self._got[index] += n
+            self._emit()
+
+        return count
+
+    def complete(self, index: int) -> None:
+        size = self._sizes[index]
+        if size is not None:
+            self._got[index] = max(self._got[index], size)
+        self._emit()
+
+    @property
+    def done(self) -> int:
+        done = sum(
+            got if size is None else min(got, size)
+            for got, size in zip(self._got, self._sizes, strict=True)
+        )
+        return done if self.total is None else min(done, self.total)
+
+    def _emit(self) -> None:
+        done = self.done
+        if self._report is not None and done > self._done:
+            self._done = done
+            self._report(done, self.total)
+
+    def finish(self) -> int:
+        """Every blob is fetched: report ``(total, total)``; returns ``total``."""
+        total = self.done if self.total is None else self.total
+        if self._report is not None and (self._done != total or self.total is None):
+            self._done = total
+            self._report(total, total)
+        return total
 
 
 async def _in_thread(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

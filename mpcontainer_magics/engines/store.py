@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,16 +41,27 @@ class BlobStore:
         algorithm, _, encoded = check_digest(digest).partition(":")
         return self.root / "blobs" / algorithm / encoded
 
-    async def fetch(self, registry: RegistryClient, ref: Reference, digest: str) -> Path:
-        """The cached file of blob ``digest`` of ``ref``'s repository, downloaded if missing."""
+    async def fetch(
+        self,
+        registry: RegistryClient,
+        ref: Reference,
+        digest: str,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Path:
+        """The cached file of blob ``digest`` of ``ref``'s repository, downloaded if missing.
+
+        ``on_bytes(n)`` follows the bytes as they arrive; a cached blob counts at once.
+        """
         path = self.path(digest)
         if path.is_file():
+            if on_bytes is not None:
+                on_bytes(path.stat().st_size)
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
         try:
             with os.fdopen(handle, "wb") as out:
-                await registry.download_blob(ref, digest, out)
+                await registry.download_blob(ref, digest, out, on_bytes)
             os.replace(partial, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
