@@ -100,11 +100,11 @@ _loaded: dict[int, ContainerMagics] = {}
 
 def ui(image: str | None = None, **options: Any) -> ContainerApp:
     """The widget app (image, platform picker, command, Run/Stop, live output per platform,
-    result table, Publish); see :func:`mpcontainer_magics.widgets.ui` for the options.
-    ipywidgets is imported on this first call only."""
-    from .widgets import ui as make_ui
+    result table, Publish); see :class:`mpcontainer_magics.widgets.ContainerApp` for the
+    options. ipywidgets is imported on this first call only."""
+    from .widgets import ContainerApp
 
-    return make_ui(image, **options)
+    return ContainerApp(image, **options)
 
 
 def load_ipython_extension(ipython: Any) -> None:

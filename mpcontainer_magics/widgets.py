@@ -260,8 +260,16 @@ class PlatformCard(w.VBox):
 
 
 class ContainerApp(w.VBox):
-    """The app; make one with :func:`ui`. Its parts are attributes, so code can drive it.
+    """The widget app: image, platform picker, command, Run/Stop, live output, table, Publish.
 
+    ``image`` is looked up at once (which platforms it offers); ``platforms`` pre-ticks some
+    (default: every platform the image offers that can run here); ``engine`` is "auto",
+    "docker" or "embedded"; ``publish_to`` presets the Publish reference; ``session`` names
+    the session the runs happen in (default ``ui-N``). ``bridge`` and ``connect`` share a
+    loop and client (``%container ui`` passes the magics' own). ``app.close()`` removes its
+    containers.
+
+    Its parts are attributes, so code can drive it:
     ``image_box``, ``platform_boxes`` ({"linux/arm64": Checkbox}), ``command_box``,
     ``run_button``, ``stop_button``, ``status``, ``cards`` ({"linux/arm64": PlatformCard}, each
     with ``.output``, ``.pull_bar`` (max: the bytes to pull) and ``.pull_bytes``, its label),
@@ -709,32 +717,6 @@ class ContainerApp(w.VBox):
             for card in self.cards.values():
                 card.close()
             super().close()
-
-
-def ui(
-    image: str | None = None,
-    *,
-    command: str = "uname -m",
-    platforms: str | Sequence[str] | None = None,
-    engine: str = "auto",
-    publish_to: str = "",
-    session: str | None = None,
-) -> ContainerApp:
-    """The widget app: image, platform picker, command, Run/Stop, live output, table, Publish.
-
-    ``image`` is looked up at once (which platforms it offers); ``platforms`` pre-ticks some
-    (default: every platform the image offers that can run here); ``engine`` is "auto",
-    "docker" or "embedded"; ``publish_to`` presets the Publish reference; ``session`` names
-    the session the runs happen in (default ``ui-N``). ``app.close()`` removes its containers.
-    """
-    return ContainerApp(
-        image,
-        command=command,
-        platforms=platforms,
-        engine=engine,
-        publish_to=publish_to,
-        session=session,
-    )
 
 
 def _show(output: Any, obj: Any) -> None:
