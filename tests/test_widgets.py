@@ -179,12 +179,7 @@ def test_pull_bars_count_each_platforms_bytes(
     assert app.cards["linux/amd64"].pull_bar.max != app.cards["linux/s390x"].pull_bar.max
 
 
-def test_stop_cancels_a_run_on_five_platforms(
-    make_app: Callable[..., ContainerApp], test_image: str, containers: Containers
-) -> None:
-    app = make_app(test_image, command="echo started\nsleep 30\necho not-stopped")
-    app.lookup().wait(60)
-    assert len(app.selected_platforms) == 5
+def click_run_until_all_started(app: ContainerApp) -> None:
     app.run_button.click()
     wait_until(
         lambda: (
@@ -194,6 +189,15 @@ def test_stop_cancels_a_run_on_five_platforms(
         RUN_TIMEOUT,
         "every platform to start its command",
     )
+
+
+def test_stop_cancels_a_run_on_five_platforms(
+    make_app: Callable[..., ContainerApp], test_image: str, containers: Containers
+) -> None:
+    app = make_app(test_image, command="echo started\nsleep 30\necho not-stopped")
+    app.lookup().wait(60)
+    assert len(app.selected_platforms) == 5
+    click_run_until_all_started(app)
     assert app.busy
     clicked = time.monotonic()
     app.stop_button.click()
@@ -214,19 +218,11 @@ def test_stop_cancels_a_run_on_five_platforms(
 
 
 def test_the_session_runs_again_after_stop(
-    make_app: Callable[..., ContainerApp], test_image: str, engine_kind: str
+    make_app: Callable[..., ContainerApp], test_image: str
 ) -> None:
     app = make_app(test_image, command="echo started\nsleep 30")
     app.lookup().wait(60)
-    app.run_button.click()
-    wait_until(
-        lambda: (
-            len(app.cards) == 5
-            and all(text_of(c.output) == "started\n" for c in app.cards.values())
-        ),
-        RUN_TIMEOUT,
-        "every platform to start its command",
-    )
+    click_run_until_all_started(app)
     app.stop_button.click()
     with pytest.raises(concurrent.futures.CancelledError):
         app.wait(10)

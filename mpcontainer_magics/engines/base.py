@@ -461,8 +461,19 @@ async def finish_despite_cancel(work: Awaitable[T]) -> T:
         except asyncio.CancelledError:
             cancelled = True
     if cancelled:
+        if not future.cancelled():
+            future.exception()  # retrieved, so asyncio does not log it: the cancellation wins
         raise asyncio.CancelledError
     return future.result()
+
+
+async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking ``function`` on a worker thread, not returning before it has finished.
+
+    A thread cannot be stopped. If we are cancelled, wait for it anyway: the caller may then
+    remove what it writes into, which must not race a thread still writing.
+    """
+    return await finish_despite_cancel(asyncio.to_thread(function, *args, **kwargs))
 
 
 async def once(memo: dict[K, asyncio.Task[T]], key: K, compute: Callable[[], Awaitable[T]]) -> T:

@@ -69,6 +69,7 @@ from .base import (
     PulledImage,
     file_digest,
     finish_despite_cancel,
+    in_thread,
     once,
     owner_is_gone,
     owner_labels,
@@ -345,7 +346,7 @@ class EmbeddedEngine(Engine):
             return path
         finally:
             if work.exists():
-                await _in_thread(remove_tree, work)
+                await in_thread(remove_tree, work)
 
     @staticmethod
     def _seal(
@@ -384,7 +385,7 @@ class EmbeddedEngine(Engine):
     async def remove_image(self, image: PulledImage) -> None:
         """Remove a snapshot; pulled images stay cached for every kernel of this user."""
         if image.image_id.startswith(SNAPSHOT_PREFIX):
-            await _in_thread(remove_tree, self._dir_of(image))
+            await in_thread(remove_tree, self._dir_of(image))
             self._made.pop(image.image_id, None)
 
     async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
@@ -411,11 +412,11 @@ class EmbeddedEngine(Engine):
                     shutil.copyfileobj(source, out, 1 << 20)
             return saved
 
-        return await _in_thread(save)
+        return await in_thread(save)
 
     async def read_image(self, image: PulledImage, dest: Path) -> None:
         rootfs = (await self._image_dir(image)) / "rootfs"
-        await _in_thread(copy_tree, rootfs, dest)
+        await in_thread(copy_tree, rootfs, dest)
 
     async def image_from_directory(
         self, root: Path, platform: Platform, config: ImageConfig
@@ -453,11 +454,11 @@ class EmbeddedEngine(Engine):
                 config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
                 self._seal(work, image, config, [*parent_layers, *layers])
 
-            await _in_thread(build)
+            await in_thread(build)
             os.rename(work, path)
         finally:
             if work.exists():
-                await _in_thread(remove_tree, work)
+                await in_thread(remove_tree, work)
         self._made[image.image_id] = None
         return image
 
@@ -486,7 +487,7 @@ class EmbeddedEngine(Engine):
         )
         try:
             linked = await self._linked(image_dir)
-            await _in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
+            await in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
             container = _Container(
                 container_id,
                 path,
@@ -495,12 +496,12 @@ class EmbeddedEngine(Engine):
                 tuple(argv) if argv else None,
                 self._env(defaults, env, path / "rootfs"),
                 workdir or defaults.workdir or "/",
-                await _in_thread(_proot_user, path / "rootfs", defaults.user),
+                await in_thread(_proot_user, path / "rootfs", defaults.user),
                 [],
             )
-            await _in_thread(self._prepare, container, mounts)
+            await in_thread(self._prepare, container, mounts)
         except BaseException:
-            await _in_thread(remove_tree, path)
+            await in_thread(remove_tree, path)
             self._creating.discard(path)
             raise
         self._live[container_id] = container
@@ -509,7 +510,7 @@ class EmbeddedEngine(Engine):
 
     async def _linked(self, image_dir: Path) -> LinkedFiles:
         if image_dir not in self._linked_files:
-            self._linked_files[image_dir] = await _in_thread(LinkedFiles.load, image_dir)
+            self._linked_files[image_dir] = await in_thread(LinkedFiles.load, image_dir)
         return self._linked_files[image_dir]
 
     def _check_shared_files(self, container: _Container) -> None:
@@ -659,7 +660,7 @@ class EmbeddedEngine(Engine):
             return
         for process in [p for p in (container.main, *container.execs) if p is not None]:
             await process.kill()
-        await _in_thread(self._remove_dir, container)
+        await in_thread(self._remove_dir, container)
 
     def _remove_dir(self, container: _Container) -> None:
         for process in [p for p in (container.main, *container.execs) if p is not None]:
@@ -671,7 +672,7 @@ class EmbeddedEngine(Engine):
 
     async def copy_to(self, container_id: str, source: Path, target: str) -> None:
         container = self._get(container_id)
-        await _in_thread(_copy_into, source, container.rootfs, target)
+        await in_thread(_copy_into, source, container.rootfs, target)
 
     async def copy_from(self, container_id: str, path: str, dest: Path) -> bool:
         container = self._get(container_id)
@@ -687,7 +688,7 @@ class EmbeddedEngine(Engine):
             shutil.copy2(found, dest / found.name, follow_symlinks=False)
             return False
 
-        return await _in_thread(copy)
+        return await in_thread(copy)
 
     async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
         container = self._get(container_id)
@@ -741,7 +742,7 @@ class EmbeddedEngine(Engine):
 
     async def reap_orphans(self) -> int:
         """Remove containers (killing their proot processes) and snapshots of dead processes."""
-        return await _in_thread(self._reap)
+        return await in_thread(self._reap)
 
     def _reap(self) -> int:
         reaped = 0
@@ -892,8 +893,3 @@ def _group_id(rootfs: Path, group: str) -> str:
     raise EngineError(
         f"unable to find group {group}: no matching entries in the image's /etc/group"
     )
-
-
-async def _in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Blocking file work on a worker thread; if we are cancelled, it still completes first."""
-    return await finish_despite_cancel(asyncio.to_thread(function, *args, **kwargs))

@@ -13,24 +13,22 @@ applied in order. Unpacking the same image again fetches no blob.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
 from ..mediatypes import MANIFEST_TYPES
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient, check_digest
-from .base import ProgressCallback
+from .base import ProgressCallback, in_thread
 from .layers import apply_layer
 from .store import BlobStore
 
 __all__ = ["UnpackedImage", "unpack_image"]
 
-_T = TypeVar("_T")
 
 # The layer types an unpacker must know (OCI image-spec, Docker schema 2). Foreign
 # ("nondistributable") layers are ordinary tars that registries may decline to store.
@@ -142,7 +140,7 @@ async def unpack_image(
         for fetch, (_, layer) in zip(fetches, layers, strict=True):
             blob = await fetch
             try:
-                await _in_thread(apply_layer, blob, dest, windows=platform.os == "windows")
+                await in_thread(apply_layer, blob, dest, windows=platform.os == "windows")
             except ImageError as exc:
                 # Same class, message prefixed with which image and layer it was.
                 raise type(exc)(f"{image}, layer {layer}: {exc}") from exc
@@ -257,20 +255,3 @@ class _Meter:
             self._done = total
             self._report(total, total)
         return total
-
-
-async def _in_thread(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Run blocking ``function`` on a worker thread, not returning before it has finished.
-
-    A thread cannot be stopped. If we are cancelled, wait for it anyway: the caller will
-    then remove the destination, which must not race a thread still writing into it.
-    """
-    future = asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(function, *args, **kwargs)
-    )
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait([future])
-        future.exception()  # retrieved, so asyncio does not log it: the cancellation wins
-        raise
