@@ -311,15 +311,6 @@ def credential_hosts(config_file: Path) -> tuple[tuple[str, ...], Problem | None
     return tuple(hosts), None
 
 
-def _config_file(engine: Engine) -> Path:
-    # The registry client's own config file (it may have been given another directory).
-    explicit = getattr(getattr(engine, "registry", None), "_config_file", None)
-    if explicit is not None:
-        return Path(explicit)
-    directory = os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker"
-    return Path(directory) / "config.json"
-
-
 async def diagnose(engine: Engine, *, binfmt_dir: Path = BINFMT_DIR) -> DoctorReport:
     """Check ``engine`` and this machine; problems are collected, not raised."""
     problems: list[Problem] = []
@@ -372,14 +363,14 @@ async def diagnose(engine: Engine, *, binfmt_dir: Path = BINFMT_DIR) -> DoctorRe
             for p in candidates
         ]
     problems += [c.problem for c in checks if c.problem is not None]
-    config_file = _config_file(engine)
+    config_file = engine.registry.config_file
     hosts, config_problem = credential_hosts(config_file)
     if config_problem is not None:
         problems.append(config_problem)
     from .engines.store import default_cache_dir  # lazily: it imports httpx
 
     cache_dir = Path(getattr(engine, "cache_dir", None) or default_cache_dir())
-    insecure = getattr(getattr(engine, "registry", None), "insecure_registries", ())
+    insecure = engine.registry.insecure_registries
     return DoctorReport(
         engine=engine.name,
         version=version,

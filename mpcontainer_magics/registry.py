@@ -292,6 +292,11 @@ class RegistryClient:
     """
 
     @property
+    def config_file(self) -> Path:
+        """The Docker config file credentials are read from."""
+        return self._config_file
+
+    @property
     def insecure_registries(self) -> frozenset[str]:
         """Registries (host[:port]) reached over plain HTTP, besides loopback ones."""
         return self._insecure
