@@ -106,16 +106,8 @@ def proot_command(
 
 
 def proot_env() -> dict[str, str]:
-    """Host settings proot itself reads (PROOT_*), with its seccomp acceleration off.
-
-    With it, multi-threaded programs under qemu that fork and exec (``go build``) failed now
-    and then with "fork/exec …: bad address"; without it they did not, at no measurable cost
-    here. ``MPC_PROOT_SECCOMP=1`` turns the acceleration back on.
-    """
-    env = {k: v for k, v in os.environ.items() if k.startswith("PROOT_")}
-    if os.environ.get("MPC_PROOT_SECCOMP") != "1":
-        env.setdefault("PROOT_NO_SECCOMP", "1")
-    return env
+    """Host settings proot itself reads (e.g. PROOT_NO_SECCOMP=1 for odd kernels)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PROOT_")}
 
 
 class ProotProcess:
