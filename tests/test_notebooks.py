@@ -192,10 +192,21 @@ def test_committed_notebook_has_no_outputs(name: str) -> None:
             assert cell.outputs == [] and cell.execution_count is None, f"cell {n} has outputs"
 
 
+# Their Go builds fork and exec in parallel, which under proot 5.1 + qemu-user now and then
+# fails with "fork/exec ...: bad address" (a race in proot; README, embedded engine).
+GO_NOTEBOOKS = {
+    "02-build-and-publish.ipynb",
+    "03-cross-compile.ipynb",
+    "04-byte-order-and-word-size.ipynb",
+}
+
+
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_notebook_runs(
-    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_api: Any
+    name: str, engine_kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_api: Any
 ) -> None:
+    if engine_kind == "embedded" and name in GO_NOTEBOOKS:
+        pytest.skip("parallel Go builds hit a proot 5.1 fork/exec race (see README)")
     monkeypatch.setenv("MPC_DEMO_IMAGE", required_env("MPC_TEST_IMAGE"))
     monkeypatch.setenv("MPC_GOLANG_IMAGE", required_env("MPC_TEST_GOLANG_IMAGE"))
     monkeypatch.setenv("MPC_REGISTRY", required_env("MPC_TEST_REGISTRY"))
