@@ -20,7 +20,6 @@ import atexit
 from typing import TYPE_CHECKING, Any
 
 from .client import DEFAULT_IMAGE, Client, PlatformReport, connect
-from .compare import PlatformResult, RunResult
 from .container import Container, Directory, ExecResult, File, GitRef, GitRepository, Host
 from .engines.base import Mount
 from .errors import (
@@ -45,6 +44,7 @@ from .errors import (
 )
 from .platforms import Platform, cross_env, host_platform, parse_platforms
 from .publish import Published
+from .results import PlatformResult, RunResult
 from .session import Session
 
 if TYPE_CHECKING:

@@ -24,14 +24,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .compare import (
-    LineCallback,
-    RunResult,
-    gather_or_cancel,
-    resolve_platforms,
-    run_on_platforms,
-    runnable,
-)
+from ._aio import finish_despite_cancel, gather_or_cancel
 from .container import Container, Directory, Evaluator, GitRepository, Host, _Empty
 from .doctor import DoctorReport, diagnose
 from .engines.base import (
@@ -39,12 +32,13 @@ from .engines.base import (
     Mount,
     PulledImage,
     PullProgressCallback,
-    finish_despite_cancel,
     per_platform,
 )
 from .errors import EngineUnavailable, InvalidArgument, SessionError
 from .platforms import Platform, parse_platforms
 from .publish import Published, Variant, check_variants, push, write_layout
+from .results import RunResult
+from .runs import LineCallback, resolve_platforms, run_on_platforms, runnable
 from .session import Session, check_name, sessions_frame
 
 _EMPTY = _Empty()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from ._aio import once
 from .engines.base import (
     LABEL_HOST,
     LABEL_PID,
@@ -46,7 +47,6 @@ from .engines.base import (
     ImageConfig,
     Mount,
     PulledImage,
-    once,
     owner_is_gone,
     process_start_ticks,
 )

@@ -30,10 +30,10 @@ from traitlets import Enum, List, Unicode
 
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
-from .compare import RunResult
 from .container import Container, reap_workspaces
 from .errors import MPCError
 from .platforms import Platform
+from .results import RunResult
 from .session import Session
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .compare import Launch, LineCallback, RunResult, gather_or_cancel, run_streamed, runnable
+from ._aio import gather_or_cancel
 from .engines.base import (
     LABEL_SESSION,
     Engine,
@@ -37,6 +37,8 @@ from .engines.base import (
 from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
 from .platforms import Platform
 from .publish import Snapshot
+from .results import RunResult
+from .runs import Launch, LineCallback, run_streamed, runnable
 from .shell import Shell
 
 if TYPE_CHECKING:

@@ -28,12 +28,12 @@ import shlex
 import time
 from collections.abc import Mapping
 
+from ._aio import finish_despite_cancel
 from .engines.base import (
     AttachedProcess,
     Engine,
     ExecOutcome,
     OutputCallback,
-    finish_despite_cancel,
 )
 from .errors import SessionError
 

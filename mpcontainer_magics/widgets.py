@@ -35,12 +35,13 @@ from typing import Any
 
 import ipywidgets as w
 
+from ._aio import gather_or_cancel
 from ._loop import CLEANUP_SECONDS, LoopThread
 from .client import DEFAULT_IMAGE, Client, PlatformReport, open_engine
-from .compare import RunResult, gather_or_cancel
 from .errors import InvalidArgument, MPCError
 from .platforms import Platform
 from .publish import Published
+from .results import RunResult
 from .session import Session
 
 #: The platforms the picker always lists (others the image offers are added after these).

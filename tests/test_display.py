@@ -9,7 +9,8 @@ import pytest
 from conftest import FIVE_PLATFORMS
 from IPython.utils.capture import capture_output
 
-from mpcontainer_magics.compare import (
+from mpcontainer_magics.platforms import Platform
+from mpcontainer_magics.results import (
     COLUMNS,
     DIFFERS_STYLE,
     EXIT_COLOURS,
@@ -18,7 +19,6 @@ from mpcontainer_magics.compare import (
     RunResult,
     _minority,
 )
-from mpcontainer_magics.platforms import Platform
 
 BYTE_ORDER = "printf '\\001\\002\\003\\004' | od -An -tx4"
 

@@ -24,20 +24,18 @@ import hashlib
 import os
 import posixpath
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._aio import finish_despite_cancel
 from ..errors import InvalidArgument
 from ..platforms import Platform
 
 if TYPE_CHECKING:
     from ..registry import RegistryClient  # imports httpx: not at %load_ext time
-
-T = TypeVar("T")
-K = TypeVar("K")
 
 #: ``on_output(stream, chunk)`` with stream "stdout" or "stderr"; called on the event loop.
 OutputCallback = Callable[[str, bytes], None]
@@ -444,44 +442,3 @@ def owner_is_gone(labels: Mapping[str, str]) -> bool:
         pass  # exists, owned by another user
     recorded = labels.get(LABEL_PID_START, "")
     return bool(recorded) and recorded != process_start_ticks(pid)
-
-
-async def finish_despite_cancel(work: Awaitable[T]) -> T:
-    """Await ``work`` to completion even if this task is cancelled, once or many times.
-
-    For cleanup (creating-then-removing, removing): a bare ``asyncio.shield`` stops waiting at
-    the next cancellation, so the task would end while the container still exists. The
-    cancellation is re-raised once the work is done.
-    """
-    future = asyncio.ensure_future(work)
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        if not future.cancelled():
-            future.exception()  # retrieved, so asyncio does not log it: the cancellation wins
-        raise asyncio.CancelledError
-    return future.result()
-
-
-async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking ``function`` on a worker thread, not returning before it has finished.
-
-    A thread cannot be stopped. If we are cancelled, wait for it anyway: the caller may then
-    remove what it writes into, which must not race a thread still writing.
-    """
-    return await finish_despite_cancel(asyncio.to_thread(function, *args, **kwargs))
-
-
-async def once(memo: dict[K, asyncio.Task[T]], key: K, compute: Callable[[], Awaitable[T]]) -> T:
-    """``compute()`` once per key, shared by concurrent callers; a failure is not kept.
-
-    Callers await the task itself, so cancelling them (Ctrl-C) cancels the work too.
-    """
-    task = memo.get(key)
-    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-        task = memo[key] = asyncio.ensure_future(compute())
-    return await task

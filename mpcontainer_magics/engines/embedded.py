@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._aio import finish_despite_cancel, in_thread, once
 from ..errors import (
     EmulationUnavailable,
     EngineError,
@@ -68,9 +69,6 @@ from .base import (
     ProgressCallback,
     PulledImage,
     file_digest,
-    finish_despite_cancel,
-    in_thread,
-    once,
     owner_is_gone,
     owner_labels,
     process_start_ticks,

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._aio import in_thread
 from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
 from ..mediatypes import MANIFEST_TYPES
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient, check_digest
-from .base import ProgressCallback, in_thread
+from .base import ProgressCallback
 from .layers import apply_layer
 from .store import BlobStore
 

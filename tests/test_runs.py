@@ -16,10 +16,10 @@ import pytest
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics._loop import LoopThread
-from mpcontainer_magics.compare import run_on_platforms
 from mpcontainer_magics.engines.base import Engine, ExecOutcome, PulledImage
 from mpcontainer_magics.errors import EmulationUnavailable, ImageNotFound, NonZeroExit, RunTimeout
 from mpcontainer_magics.platforms import Platform, parse_platforms
+from mpcontainer_magics.runs import run_on_platforms
 
 AMD64, ARM64, S390X = parse_platforms("linux/amd64,linux/arm64,linux/s390x")
 
@@ -303,7 +303,7 @@ def test_loading_the_magics_imports_nothing_heavy():
 
 
 def test_cleanup_finishes_even_when_cancelled_twice():
-    from mpcontainer_magics.engines.base import finish_despite_cancel
+    from mpcontainer_magics._aio import finish_despite_cancel
 
     removed = []
 

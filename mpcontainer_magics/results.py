@@ -1,36 +1,22 @@
-"""Run one command on N platforms at once and compare what each printed.
+"""What a run on several platforms produced: ``RunResult`` of ``PlatformResult`` rows.
 
-``run_on_platforms`` pulls every platform's image concurrently, then runs the command in a
-fresh container per platform concurrently, so a cell costs about as much as its slowest
-platform. Output is decoded incrementally (a multibyte character split across two chunks
-survives) and handed out line by line while the containers still run.
-
-A platform that times out or cannot run (no emulation) does not sink the others: its row
-records why, and ``RunResult.check()`` turns such rows into the matching exception once the
-caller has the result in hand.
+Results are data: index them by platform, turn them into a DataFrame (``to_frame``), see
+what agrees and what differs (``summary``), render them as an HTML table in Jupyter, or
+turn failed rows into exceptions (``check``). Running lives in :mod:`.runs`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import codecs
 import html
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING
 
-from .engines.base import Engine, ExecOutcome, Mount, OutputCallback, PulledImage
-from .errors import EngineError, ExecUnsupported, MPCError, NonZeroExit, RunTimeout
-from .platforms import Platform, cross_env
+from .errors import MPCError, NonZeroExit, RunTimeout
+from .platforms import Platform
 
 if TYPE_CHECKING:
     import pandas as pd
-
-T = TypeVar("T")
-
-#: ``on_line(platform, stream, line)``: one complete line (without its newline) as it arrives.
-LineCallback = Callable[[Platform, str, str], None]
 
 COLUMNS = [
     "platform",
@@ -336,167 +322,3 @@ def _line_differences(what: str, texts: Mapping[Platform, str], limit: int = 8) 
 def _clip(text: str, width: int = 40) -> str:
     text = repr(text.strip())
     return text if len(text) <= width else text[: width - 4] + "...'"
-
-
-class _LineSplitter:
-    """Decodes one stream incrementally and hands out complete lines; keeps the full text."""
-
-    def __init__(self, emit: Callable[[str], None] | None) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._emit = emit
-        self._pending = ""
-        self._parts: list[str] = []
-
-    def feed(self, chunk: bytes, final: bool = False) -> None:
-        text = self._decoder.decode(chunk, final=final)
-        self._parts.append(text)
-        if self._emit is None:
-            return
-        *complete, self._pending = (self._pending + text).split("\n")
-        for line in complete:
-            self._emit(line)
-        if final and self._pending:
-            self._emit(self._pending)
-            self._pending = ""
-
-    def close(self) -> str:
-        self.feed(b"", final=True)
-        return "".join(self._parts)
-
-
-async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """Like ``asyncio.gather`` but on the first failure cancel (and await) the rest."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except asyncio.CancelledError:
-        # gather has cancelled each task once; wait for their cleanup (containers removed).
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    except Exception:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-async def resolve_platforms(
-    engine: Engine, image: str, platforms: Sequence[Platform] | Literal["all"] | None
-) -> list[Platform]:
-    """None → the engine's native platform; "all" → every platform the image offers."""
-    if platforms is None:
-        return [await engine.native_platform()]
-    if platforms == "all":
-        return await engine.image_platforms(image)
-    return list(platforms)
-
-
-def runnable(platforms: Sequence[Platform], requested: object) -> list[Platform]:
-    """Only Linux platforms execute; "all" keeps those, an explicit request must be Linux."""
-    if requested == "all":
-        linux = [p for p in platforms if p.os == "linux"]
-        if platforms and not linux:
-            raise ExecUnsupported(platforms[0])
-        return linux
-    for platform in platforms:
-        if platform.os != "linux":
-            raise ExecUnsupported(platform)
-    return list(platforms)
-
-
-async def run_on_platforms(
-    engine: Engine,
-    image: str,
-    argv: Sequence[str],
-    platforms: Sequence[Platform] | Literal["all"] | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    workdir: str | None = None,
-    mounts: Sequence[Mount] = (),
-    timeout: float | None = None,
-    on_line: LineCallback | None = None,
-    cross: bool = False,
-) -> RunResult:
-    """Run ``argv`` on every platform concurrently; per-platform failures land in the result.
-
-    With ``cross``, every run happens on the engine's native platform, once per target
-    platform, with that target's cross-compilation variables (``platforms.cross_env``).
-    """
-    started = time.perf_counter()
-    native = await engine.native_platform()
-    targets = await resolve_platforms(engine, image, platforms)
-    if cross:  # runs natively only: the targets need not be able to run here
-        pulled = [await engine.pull(image, native)] * len(targets)
-    else:
-        targets = runnable(targets, platforms)
-        pulled = await gather_or_cancel(engine.pull(image, p) for p in targets)
-
-    def launcher(image: PulledImage, target: Platform) -> Launch:
-        run_env = {**cross_env(target, native), **(env or {})} if cross else env
-        return lambda on_output: engine.run(
-            image, argv, env=run_env, workdir=workdir, mounts=mounts, on_output=on_output
-        )
-
-    results = await gather_or_cancel(
-        run_streamed(
-            launcher(p, target),
-            platform=target,
-            emulated=not p.platform.matches(native),
-            image_digest=p.digest,
-            engine=engine.name,
-            timeout=timeout,
-            on_line=on_line,
-        )
-        for p, target in zip(pulled, targets, strict=True)
-    )
-    return RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
-
-
-#: Starts one platform's command with the given output callback (a fresh run or an exec).
-Launch = Callable[[OutputCallback], Awaitable[ExecOutcome]]
-
-
-async def run_streamed(
-    launch: Launch,
-    *,
-    platform: Platform,
-    emulated: bool,
-    image_digest: str | None,
-    engine: str,
-    timeout: float | None = None,
-    on_line: LineCallback | None = None,
-) -> PlatformResult:
-    """Run one platform's command, splitting its output into lines as it arrives."""
-
-    def emitter(stream: str) -> Callable[[str], None] | None:
-        if on_line is None:
-            return None
-        return lambda line: on_line(platform, stream, line)
-
-    streams = {name: _LineSplitter(emitter(name)) for name in ("stdout", "stderr")}
-    exit_code: int | None = None
-    error: str | None = None
-    exception: MPCError | None = None
-    started = time.perf_counter()
-    try:
-        outcome = await asyncio.wait_for(
-            launch(lambda stream, chunk: streams[stream].feed(chunk)), timeout
-        )
-        exit_code, duration = outcome.exit_code, outcome.duration_s
-    except asyncio.TimeoutError:
-        error, duration = f"timed out after {timeout:g} s", time.perf_counter() - started
-    except EngineError as exc:
-        error, exception, duration = str(exc), exc, time.perf_counter() - started
-    return PlatformResult(
-        platform=platform,
-        exit_code=exit_code,
-        stdout=streams["stdout"].close(),
-        stderr=streams["stderr"].close(),
-        duration_s=duration,
-        emulated=emulated,
-        image_digest=image_digest,
-        engine=engine,
-        error=error,
-        timed_out=error is not None and exception is None,
-        exception=exception,
-    )
