@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from .engines.base import EMULATION_CANDIDATES, Engine
 from .engines.proot import find_qemu
@@ -275,11 +274,27 @@ def check_qemu(platform: Platform, native: Platform) -> PlatformCheck:
     return PlatformCheck(platform, "emulated", f"proot -q {found}")
 
 
+# host[:port] as distribution/reference spells a registry (a name, or an IPv6 address in []).
+_HOST_PORT = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+)
+#: Shown for an "auths" key with no host in it: the key itself might be a secret.
+NO_HOST = "(a key that names no registry host)"
+
+
 def _host_of(key: str) -> str:
-    """The registry host[:port] of a Docker config key (a host, or a URL)."""
+    """The registry host[:port] of a Docker config key; never any user:password in it.
+
+    Docker accepts a host, host:port or an http(s) URL with a path; a URL may carry userinfo
+    (``https://user:secret@host/v1/``). As Docker does, drop the scheme and cut at the first
+    "/", but only after the last "@", so that a password holding a "/" cannot pass for a host.
+    """
     if key.rstrip("/") == HUB_AUTH_KEY.rstrip("/"):
         return "docker.io"
-    return urlsplit(key if "://" in key else f"//{key}").netloc or key
+    address = re.sub(r"^https?://", "", key, flags=re.IGNORECASE).rpartition("@")[2]
+    host = address.partition("/")[0]
+    return host if _HOST_PORT.fullmatch(host) else NO_HOST
 
 
 def credential_hosts(config_file: Path) -> tuple[tuple[str, ...], Problem | None]:

@@ -217,6 +217,46 @@ def test_no_credential_ever_shown(engine_kind, tmp_path, monkeypatch):
     assert report.ok
 
 
+def test_credential_hosts_never_show_userinfo_in_any_key_form(engine_kind, tmp_path, monkeypatch):
+    # Every key form Docker accepts in "auths"; a URL may carry user:password before the host.
+    secret = "s3cret-in-a-key-4b1d"
+    config_dir = tmp_path / "docker-config"
+    config_dir.mkdir()
+    auth = {"auth": b64("dave-user:pw")}
+    keys = [
+        "bare.example.test",
+        "port.example.test:5000",
+        "http://plain.example.test:5001",
+        "https://path.example.test/v1/",
+        f"https://dave-user:{secret}@userinfo.example.test:5000/v1/",
+        f"http://dave-user:{secret}@plain-userinfo.example.test",
+        f"dave-user:{secret}@no-scheme.example.test:5002/v2/",
+        f"https://dave-user:{secret}/with/slashes@slash.example.test/v1/",
+        "https://[2001:db8::1]:5003/v2/",
+        f"dave-user:{secret}",  # no host at all
+    ]
+    (config_dir / "config.json").write_text(json.dumps({"auths": dict.fromkeys(keys, auth)}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+
+    report = doctor()
+
+    assert report.credential_hosts == (
+        "bare.example.test",
+        "port.example.test:5000",
+        "plain.example.test:5001",
+        "path.example.test",
+        "userinfo.example.test:5000",
+        "plain-userinfo.example.test",
+        "no-scheme.example.test:5002",
+        "slash.example.test",
+        "[2001:db8::1]:5003",
+        "(a key that names no registry host)",
+    )
+    shown = repr(report) + report._repr_html_() + report.to_frame().to_string()
+    for hidden in (secret, "dave-user", "with/slashes"):
+        assert hidden not in shown
+
+
 def test_unreadable_docker_config_is_a_problem_not_a_crash(engine_kind, tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{not json")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
