@@ -15,11 +15,14 @@ import json
 import os
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from mpcontainer_magics.engines.base import ProgressCallback
 from mpcontainer_magics.engines.rootfs import UnpackedImage, unpack_image
 from mpcontainer_magics.errors import (
     DigestMismatch,
@@ -43,10 +46,23 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def unpack(reference: str, platform: str, dest: Path, **client: object) -> UnpackedImage:
+def diff_id(layer_blob: bytes) -> str:
+    """The digest of the uncompressed tar, as an image config lists it."""
+    return sha(gzip.decompress(layer_blob) if layer_blob[:2] == b"\x1f\x8b" else layer_blob)
+
+
+def unpack(
+    reference: str,
+    platform: str,
+    dest: Path,
+    on_progress: ProgressCallback | None = None,
+    **client: object,
+) -> UnpackedImage:
     async def go() -> UnpackedImage:
         async with RegistryClient(**client) as registry:  # type: ignore[arg-type]
-            return await unpack_image(registry, reference, Platform.parse(platform), dest)
+            return await unpack_image(
+                registry, reference, Platform.parse(platform), dest, on_progress=on_progress
+            )
 
     return asyncio.run(go())
 
@@ -135,20 +151,28 @@ class FakeRegistry:
         layers: list[tuple[str, bytes]],
         platform: dict[str, str] | None = None,
         config_platform: dict[str, str] | None = None,
+        edit_config: Callable[[dict[str, Any]], object] = lambda config: None,
+        edit_manifest: Callable[[dict[str, Any]], object] = lambda manifest: None,
     ) -> None:
+        """``edit_config``/``edit_manifest`` change those documents before they are stored."""
         platform = platform or {"os": "linux", "architecture": "amd64"}
         self.blobs: dict[str, bytes] = {}
         descriptors = [self.add(data, media_type) for media_type, data in layers]
         self.layer_digests = [str(d["digest"]) for d in descriptors]
-        config = {**(config_platform or platform), "config": {"Cmd": ["true"], "WorkingDir": "/w"}}
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": self.add(json.dumps(config).encode(), OCI_CONFIG),
-                "layers": descriptors,
-            }
-        ).encode()
+        config = {
+            **(config_platform or platform),
+            "config": {"Cmd": ["true"], "WorkingDir": "/w"},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id(data) for _, data in layers]},
+        }
+        edit_config(config)
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": self.add(json.dumps(config).encode(), OCI_CONFIG),
+            "layers": descriptors,
+        }
+        edit_manifest(document)
+        manifest = json.dumps(document).encode()
         self.manifest_digest = sha(manifest)
         entry = {"mediaType": OCI_MANIFEST, "digest": sha(manifest), "size": len(manifest)}
         index = json.dumps(
@@ -173,12 +197,17 @@ class FakeRegistry:
             return httpx.Response(200, content=self.blobs[name])
         return httpx.Response(404, json={"errors": [{"code": f"{kind.upper()}_UNKNOWN"}]})
 
-    def unpack(self, dest: Path, platform: str = "linux/amd64") -> UnpackedImage:
+    def unpack(
+        self,
+        dest: Path,
+        platform: str = "linux/amd64",
+        on_progress: ProgressCallback | None = None,
+    ) -> UnpackedImage:
         transport = httpx.MockTransport(self.handler)
         # An empty Docker config directory: the user's real credentials are never read.
         config_dir = dest.parent / "docker-config"
         config_dir.mkdir(exist_ok=True)
-        return unpack("reg.example.com/o/r:1", platform, dest, transport=transport,
+        return unpack("reg.example.com/o/r:1", platform, dest, on_progress, transport=transport,
                       docker_config=config_dir)  # fmt: skip
 
 
@@ -263,6 +292,85 @@ def test_config_without_variant_matches(tmp_path):
     assert registry.unpack(tmp_path / "root", "linux/arm/v6").platform == Platform.parse(
         "linux/arm/v6"
     )
+
+
+@pytest.mark.parametrize("bug", [KeyError, TypeError, AttributeError, ValueError])
+def test_a_bug_in_the_caller_is_not_blamed_on_the_registry(tmp_path, bug):
+    def on_progress(done: int, total: int | None) -> None:
+        raise bug("the caller's own mistake")
+
+    registry = FakeRegistry([(GZIP_LAYER, layer(("etc/a", b"a")))])
+    with pytest.raises(bug, match="the caller's own mistake") as info:
+        registry.unpack(tmp_path / "root", on_progress=on_progress)
+    assert not isinstance(info.value, RegistryError)
+
+
+def test_a_lost_connection_is_not_called_a_malformed_manifest(tmp_path):
+    registry = FakeRegistry([(GZIP_LAYER, layer(("etc/a", b"a")))])
+    serve = registry.handler
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "/blobs/" in request.url.path:
+            raise httpx.ReadError("connection reset by peer")
+        return serve(request)
+
+    registry.handler = handler  # type: ignore[method-assign]
+    with pytest.raises(RegistryError, match=r"cannot reach registry reg\.example\.com") as info:
+        registry.unpack(tmp_path / "root")
+    assert "malformed" not in str(info.value)
+
+
+def drop(document: dict[str, Any], *path: str | int) -> None:
+    """Delete ``document[path[0]][path[1]]...``."""
+    *parents, last = path
+    for key in parents:
+        document = document[key]
+    del document[last]
+
+
+@pytest.mark.parametrize(
+    ("edit_manifest", "edit_config", "problem"),
+    [
+        (lambda m: m.update(layers="layer.tar"), None, "its 'layers' is not a list of descriptors"),
+        (lambda m: drop(m, "config"), None, "'config' is not a descriptor object"),
+        (lambda m: drop(m, "layers", 0, "digest"), None, "layers[0] has no valid 'digest'"),
+        (lambda m: m["layers"][0].update(digest="md5:x"), None, "has no valid 'digest'"),
+        (lambda m: m["layers"][0].update(size="12"), None, "layers[0] has no 'size' in bytes"),
+        (lambda m: drop(m, "layers", 0, "mediaType"), None, "layers[0] has no 'mediaType'"),
+        (lambda m: drop(m, "config", "size"), None, "'config' has no 'size' in bytes"),
+        (None, lambda c: drop(c, "architecture"), "it has no 'architecture' and 'os' strings"),
+        (None, lambda c: c.update(config=["Cmd"]), "its 'config' is not an object"),
+        (None, lambda c: drop(c, "rootfs"), "its rootfs.diff_ids is not a list of 1 digests"),
+        (None, lambda c: c["rootfs"]["diff_ids"].append(sha(b"")), "not a list of 1 digests"),
+        (None, lambda c: c["rootfs"].update(diff_ids=[7]), "holds something not a digest"),
+    ],
+)
+def test_a_malformed_manifest_or_config_says_what_is_wrong(
+    tmp_path, edit_manifest, edit_config, problem
+):
+    edits = {"edit_manifest": edit_manifest, "edit_config": edit_config}
+    registry = FakeRegistry(
+        [(GZIP_LAYER, layer(("etc/a", b"a")))], **{k: v for k, v in edits.items() if v}
+    )
+    with pytest.raises(RegistryError) as info:
+        registry.unpack(tmp_path / "root")
+    message = str(info.value)
+    document = "manifest" if edit_manifest else "config"
+    assert message.startswith(
+        f"the registry sent a malformed {document} for reg.example.com/o/r:1 (linux/amd64): "
+    )
+    assert problem in message and message.endswith("; re-push the image (e.g. with docker "
+                                                   "buildx or skopeo copy)")  # fmt: skip
+    assert "\n" not in message and not (tmp_path / "root").exists()
+
+
+def test_a_config_that_is_not_json(tmp_path):
+    html = b"<html>"  # pushed so, under its right digest: the registry serves what it was given
+    descriptor = {"mediaType": OCI_CONFIG, "digest": sha(html), "size": len(html)}
+    registry = FakeRegistry([], edit_manifest=lambda m: m.update(config=descriptor))
+    registry.add(html, OCI_CONFIG)
+    with pytest.raises(RegistryError, match=r"malformed config .*: it is not JSON \("):
+        registry.unpack(tmp_path / "root")
 
 
 def test_destination_must_be_empty(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,27 +96,107 @@ async def unpack_image(
     ref = name.with_digest(manifest_digest)
     image = f"{name.familiar} ({platform})"
     body, media_type, digest = await registry.get_manifest(ref)
+    config_blob, layers = _manifest_blobs(body, media_type, image)
+    meter = _Meter(on_progress, [config_blob.size, *(layer.size for layer in layers)])
+    config_path = await store.fetch(registry, ref, config_blob.digest, meter.blob(0))
+    meter.complete(0)
+    config = _image_config(config_path.read_bytes(), image, platform, len(layers))
+    dest.mkdir(parents=True, exist_ok=True)
+    windows = platform.os == "windows"
+    await _apply_layers(store, registry, ref, image, layers, dest, meter, windows=windows)
+    return UnpackedImage(
+        name.familiar,
+        platform,
+        digest,
+        config.get("config") or {},
+        dest,
+        config,
+        tuple((layer.media_type, layer.digest) for layer in layers),
+        meter.finish(),
+    )
+
+
+# -- the documents, checked before anything is written ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """A descriptor of a manifest (OCI image-spec: mediaType, digest, size are required)."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
+def _malformed(image: str, document: str, problem: str) -> RegistryError:
+    return RegistryError(
+        f"the registry sent a malformed {document} for {image}: {problem}; re-push the image "
+        "(e.g. with docker buildx or skopeo copy)"
+    )
+
+
+def _json_object(data: bytes, image: str, document: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(body)
-        if media_type not in MANIFEST_TYPES:
-            raise TypeError(f"the {platform} entry is a {media_type}, not an image manifest")
-        config_digest = manifest["config"]["digest"]
-        layers = [
-            (str(layer["mediaType"]), check_digest(layer["digest"])) for layer in manifest["layers"]
-        ]
-        meter = _Meter(on_progress, [manifest["config"], *manifest["layers"]])
-        config_path = await store.fetch(registry, ref, config_digest, meter.blob(0))
-        meter.complete(0)
-        config = json.loads(config_path.read_bytes())
-        offered = Platform.from_oci(config)
-        settings = config.get("config") or {}
-        if not isinstance(settings, dict):
-            raise TypeError("the config's 'config' is not an object")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryError(
-            f"registry sent a malformed manifest or config for {image} "
-            f"({type(exc).__name__}: {exc}); re-push the image"
-        ) from exc
+        parsed = json.loads(data)
+    except ValueError as exc:  # also bytes that are not UTF-8
+        raise _malformed(image, document, f"it is not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise _malformed(image, document, f"it is a JSON {type(parsed).__name__}, not an object")
+    return parsed
+
+
+def _is_digest(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        check_digest(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _blob(value: object, where: str, image: str) -> _Blob:
+    if not isinstance(value, dict):
+        raise _malformed(image, "manifest", f"{where} is not a descriptor object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        problem = "has no 'mediaType' string"
+    elif not _is_digest(digest):
+        problem = f"has no valid 'digest' (sha256:<64 hex digits>), but {digest!r}"
+    elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problem = f"has no 'size' in bytes, but {size!r}"
+    else:
+        return _Blob(media_type, digest, size)
+    raise _malformed(image, "manifest", f"{where} {problem}")
+
+
+def _manifest_blobs(body: bytes, media_type: str, image: str) -> tuple[_Blob, list[_Blob]]:
+    """The config and layer descriptors of an image manifest, bottom layer first."""
+    if media_type not in MANIFEST_TYPES:
+        raise _malformed(image, "manifest", f"it is a {media_type}, not an image manifest")
+    manifest = _json_object(body, image, "manifest")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise _malformed(image, "manifest", "its 'layers' is not a list of descriptors")
+    config = _blob(manifest.get("config"), "'config'", image)
+    return config, [_blob(layer, f"layers[{n}]", image) for n, layer in enumerate(layers)]
+
+
+def _image_config(data: bytes, image: str, platform: Platform, layers: int) -> dict[str, Any]:
+    """The image config, checked: its platform is ``platform``, one diff ID per layer."""
+    config = _json_object(data, image, "config")
+    architecture, os_name = config.get("architecture"), config.get("os")
+    if not (isinstance(architecture, str) and architecture and isinstance(os_name, str)):
+        raise _malformed(image, "config", "it has no 'architecture' and 'os' strings")
+    if not isinstance(config.get("config") or {}, dict):
+        raise _malformed(image, "config", "its 'config' is not an object")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not (isinstance(diff_ids, list) and len(diff_ids) == layers):
+        raise _malformed(image, "config", f"its rootfs.diff_ids is not a list of {layers} digests")
+    if not all(_is_digest(diff_id) for diff_id in diff_ids):
+        raise _malformed(image, "config", "its rootfs.diff_ids holds something not a digest")
+    offered = Platform.from_oci(config)
     # Older arm images omit the variant from their config; the index entry then decides it.
     if (offered.os, offered.architecture) != (platform.os, platform.architecture) or (
         config.get("variant") and offered.variant != platform.variant
@@ -125,34 +205,48 @@ async def unpack_image(
             f"the manifest of {image} describes an image for {offered}; the index is "
             "inconsistent, re-push the image"
         )
-    dest.mkdir(parents=True, exist_ok=True)
-    # Every layer downloads at once; each is applied, in order, as soon as it is ready.
+    return config
+
+
+# -- the layers ------------------------------------------------------------------------------
+
+
+async def _apply_layers(
+    store: BlobStore,
+    registry: RegistryClient,
+    ref: Reference,
+    image: str,
+    layers: Sequence[_Blob],
+    dest: Path,
+    meter: _Meter,
+    *,
+    windows: bool,
+) -> None:
+    """Every layer downloads at once; each is applied, in order, as soon as it is ready."""
     fetches = [
         asyncio.ensure_future(
             _counted(
                 meter,
                 index,
-                _fetch_layer(store, registry, ref, image, media_type, layer, meter.blob(index)),
+                _fetch_layer(
+                    store, registry, ref, image, layer.media_type, layer.digest, meter.blob(index)
+                ),
             )
         )
-        for index, (media_type, layer) in enumerate(layers, start=1)
+        for index, layer in enumerate(layers, start=1)
     ]
     try:
-        for fetch, (_, layer) in zip(fetches, layers, strict=True):
+        for fetch, layer in zip(fetches, layers, strict=True):
             blob = await fetch
             try:
-                await in_thread(apply_layer, blob, dest, windows=platform.os == "windows")
+                await in_thread(apply_layer, blob, dest, windows=windows)
             except ImageError as exc:
                 # Same class, message prefixed with which image and layer it was.
-                raise type(exc)(f"{image}, layer {layer}: {exc}") from exc
+                raise type(exc)(f"{image}, layer {layer.digest}: {exc}") from exc
     finally:
         for fetch in fetches:
             fetch.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
-    size = meter.finish()
-    return UnpackedImage(
-        name.familiar, platform, digest, settings, dest, config, tuple(layers), size
-    )
 
 
 async def _fetch_layer(
@@ -199,21 +293,14 @@ class _Meter:
     """Bytes of an image's blobs fetched so far, reported as ``on_progress(done, total)``.
 
     Blob 0 is the config, then the layers; ``total`` is the sum of the sizes the manifest
-    gives them (None when one is missing). A blob counts at most its size, and in full once
-    it is complete (also when it came from the cache); ``done`` never decreases.
+    gives them. A blob counts at most its size, and in full once it is complete (also when it
+    came from the cache); ``done`` never decreases.
     """
 
-    def __init__(
-        self, on_progress: ProgressCallback | None, descriptors: Sequence[Mapping[str, Any]]
-    ) -> None:
+    def __init__(self, on_progress: ProgressCallback | None, sizes: Sequence[int]) -> None:
         self._report = on_progress
-        self._sizes: list[int | None] = []
-        for descriptor in descriptors:
-            size = descriptor.get("size")
-            ok = isinstance(size, int) and not isinstance(size, bool) and size >= 0
-            self._sizes.append(size if ok else None)
-        known = [s for s in self._sizes if s is not None]
-        self.total = sum(known) if len(known) == len(self._sizes) else None
+        self._sizes = list(sizes)
+        self.total = sum(self._sizes)
         self._got = [0] * len(self._sizes)
         self._done = -1  # what was reported last
         self._emit()
@@ -230,18 +317,12 @@ class _Meter:
         return count
 
     def complete(self, index: int) -> None:
-        size = self._sizes[index]
-        if size is not None:
-            self._got[index] = max(self._got[index], size)
+        self._got[index] = max(self._got[index], self._sizes[index])
         self._emit()
 
     @property
     def done(self) -> int:
-        done = sum(
-            got if size is None else min(got, size)
-            for got, size in zip(self._got, self._sizes, strict=True)
-        )
-        return done if self.total is None else min(done, self.total)
+        return sum(min(got, size) for got, size in zip(self._got, self._sizes, strict=True))
 
     def _emit(self) -> None:
         done = self.done
@@ -251,8 +332,7 @@ class _Meter:
 
     def finish(self) -> int:
         """Every blob is fetched: report ``(total, total)``; returns ``total``."""
-        total = self.done if self.total is None else self.total
-        if self._report is not None and (self._done != total or self.total is None):
-            self._done = total
-            self._report(total, total)
-        return total
+        if self._report is not None and self._done != self.total:
+            self._done = self.total
+            self._report(self.total, self.total)
+        return self.total
