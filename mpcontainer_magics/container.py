@@ -26,6 +26,7 @@ How a chain is evaluated (``Evaluator``):
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import posixpath
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from ._aio import once
+from ._aio import in_thread, once
 from .engines.base import (
     LABEL_HOST,
     LABEL_PID,
@@ -52,6 +53,7 @@ from .engines.base import (
 )
 from .engines.tree import resolve_in_root
 from .errors import ExecUnsupported, InvalidArgument, NonZeroExit
+from .hostpaths import absolute, host_destination
 from .platforms import Platform
 from .publish import Snapshot, Variant, build_variant
 
@@ -148,9 +150,14 @@ class Directory:
         return sorted(os.listdir(target))
 
     async def export(self, path: str | os.PathLike[str]) -> str:
-        """Copy the tree to the host ``path`` (merged into what is there); returns the path."""
-        dest = Path(path).expanduser().absolute()
-        await asyncio.to_thread(copy_tree, await self._materialise(), dest)
+        """Copy the tree to the host ``path`` (merged into what is there); returns the path.
+
+        All or nothing: the copy is made beside ``path`` first, then moved in."""
+        dest = absolute(path)
+        tree = await self._materialise()
+        with host_destination(dest, what="export") as scratch:
+            await in_thread(copy_tree, tree, scratch / "tree")
+            await in_thread(move_into, scratch / "tree", dest)
         return str(dest)
 
     def _derive(self, source: DirSource) -> Directory:
@@ -176,9 +183,11 @@ class File:
 
     async def export(self, path: str | os.PathLike[str]) -> str:
         """Copy the file to the host ``path``; returns the path."""
-        dest = Path(path).expanduser().absolute()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(shutil.copyfile, await self._located(), dest)
+        dest = absolute(path)
+        found = await self._located()
+        with host_destination(dest, what="export") as scratch:
+            await in_thread(shutil.copyfile, found, scratch / "file")
+            os.replace(scratch / "file", dest)
         return str(dest)
 
     async def _located(self) -> Path:
@@ -717,6 +726,30 @@ def copy_tree(source: Path, dest: Path) -> None:
             if target.is_symlink() or target.is_file():
                 target.unlink()
             shutil.copy2(child, target, follow_symlinks=False)
+
+
+def move_into(source: Path, dest: Path) -> None:
+    """Move the tree ``source`` into ``dest`` (merging with what is there) by renames only,
+    so that it cannot run out of space half-way; both are on one filesystem."""
+    if not dest.exists():
+        source.rename(dest)
+        return
+    if not _is_real_dir(dest):
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(dest))
+    for child in source.iterdir():
+        target = dest / child.name
+        if _is_real_dir(child) and _is_real_dir(target):
+            move_into(child, target)
+            continue
+        if _is_real_dir(target):
+            shutil.rmtree(target)
+        elif target.is_symlink() or target.exists():
+            target.unlink()
+        child.rename(target)
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 WORKSPACE_PREFIX = "mpcontainer-magics-"

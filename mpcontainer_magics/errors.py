@@ -7,6 +7,8 @@ traceback for a problem they can fix themselves.
     MPCError
     ├── InvalidArgument          (also a ValueError) a bad argument: engine name, timeout…
     │   ├── InvalidPlatform      a platform string that cannot be parsed or is unknown
+    │   ├── HostPathError        a host destination that cannot be written (under a file,
+    │   │                        in /proc, read-only, not ours, full disk)
     │   └── ExecUnsupported      commands cannot run on this platform (non-Linux): files only
     ├── EngineError              the container engine failed
     │   ├── EngineUnavailable    no engine reachable (Docker daemon down, bad DOCKER_HOST)
@@ -45,6 +47,11 @@ class InvalidArgument(MPCError, ValueError):
 
 class InvalidPlatform(InvalidArgument):
     """A platform string that is malformed or names an unknown os/arch."""
+
+
+class HostPathError(InvalidArgument):
+    """A destination on this machine (``cp``/``export``) cannot be written; nothing was left
+    there. The message says why (under a file, in /proc, read-only, not writable, disk full)."""
 
 
 class ExecUnsupported(InvalidArgument):

@@ -26,14 +26,15 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._aio import in_thread
 from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage, file_digest
 from .errors import InvalidArgument, RegistryError
+from .hostpaths import absolute, host_destination
 from .mediatypes import (
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
@@ -337,18 +338,18 @@ async def write_layout(
     registry: RegistryClient, path: str | os.PathLike[str], variants: Sequence[Variant], tag: str
 ) -> Published:
     """Write an OCI image layout: a directory, or a tar archive when ``path`` ends in .tar."""
-    dest = Path(path).expanduser().absolute()
+    dest = absolute(path)
     as_tar = dest.suffix == ".tar"
-    if dest.exists() and (as_tar or any(dest.iterdir())):
-        raise InvalidArgument(f"{dest} already exists; remove it or export elsewhere")
     document, media_type = _top_document(variants)
-    with tempfile.TemporaryDirectory(prefix=".oci-", dir=dest.parent) as scratch:
-        layout = Path(scratch) / "layout"
+    with host_destination(dest, what="export") as scratch:
+        if dest.exists() and (as_tar or any(dest.iterdir())):
+            raise InvalidArgument(f"{dest} already exists; remove it or export elsewhere")
+        layout = scratch / "layout"
         blobs = layout / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         for blob in {b.digest: b for v in variants for b in (*v.layers, v.config)}.values():
             target = blobs / blob.digest.partition(":")[2]
-            await asyncio.to_thread(shutil.copyfile, await _local_file(registry, blob), target)
+            await in_thread(shutil.copyfile, await _local_file(registry, blob), target)
         documents = [document] + ([v.manifest for v in variants] if len(variants) > 1 else [])
         for data in documents:
             (blobs / _digest(data).partition(":")[2]).write_bytes(data)
@@ -358,10 +359,11 @@ async def write_layout(
             _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]})
         )
         (layout / "oci-layout").write_bytes(_canonical({"imageLayoutVersion": "1.0.0"}))
-        if as_tar:
-            await asyncio.to_thread(_tar, layout, dest)
+        if as_tar:  # written whole beside dest, then renamed: never a half-written tar
+            await in_thread(_tar, layout, scratch / "layout.tar")
+            os.replace(scratch / "layout.tar", dest)
         else:
-            dest.mkdir(parents=True, exist_ok=True)
+            dest.mkdir(exist_ok=True)
             for entry in layout.iterdir():
                 entry.rename(dest / entry.name)
     return Published(str(dest), _digest(document), media_type, document, tuple(variants))

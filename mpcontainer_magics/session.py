@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from .engines.base import (
     per_platform,
 )
 from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
+from .hostpaths import host_destination
 from .platforms import Platform
 from .publish import Snapshot
 from .results import RunResult
@@ -262,13 +261,9 @@ class Session:
                 target = target / name
             if target.exists() or target.is_symlink():
                 raise InvalidArgument(f"{target} already exists; remove it or copy elsewhere")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix=".mpc-copy-", dir=target.parent))
-            try:
+            with host_destination(target, what="copy") as scratch:
                 is_dir = await self._engine.copy_from(member.container_id, path, scratch / "out")
                 (scratch / "out" if is_dir else scratch / "out" / name).rename(target)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
             written.append(target)
         return written
 

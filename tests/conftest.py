@@ -8,10 +8,12 @@ so a broken set-up can never turn the suite green by skipping.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +221,61 @@ class StampedOutput(io.StringIO):
     def write(self, text: str) -> int:
         self.stamps.append((time.monotonic(), text))
         return super().write(text)
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def bad_destinations(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """Host destinations that cannot be written, each named by why: under a regular file,
+    inside /proc, on a read-only filesystem, and on a full one (tiny tmpfs mounts of ours,
+    unmounted afterwards)."""
+    regular = tmp_path / "a-file"
+    regular.write_text("not a directory\n")
+    read_only, full = tmp_path / "read-only", tmp_path / "full"
+    read_only.mkdir()
+    full.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(read_only))
+    try:
+        _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+        try:
+            with open(full / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+                while True:  # until the disk is full
+                    filler.write(b"\0" * 4096)
+            yield {
+                "under a file": regular / "x",
+                "in /proc": Path("/proc/mpc-nowhere/x"),
+                "read-only": read_only / "x",
+                "full disk": full / "x",
+            }
+        finally:
+            _umount(full)
+    finally:
+        _umount(read_only)
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=True, capture_output=True)
+
+
+def everything_under(root: Path) -> list[str]:
+    """Every path under ``root`` (mounts included): compared before and after a failed
+    write, it shows that nothing partial was left behind."""
+    return sorted(str(Path(d, n)) for d, dirs, files in os.walk(root) for n in dirs + files)
+
+
+#: What each bad destination's message must say: the problem, then the fix.
+BAD_DESTINATION_MESSAGES = {
+    "under a file": ("is a file, not a directory", "give a destination inside a directory"),
+    "in /proc": ("/proc is a kernel filesystem", "give a destination on disk"),
+    "read-only": ("read-only filesystem", "give a destination you can write"),
+    "full disk": ("is full", "free some space there or give a destination on another"),
+}
+
+
+def assert_says_what_and_how(message: str, why: str) -> None:
+    """A bad destination's one-line message names the problem and the fix."""
+    problem, fix = BAD_DESTINATION_MESSAGES[why]
+    assert problem in message and fix in message and "\n" not in message, message

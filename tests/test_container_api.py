@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import assert_says_what_and_how, everything_under
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
@@ -653,3 +654,41 @@ def test_closing_the_client_removes_its_snapshot_images(test_image, containers):
     assert len(made) == 3  # two snapshots and one rootfs image, while the client was open
     assert before == set(), "an earlier test's client left images behind"
     assert containers.my_images() == []
+
+
+# -- writing to the host: a destination that cannot be written ------------------------------
+
+
+def test_every_export_to_an_unwritable_destination_raises_host_path_error(
+    test_image, bad_destinations, tmp_path
+):
+    async def main(client: mpc.Client) -> dict[tuple[str, str], BaseException | None]:
+        ctr = (
+            client.container()
+            .from_(test_image)
+            .with_exec(["sh", "-c", "mkdir /out && echo hi > /out/f"])
+        )
+        session = await client.session("to-host", image=test_image)
+        await session.run("mkdir -p /out && echo hi > /out/f")
+        writers: dict[str, Callable[[Path], Awaitable[Any]]] = {
+            "Directory.export": lambda dest: ctr.directory("/out").export(dest),
+            "File.export": lambda dest: ctr.file("/out/f").export(dest),
+            "Container.export": lambda dest: ctr.export(dest),
+            "Client.export as tar": lambda dest: client.export(f"{dest}.tar", [ctr]),
+            "Session.copy_out": lambda dest: session.copy_out("/out", dest),
+        }
+        raised: dict[tuple[str, str], BaseException | None] = {}
+        for why, dest in bad_destinations.items():
+            for name, write in writers.items():
+                try:
+                    await write(dest)
+                    raised[why, name] = None
+                except Exception as exc:  # checked below, one by one
+                    raised[why, name] = exc
+        return raised
+
+    before = everything_under(tmp_path)
+    for (why, name), exc in run(main).items():
+        assert isinstance(exc, mpc.HostPathError), f"{name}, {why}: {exc!r}"
+        assert_says_what_and_how(str(exc), why)
+    assert everything_under(tmp_path) == before  # nothing half-written left there

@@ -435,3 +435,43 @@ def test_paths_stay_in_the_rootfs_on_32_bit_platforms_too(embedded, test_image, 
     result = run(lambda c: c.run(script, image=test_image, platforms=platform))[0]
     assert (result.exit_code, result.stdout) == (0, "deep\n/tmp/deep/er\n")
     assert not Path("/tmp/deep/er").exists()
+
+
+EXPORT_AS_A_USER = """
+import asyncio, sys
+import mpcontainer_magics as mpc
+
+async def main():
+    async with mpc.connect("embedded") as client:
+        try:
+            await client.directory().with_new_file("a.txt", "hi").export(sys.argv[1])
+        except mpc.HostPathError as exc:
+            print(exc)
+
+asyncio.run(main())
+"""
+
+
+def test_an_unprivileged_user_exporting_into_roots_directory_is_told_why(user_home):
+    roots = user_home / "roots"
+    roots.mkdir(mode=0o755)  # root's: mpcu may read it, not write in it
+    search_path = [str(Path(mpc.__file__).parent.parent)]
+    search_path += sorted({sysconfig.get_path(k) for k in ("purelib", "platlib")})
+    runuser = shutil.which("runuser") or "runuser"
+    done = subprocess.run(
+        [runuser, "-u", "mpcu", "--", PYTHON, "-c", EXPORT_AS_A_USER, str(roots / "out")],
+        env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(user_home),
+            "PYTHONPATH": os.pathsep.join(search_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"cannot export to {roots / 'out'}: this user may not write in {roots}; "
+        "give a destination you can write, e.g. ./out"
+    )
+    assert os.listdir(roots) == []

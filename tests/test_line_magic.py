@@ -1,8 +1,9 @@
-"""``%container pull`` and ``%container platforms`` on the real engine."""
+"""``%container`` line magics on the real engine: pull, platforms, cp and export's host side."""
 
 from __future__ import annotations
 
 import pytest
+from conftest import assert_says_what_and_how, everything_under
 from IPython.core.error import UsageError
 
 
@@ -65,3 +66,22 @@ def test_insecure_registries_follow_the_config(shell):
         assert magics._client.engine.registry.insecure_registries == {"reg.example:5000"}
     finally:
         shell.run_line_magic("config", "ContainerMagics.insecure_registries = []")
+
+
+def test_cp_and_export_to_an_unwritable_destination_say_why_and_how(
+    shell, bad_destinations, tmp_path
+):
+    shell.run_cell_magic("container", "--session dst", "mkdir -p /out && echo hi > /out/f")
+    before = everything_under(tmp_path)
+    for why, dest in bad_destinations.items():
+        for line in (
+            f"cp dst:/out/f {dest}",
+            f"cp dst:/out {dest}",
+            f"export {dest} --from dst",
+            f"export {dest}.tar --from dst",
+        ):
+            with pytest.raises(UsageError) as exc:
+                shell.run_line_magic("container", line)
+            assert_says_what_and_how(str(exc.value), why)
+    assert everything_under(tmp_path) == before  # no half-written copy, tar or scratch dir
+    shell.run_line_magic("container", "stop dst")
