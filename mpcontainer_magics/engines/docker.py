@@ -81,6 +81,41 @@ def _exec_format_error(text: str) -> bool:
     return "exec format error" in text.lower()
 
 
+#: What runc prints when execve finds no interpreter for a binary that exists: a foreign one
+#: whose binfmt handler was registered without the F flag (the interpreter path is then
+#: looked up inside the container, which lacks it).
+_NO_INTERPRETER = re.compile(r"^exec (\S+): no such file or directory$", re.MULTILINE)
+
+
+def _refused_start(exc: docker.errors.APIError) -> tuple[int, str] | None:
+    """The exit code and message ``docker run`` gives when Docker refuses to start a command:
+    127 when it is not found, 126 when it cannot be executed (docker/cli's rules)."""
+    text = str(exc.explanation or exc)
+    lowered = text.lower()
+    if any(s in lowered for s in ("executable file not found", "no such file or directory")):
+        code = 127
+    elif "permission denied" in lowered or "is a directory" in lowered:
+        code = 126
+    else:
+        return None
+    # "failed to create shim task: OCI runtime create failed: runc create failed: unable to
+    # start container process: exec: "x": executable file not found in $PATH: unknown"
+    message = text.rpartition("container process: ")[2].removesuffix(": unknown")
+    return code, message
+
+
+def _binfmt_handler(platform: Platform) -> tuple[str, str] | None:
+    """(flags, interpreter) of this machine's enabled QEMU handler for ``platform``."""
+    try:
+        lines = (BINFMT_DIR / f"qemu-{platform.qemu_arch}").read_text().splitlines()
+    except OSError:
+        return None
+    if not lines or lines[0] != "enabled":
+        return None
+    fields = dict(line.partition(" ")[::2] for line in lines[1:])
+    return fields.get("flags:", "").strip(), fields.get("interpreter", "?")
+
+
 #: Writes up to this size go straight into a socket's send buffer (Linux's minimum is
 #: larger), so they never wait for the reader.
 SOCKET_BUFFER_FLOOR = 16 * 1024
@@ -506,15 +541,49 @@ class DockerEngine(Engine):
         self, container_id: str, on_output: OutputCallback | None = None
     ) -> ExecOutcome:
         emit, stderr_seen = self._emitter(on_output)
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
             exit_code = await self._call(self._attach_start_wait, container_id, emit)
-            duration = time.perf_counter() - started
         except docker.errors.APIError as exc:
-            raise self._run_error(container_id, exc) from None
-        if exit_code != 0 and _exec_format_error(stderr_seen.decode(errors="replace")):
-            raise EmulationUnavailable(await self._platform_of_container(container_id))
+            refused = None if _exec_format_error(str(exc)) else _refused_start(exc)
+            if refused is None:
+                raise await self._run_error(container_id, exc) from None
+            # As `docker run` does: the command's exit code, Docker's reason on stderr.
+            exit_code, message = refused
+            if on_output is not None:
+                on_output("stderr", f"{message}\n".encode())
+            return ExecOutcome(exit_code, time.perf_counter() - started)
+        duration = time.perf_counter() - started
+        if exit_code != 0:
+            failure = await self._emulation_failure(container_id, stderr_seen)
+            if failure is not None:
+                raise failure
         return ExecOutcome(exit_code, duration)
+
+    async def _emulation_failure(
+        self, container_id: str, stderr_seen: bytearray
+    ) -> EmulationUnavailable | None:
+        """Why a foreign command could not start, when emulation is the reason."""
+        seen = stderr_seen.decode(errors="replace")
+        if _exec_format_error(seen):
+            return EmulationUnavailable(await self._platform_of_container(container_id))
+        missing = _NO_INTERPRETER.search(seen)
+        if missing is None or not self.is_local:
+            return None
+        platform = await self._platform_of_container(container_id)
+        foreign = not platform.matches(await self.native_platform())
+        handler = _binfmt_handler(platform) if foreign else None
+        if handler is None or "F" in handler[0]:
+            return None  # a binary that lacks its own loader: the command's failure
+        name = f"qemu-{platform.qemu_arch}"
+        return EmulationUnavailable(
+            platform,
+            f"{missing.group(0)}: the binfmt handler {name} is registered without the F flag, "
+            f"so its interpreter {handler[1]} is not visible inside containers",
+            f"register it again with the F flag: remove it (`echo -1 > {BINFMT_DIR / name}`), "
+            f"then `update-binfmts --enable {name}` (Debian's qemu-user-static) or "
+            f"`docker run --privileged --rm tonistiigi/binfmt --install {platform.architecture}`",
+        )
 
     def _emitter(self, on_output: OutputCallback | None) -> tuple[OutputCallback, bytearray]:
         """A thread-safe ``on_output`` that also keeps stderr's start, to spot exec errors."""

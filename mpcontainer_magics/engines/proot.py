@@ -46,6 +46,7 @@ MOUNT_POINTS = ("dev", "proc", "sys", "host-rootfs")
 _MARKERS = (b"proot info: ", b"proot warning: ", b"proot error: ", b"fatal error: see `proot")
 _ENDED = re.compile(rb"proot info: pid (\d+): (exited with status|terminated with signal) (\d+)")
 _NOT_FOUND = re.compile(rb"proot error: '(.*)' not found")
+_NOT_EXECUTABLE = re.compile(rb"proot error: '(.*)' is not (?:a regular file|executable)")
 # Started once the command has ended, to let proot finish on its own before we kill the rest.
 _LINGER_S = 0.05
 
@@ -137,7 +138,8 @@ class ProotProcess:
         self._argv_newlines = argv_newlines
         self._continued = 0  # lines still to come of a multi-line message of proot's
         self._causes = False
-        self._not_found: str | None = None
+        # A command that cannot start: a shell's exit code and message (127 or 126).
+        self._refused: tuple[int, str] | None = None
         self._errors: list[str] = []
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
@@ -249,7 +251,9 @@ class ProotProcess:
         elif text.startswith(b"fatal error: see `proot"):
             self._causes = False
         elif (missing := _NOT_FOUND.search(text)) is not None:
-            self._not_found = missing.group(1).decode(errors="replace")
+            self._refused = 127, f"{missing.group(1).decode(errors='replace')}: not found"
+        elif (denied := _NOT_EXECUTABLE.search(text)) is not None:
+            self._refused = 126, f"{denied.group(1).decode(errors='replace')}: Permission denied"
         elif text.startswith(b"proot error: "):
             error = text.decode(errors="replace").removeprefix("proot error: ")
             if "/proot-" in error:  # about proot's own temporary files, as it exits
@@ -278,11 +282,11 @@ class ProotProcess:
         self._tasks[0].cancel()
         if self.exited.done():
             return
-        if self._not_found is not None:
-            message = f"{self._not_found}: not found\n".encode()
+        if self._refused is not None:
+            refused_code, text = self._refused
             if self._on_output is not None:
-                self._on_output("stderr", message)
-            self.exited.set_result(127)
+                self._on_output("stderr", f"{text}\n".encode())
+            self.exited.set_result(refused_code)
         elif self._errors and code != 0 and self._main is None:
             self.exited.set_exception(EngineError(f"proot failed: {'; '.join(self._errors)}"))
         else:
