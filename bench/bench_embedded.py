@@ -62,9 +62,9 @@ from mpcontainer_magics.engines.proot import (
     proot_env,
 )
 from mpcontainer_magics.engines.tree import LinkedFiles, clone_tree, remove_tree, walk
-from mpcontainer_magics.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from mpcontainer_magics.platforms import Platform
 from mpcontainer_magics.registry import Reference
+from mpcontainer_magics.registry.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 
 ARM = "linux/arm64"
 AMD = "linux/amd64"

@@ -25,6 +25,8 @@ from .engines.base import EMULATION_CANDIDATES, Engine
 from .engines.proot import find_qemu
 from .errors import MPCError
 from .platforms import Platform
+from .registry.auth import HUB_AUTH_KEY
+from .registry.reference import DOMAIN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +35,6 @@ BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 #: Foreign architectures a kernel runs itself, without emulation (Docker: no handler needed).
 NATIVE_COMPAT = {"amd64": {"386"}}
 INSTALL_QEMU = "apt-get install qemu-user-static"
-HUB_AUTH_KEY = "https://index.docker.io/v1/"  # as in registry.py (not imported: httpx is slow)
 
 RUNS_COLOURS = {"native": "#1a7f37", "emulated": "#1a7f37", "no": "#cf222e", "unknown": "#6e7781"}
 
@@ -274,11 +275,6 @@ def check_qemu(platform: Platform, native: Platform) -> PlatformCheck:
     return PlatformCheck(platform, "emulated", f"proot -q {found}")
 
 
-# host[:port] as distribution/reference spells a registry (a name, or an IPv6 address in []).
-_HOST_PORT = re.compile(
-    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-)
 #: Shown for an "auths" key with no host in it: the key itself might be a secret.
 NO_HOST = "(a key that names no registry host)"
 
@@ -294,7 +290,7 @@ def _host_of(key: str) -> str:
         return "docker.io"
     address = re.sub(r"^https?://", "", key, flags=re.IGNORECASE).rpartition("@")[2]
     host = address.partition("/")[0]
-    return host if _HOST_PORT.fullmatch(host) else NO_HOST
+    return host if DOMAIN.fullmatch(host) else NO_HOST
 
 
 def credential_hosts(config_file: Path) -> tuple[tuple[str, ...], Problem | None]:

@@ -35,7 +35,9 @@ from ._aio import in_thread
 from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage, file_digest
 from .errors import InvalidArgument, RegistryError
 from .hostpaths import absolute, host_destination
-from .mediatypes import (
+from .platforms import Platform
+from .registry import Reference
+from .registry.mediatypes import (
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
     OCI_CONFIG,
@@ -44,12 +46,11 @@ from .mediatypes import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
 )
-from .platforms import Platform
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .registry import Reference, RegistryClient
+    from .registry import RegistryClient
 
 # A base image's layers keep their bytes; Docker's media types have these OCI twins.
 OCI_LAYER_TYPES = {
@@ -190,8 +191,6 @@ async def _base_layers(
     registry: RegistryClient, origin: PulledImage | None, diff_ids: Sequence[str]
 ) -> list[Blob]:
     """The leading layers that are the base image's own, as its registry stores them."""
-    from .registry import Reference  # imports httpx: not at %load_ext time
-
     if origin is None or origin.digest is None:
         return []
     try:
@@ -271,8 +270,6 @@ async def push(
     ``homes`` remembers a repository each blob was pushed to (as skopeo's blob cache does):
     publishing to a new repository of the same registry then mounts instead of uploading.
     """
-    from .registry import Reference
-
     target = Reference.parse(address)
     if target.digest:
         raise InvalidArgument(f"publish to a tag, not a digest: {address}")

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 import mpcontainer_magics as mpc
-from mpcontainer_magics.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from mpcontainer_magics.registry import Reference, RegistryClient
+from mpcontainer_magics.registry.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from mpcontainer_magics.widgets import PROGRESS_INTERVAL, PlatformCard
 
 AMD64 = mpc.Platform.parse("linux/amd64")

@@ -23,14 +23,20 @@ import pytest
 
 from mpcontainer_magics.errors import (
     DigestMismatch,
-    ImageError,
     ImageNotFound,
     PlatformNotOffered,
     RegistryError,
 )
-from mpcontainer_magics.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from mpcontainer_magics.platforms import Platform
-from mpcontainer_magics.registry import HUB, Reference, RegistryClient, parse_challenge
+from mpcontainer_magics.registry import Reference, RegistryClient
+from mpcontainer_magics.registry.auth import parse_challenge
+from mpcontainer_magics.registry.mediatypes import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
+from mpcontainer_magics.registry.reference import HUB
 
 D = "sha256:" + "ab" * 32
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -71,93 +77,6 @@ def write_config(directory: Path, config: dict) -> None:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-# --- references -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "registry", "repository", "tag", "digest", "familiar", "full"),
-    [
-        ("alpine", HUB, "library/alpine", "latest", None, "alpine:latest",
-         f"{HUB}/library/alpine:latest"),
-        ("alpine:3.16", HUB, "library/alpine", "3.16", None, "alpine:3.16",
-         f"{HUB}/library/alpine:3.16"),
-        ("docker.io/x/y", HUB, "x/y", "latest", None, "x/y:latest", f"{HUB}/x/y:latest"),
-        ("docker.io/library/alpine:3.16", HUB, "library/alpine", "3.16", None, "alpine:3.16",
-         f"{HUB}/library/alpine:3.16"),
-        ("index.docker.io/busybox", HUB, "library/busybox", "latest", None, "busybox:latest",
-         f"{HUB}/library/busybox:latest"),
-        ("foo/bar", HUB, "foo/bar", "latest", None, "foo/bar:latest", f"{HUB}/foo/bar:latest"),
-        ("library/a/b", HUB, "library/a/b", "latest", None, "library/a/b:latest",
-         f"{HUB}/library/a/b:latest"),
-        ("localhost/a", "localhost", "a", "latest", None, "localhost/a:latest",
-         "localhost/a:latest"),
-        ("localhost:5000/a/b:t", "localhost:5000", "a/b", "t", None, "localhost:5000/a/b:t",
-         "localhost:5000/a/b:t"),
-        ("127.0.0.1:5055/mpc/busybox:1.35", "127.0.0.1:5055", "mpc/busybox", "1.35", None,
-         "127.0.0.1:5055/mpc/busybox:1.35", "127.0.0.1:5055/mpc/busybox:1.35"),
-        ("[::1]:5000/x:1", "[::1]:5000", "x", "1", None, "[::1]:5000/x:1", "[::1]:5000/x:1"),
-        ("ghcr.io/o/deep/img:v1.2-rc_3", "ghcr.io", "o/deep/img", "v1.2-rc_3", None,
-         "ghcr.io/o/deep/img:v1.2-rc_3", "ghcr.io/o/deep/img:v1.2-rc_3"),
-        ("my-reg.example.com/a__b/c-d.e", "my-reg.example.com", "a__b/c-d.e", "latest", None,
-         "my-reg.example.com/a__b/c-d.e:latest", "my-reg.example.com/a__b/c-d.e:latest"),
-        (f"a/b@{D}", HUB, "a/b", None, D, f"a/b@{D}", f"{HUB}/a/b@{D}"),
-        (f"a:t@{D}", HUB, "library/a", "t", D, f"a:t@{D}", f"{HUB}/library/a:t@{D}"),
-        (f"ghcr.io/o/r@{D}", "ghcr.io", "o/r", None, D, f"ghcr.io/o/r@{D}", f"ghcr.io/o/r@{D}"),
-    ],
-)  # fmt: skip
-def test_reference_parse(text, registry, repository, tag, digest, familiar, full):
-    ref = Reference.parse(text)
-    assert ref == Reference(registry, repository, tag, digest)
-    assert ref.familiar == familiar
-    assert str(ref) == full
-    assert Reference.parse(str(ref)) == ref  # the full form round-trips
-
-
-@pytest.mark.parametrize(
-    ("text", "why"),
-    [
-        ("Foo:bar", "repository names must be lowercase"),
-        ("", "empty"),
-        ("alpine:", "tag"),
-        ("alpine:a+b", "tag"),
-        ("alpine@sha256:abc", "digest"),
-        (f"alpine@md5:{'ab' * 16}", "digest"),
-        ("a//b", "repository name"),
-        ("ghcr.io/", "repository name"),
-        ("-x", "repository name"),
-        ("bad_host.com:port/x", "registry host"),
-        ("a b", "repository name"),
-    ],
-)
-def test_reference_parse_rejects(text, why):
-    with pytest.raises(ImageError, match="invalid image reference") as info:
-        Reference.parse(text)
-    assert why in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("text", "pull_name"),
-    [
-        ("docker.io/library/alpine:3.16", f"alpine@{D}"),
-        ("alpine", f"alpine@{D}"),
-        ("someone/tool:1", f"someone/tool@{D}"),
-        ("127.0.0.1:5055/mpc/busybox:1.35", f"127.0.0.1:5055/mpc/busybox@{D}"),
-    ],
-)
-def test_pull_name(text, pull_name):
-    pinned = Reference.parse(text).with_digest(D)
-    assert pinned.pull_name == pull_name
-    assert pinned.tag == Reference.parse(text).tag  # kept for display
-
-
-def test_pull_name_needs_digest_and_with_digest_validates():
-    with pytest.raises(ValueError, match="no digest"):
-        _ = Reference.parse("alpine").pull_name
-    with pytest.raises(ValueError, match="invalid digest"):
-        Reference.parse("alpine").with_digest("sha256:nothex")
 
 
 # --- WWW-Authenticate -----------------------------------------------------------------------
@@ -307,6 +226,26 @@ def test_missing_credential_store_means_no_credentials(cfg):
     assert [r.headers.get("Authorization") for r in seen] == [None]
 
 
+@pytest.mark.parametrize(
+    "config",
+    [["not", "an", "object"], {"auths": ["reg.example.com"]}, {"credHelpers": "pass"}],
+    ids=["list", "auths-list", "helpers-string"],
+)
+def test_docker_config_of_the_wrong_shape_is_a_registry_error_or_ignored(cfg, config):
+    # A list where an object belongs: the whole config is unusable; a section of the wrong
+    # type counts as absent (as a missing section does), so the registry asks for a login.
+    (cfg / "config.json").write_text(json.dumps(config))
+    seen: list[httpx.Request] = []
+    with pytest.raises(RegistryError) as info:
+        resolve(basic_registry("never", b"", seen), "reg.example.com/o/r:1", cfg)
+    if isinstance(config, list):
+        assert str(info.value) == (
+            f"the Docker config {cfg / 'config.json'} is not a JSON object; fix or remove it"
+        )
+    else:
+        assert "run `docker login reg.example.com`" in str(info.value)
+
+
 def test_forbidden_message_never_shows_the_password(cfg):
     write_config(cfg, {"auths": {"reg.example.com": {"auth": b64("alice:s3cret-pw")}}})
 
@@ -434,6 +373,13 @@ def test_corrupted_config_blob_is_refused(cfg):
          "unsupported type"),
         (b'{"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": 3}', OCI_INDEX,
          "malformed manifest"),
+        (b'{"manifests": [3]}', OCI_INDEX,
+         r"malformed manifest .*\(an entry of its 'manifests' is not an object\); re-push"),
+        (json.dumps({"manifests": [{"digest": "sha256:x", "platform": {"architecture": "arm"}}]})
+         .encode(), OCI_INDEX, r"an index entry has the invalid digest 'sha256:x'"),
+        (json.dumps({"manifests": [{"digest": D, "platform": {"os": "linux"}}]}).encode(),
+         OCI_INDEX, r"an index entry's platform: platform object .* no 'architecture' string"),
+        (b'{"layers": []}', OCI_MANIFEST, r"malformed manifest .*\(it has no 'config' object\)"),
     ],
 )  # fmt: skip
 def test_unexpected_manifests_are_registry_errors(cfg, body, content_type, match):

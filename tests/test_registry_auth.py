@@ -31,9 +31,9 @@ from auth_fixtures import (
 )
 
 from mpcontainer_magics.errors import RegistryError
-from mpcontainer_magics.mediatypes import OCI_MANIFEST
 from mpcontainer_magics.platforms import Platform
 from mpcontainer_magics.registry import Reference, RegistryClient
+from mpcontainer_magics.registry.mediatypes import OCI_MANIFEST
 
 pytestmark = pytest.mark.real
 

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from mpcontainer_magics.errors import DigestMismatch, ImageNotFound, RegistryError
-from mpcontainer_magics.mediatypes import OCI_INDEX, OCI_MANIFEST
 from mpcontainer_magics.platforms import Platform
 from mpcontainer_magics.registry import Reference, RegistryClient
+from mpcontainer_magics.registry.mediatypes import OCI_INDEX, OCI_MANIFEST
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -32,9 +32,9 @@ from mpcontainer_magics.errors import (
     RegistryError,
     UnsafeLayer,
 )
-from mpcontainer_magics.mediatypes import OCI_INDEX, OCI_MANIFEST
 from mpcontainer_magics.platforms import Platform
 from mpcontainer_magics.registry import Reference, RegistryClient
+from mpcontainer_magics.registry.mediatypes import OCI_INDEX, OCI_MANIFEST
 
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -21,9 +21,9 @@ from typing import Any
 
 from .._aio import in_thread
 from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
-from ..mediatypes import MANIFEST_TYPES
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient, check_digest
+from ..registry.mediatypes import MANIFEST_TYPES
 from .base import ProgressCallback
 from .layers import apply_layer
 from .store import BlobStore
