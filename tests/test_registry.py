@@ -158,6 +158,25 @@ def test_bearer_token_flow(cfg):
     assert all(t in accept for t in (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 
 
+def test_credentials_never_go_to_a_plain_http_token_service_of_an_https_registry(cfg):
+    """A registry reached over HTTPS may not send us to an unencrypted token realm with the
+    user's password: Basic credentials would cross the network in clear text."""
+    write_config(cfg, {"auths": {"reg.example.com": {"auth": b64("me:s3cret")}}})
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "auth.example.com":
+            return httpx.Response(200, json={"token": "T0K3N"})
+        challenge = 'Bearer realm="http://auth.example.com/token",service="reg.example.com"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    with pytest.raises(RegistryError, match="plain HTTP") as caught:
+        resolve(handler, "reg.example.com/o/r:1", cfg)
+    assert "s3cret" not in str(caught.value) and "fix" in str(caught.value).lower()
+    assert [r.url.host for r in seen] == ["reg.example.com"]  # the realm was never asked
+
+
 def test_docker_hub_token_request_carries_basic_credentials(cfg):
     write_config(cfg, {"auths": {"https://index.docker.io/v1/": {"auth": b64("bob:hub-pw")}}})
     body = index_bytes({"os": "linux", "architecture": "arm64"})

@@ -450,6 +450,16 @@ class RegistryClient:
         """How auth asks ``registry``'s token service (counted as "GET token")."""
 
         async def request(realm: str, params: list[tuple[str, str]], basic: str | None):
+            realm_url = httpx.URL(realm)
+            if basic and realm_url.scheme != "https" and self._scheme(registry) == "https":
+                # The password would cross the network in clear text: refuse, as for a
+                # registry itself, which is plain HTTP only when loopback or listed insecure.
+                raise RegistryError(
+                    f"registry {display_host(registry)} sends us to a token service over "
+                    f"plain HTTP ({realm_url.host}), which would receive your credentials "
+                    "unencrypted; fix the registry's token realm to use https, or list "
+                    f"{display_host(registry)} in insecure_registries if it is a trusted one"
+                )
             return await self._send("GET", registry, realm, "token", {}, basic, params)
 
         return request
