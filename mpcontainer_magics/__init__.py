@@ -20,7 +20,8 @@ import atexit
 from typing import TYPE_CHECKING, Any
 
 from .client import DEFAULT_IMAGE, Client, PlatformReport, connect
-from .container import Container, Directory, ExecResult, File, GitRef, GitRepository, Host
+from .container import Container
+from .directory import Directory, File, GitRef, GitRepository, Host
 from .engines.base import Mount
 from .errors import (
     DigestMismatch,
@@ -43,6 +44,7 @@ from .errors import (
     SessionError,
     UnsafeLayer,
 )
+from .evaluate import ExecResult
 from .platforms import Platform, cross_env, host_platform, parse_platforms
 from .publish import Published
 from .results import PlatformResult, RunResult

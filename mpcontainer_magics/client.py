@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._aio import finish_despite_cancel, gather_or_cancel
-from .container import Container, Directory, Evaluator, GitRepository, Host, _Empty
+from .container import Container
+from .directory import Directory, GitRepository, Host
 from .doctor import DoctorReport, diagnose
 from .engines.base import (
     Engine,
@@ -35,18 +36,17 @@ from .engines.base import (
     per_platform,
 )
 from .errors import EngineUnavailable, InvalidArgument, SessionError
+from .evaluate import BuildContext, Evaluator
 from .platforms import Platform, parse_platforms
-from .publish import Published, Variant, check_variants, push, write_layout
+from .publish import Published, Snapshot
+from .recipes import ContainerRecipe, Empty
 from .results import RunResult
 from .runs import LineCallback, resolve_platforms, run_on_platforms, runnable
 from .session import Session, check_name, sessions_frame
-
-_EMPTY = _Empty()
+from .workspace import Workspace
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from .registry import Reference
 
 DEFAULT_IMAGE = "alpine:3.16"
 ENGINES = ("auto", "docker", "embedded")
@@ -116,9 +116,9 @@ class Client:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._evaluator = Evaluator(self)
+        # What the builders (containers, directories) hold instead of this client.
+        self._ctx = BuildContext(engine, Evaluator(engine, Workspace()))
         self._sessions: dict[str, Session] = {}
-        self._blob_homes: dict[str, Reference] = {}  # digest -> a repository that has it
 
     async def __aenter__(self) -> Client:
         return self
@@ -132,7 +132,7 @@ class Client:
         try:
             await self.engine.aclose()
         finally:
-            self._evaluator.close()
+            self._ctx.evaluator.close()
 
     # -- Dagger-style building blocks --------------------------------------------------------
 
@@ -140,26 +140,24 @@ class Client:
         """An empty container for ``platform`` (default: the engine's native platform)."""
         if isinstance(platform, str):
             platform = Platform.parse(platform)
-        return Container(self, platform)
+        return Container(self._ctx, ContainerRecipe(platform))
 
     def directory(self) -> Directory:
         """An empty directory."""
-        return Directory(self, _EMPTY)
+        return Directory(self._ctx, Empty())
 
     def host(self) -> Host:
-        return Host(self)
+        return Host(self._ctx)
 
     def git(self, url: str, *, keep_git_dir: bool = False) -> GitRepository:
         """A git repository (URL or local path); ``.branch(name).tree()`` checks it out."""
-        return GitRepository(self, url, keep_git_dir)
+        return GitRepository(self._ctx, url, keep_git_dir)
 
     # -- publishing --------------------------------------------------------------------------
 
     async def publish(self, address: str, variants: Sequence[Container] | Session) -> Published:
         """Push the variants (containers, or a session's platforms) as one image ``address``."""
-        return await self._published(
-            variants, lambda built: push(self.engine.registry, address, built, self._blob_homes)
-        )
+        return await self._ctx.publish(address, await self._snapshots(variants))
 
     async def export(
         self,
@@ -169,21 +167,12 @@ class Client:
         tag: str = "latest",
     ) -> Published:
         """Write the variants as an OCI image layout (a directory, or a tar for *.tar)."""
-        return await self._published(
-            variants, lambda built: write_layout(self.engine.registry, path, built, tag)
-        )
+        return await self._ctx.export(path, await self._snapshots(variants), tag)
 
-    async def _published(
-        self,
-        variants: Sequence[Container] | Session,
-        deliver: Callable[[list[Variant]], Awaitable[Published]],
-    ) -> Published:
+    async def _snapshots(self, variants: Sequence[Container] | Session) -> list[Snapshot]:
         if isinstance(variants, Session):
-            snapshots = await variants.snapshots()
-        else:
-            snapshots = await gather_or_cancel(self._evaluator.snapshot(c) for c in variants)
-        check_variants(snapshots)
-        return await deliver(await gather_or_cancel(self._evaluator.variant(s) for s in snapshots))
+            return await variants.snapshots()
+        return await self._ctx.snapshots(c._recipe for c in variants)
 
     # -- sessions ----------------------------------------------------------------------------
 

@@ -30,11 +30,12 @@ from traitlets import Enum, List, Unicode
 
 from ._loop import LoopThread
 from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
-from .container import Container, reap_workspaces
+from .container import Container
 from .errors import MPCError
 from .platforms import Platform
 from .results import RunResult
 from .session import Session
+from .workspace import reap_workspaces
 
 T = TypeVar("T")
 

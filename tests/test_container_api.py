@@ -503,7 +503,9 @@ def test_host_path_that_is_no_directory_is_invalid_argument(tmp_path, name, mess
 
     with pytest.raises(mpc.InvalidArgument) as caught:
         run(main)
-    assert str(caught.value) == f"host path {tmp_path / name} {message}"
+    assert str(caught.value) == (
+        f"host path {tmp_path / name} {message}; give host().directory() an existing directory"
+    )
 
 
 # -- git -------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from mpcontainer_magics.container import reap_workspaces, workspace_prefix
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
+from mpcontainer_magics.workspace import reap_workspaces, workspace_prefix
 
 KERNEL_THAT_HANGS = """
 from IPython.testing.globalipapp import start_ipython
