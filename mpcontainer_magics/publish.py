@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._aio import in_thread
 from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage, file_digest
-from .errors import InvalidArgument, RegistryError
+from .errors import ImageError, InvalidArgument
 from .hostpaths import absolute, host_destination
 from .platforms import Platform
 from .registry import Reference
+from .registry.manifests import checked_image_config, image_manifest_blobs
 from .registry.mediatypes import (
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
@@ -193,21 +194,22 @@ async def _base_layers(
     """The leading layers that are the base image's own, as its registry stores them."""
     if origin is None or origin.digest is None:
         return []
+    ref = Reference.parse(origin.reference).with_digest(origin.digest)
+    image = f"{ref.familiar} ({origin.platform})"
     try:
-        ref = Reference.parse(origin.reference).with_digest(origin.digest)
-        body, _, _ = await registry.get_manifest(ref)
-        manifest = json.loads(body)
-        config = json.loads(await registry.get_blob(ref, manifest["config"]["digest"]))
-        base_diff_ids = config["rootfs"]["diff_ids"]
-        descriptors = manifest["layers"]
-    except (RegistryError, KeyError, TypeError, ValueError):
-        return []  # the base cannot be read now: compress its layers like the others
+        body, media_type, _ = await registry.get_manifest(ref)
+        config_blob, layers = image_manifest_blobs(body, media_type, image)
+        config_bytes = await registry.get_blob(ref, config_blob.digest)
+        config = checked_image_config(config_bytes, image, origin.platform, len(layers))
+    except ImageError:  # unreachable, or malformed: compress its layers like the others
+        return []
     reused = []
-    for diff_id, base_diff_id, layer in zip(diff_ids, base_diff_ids, descriptors, strict=False):
-        media_type = OCI_LAYER_TYPES.get(layer.get("mediaType", ""))
+    base_diff_ids = config["rootfs"]["diff_ids"]
+    for diff_id, base_diff_id, layer in zip(diff_ids, base_diff_ids, layers, strict=False):
+        media_type = OCI_LAYER_TYPES.get(layer.media_type)
         if diff_id != base_diff_id or media_type is None:
             break
-        reused.append(Blob(media_type, layer["digest"], int(layer["size"]), source=ref))
+        reused.append(Blob(media_type, layer.digest, layer.size, source=ref))
     return reused
 
 

@@ -13,7 +13,6 @@ applied in order. Unpacking the same image again fetches no blob.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ from typing import Any
 from .._aio import in_thread
 from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
 from ..platforms import Platform
-from ..registry import Reference, RegistryClient, check_digest
-from ..registry.mediatypes import MANIFEST_TYPES
+from ..registry import Reference, RegistryClient
+from ..registry.manifests import Descriptor, checked_image_config, image_manifest_blobs
 from .base import ProgressCallback
 from .layers import apply_layer
 from .store import BlobStore
@@ -96,11 +95,11 @@ async def unpack_image(
     ref = name.with_digest(manifest_digest)
     image = f"{name.familiar} ({platform})"
     body, media_type, digest = await registry.get_manifest(ref)
-    config_blob, layers = _manifest_blobs(body, media_type, image)
+    config_blob, layers = image_manifest_blobs(body, media_type, image)
     meter = _Meter(on_progress, [config_blob.size, *(layer.size for layer in layers)])
     config_path = await store.fetch(registry, ref, config_blob.digest, meter.blob(0))
     meter.complete(0)
-    config = _image_config(config_path.read_bytes(), image, platform, len(layers))
+    config = checked_image_config(config_path.read_bytes(), image, platform, len(layers))
     dest.mkdir(parents=True, exist_ok=True)
     windows = platform.os == "windows"
     await _apply_layers(store, registry, ref, image, layers, dest, meter, windows=windows)
@@ -116,98 +115,6 @@ async def unpack_image(
     )
 
 
-# -- the documents, checked before anything is written ---------------------------------------
-
-
-@dataclass(frozen=True)
-class _Blob:
-    """A descriptor of a manifest (OCI image-spec: mediaType, digest, size are required)."""
-
-    media_type: str
-    digest: str
-    size: int
-
-
-def _malformed(image: str, document: str, problem: str) -> RegistryError:
-    return RegistryError(
-        f"the registry sent a malformed {document} for {image}: {problem}; re-push the image "
-        "(e.g. with docker buildx or skopeo copy)"
-    )
-
-
-def _json_object(data: bytes, image: str, document: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(data)
-    except ValueError as exc:  # also bytes that are not UTF-8
-        raise _malformed(image, document, f"it is not JSON ({exc})") from None
-    if not isinstance(parsed, dict):
-        raise _malformed(image, document, f"it is a JSON {type(parsed).__name__}, not an object")
-    return parsed
-
-
-def _is_digest(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        check_digest(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _blob(value: object, where: str, image: str) -> _Blob:
-    if not isinstance(value, dict):
-        raise _malformed(image, "manifest", f"{where} is not a descriptor object")
-    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
-    if not isinstance(media_type, str) or not media_type:
-        problem = "has no 'mediaType' string"
-    elif not _is_digest(digest):
-        problem = f"has no valid 'digest' (sha256:<64 hex digits>), but {digest!r}"
-    elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        problem = f"has no 'size' in bytes, but {size!r}"
-    else:
-        return _Blob(media_type, digest, size)
-    raise _malformed(image, "manifest", f"{where} {problem}")
-
-
-def _manifest_blobs(body: bytes, media_type: str, image: str) -> tuple[_Blob, list[_Blob]]:
-    """The config and layer descriptors of an image manifest, bottom layer first."""
-    if media_type not in MANIFEST_TYPES:
-        raise _malformed(image, "manifest", f"it is a {media_type}, not an image manifest")
-    manifest = _json_object(body, image, "manifest")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise _malformed(image, "manifest", "its 'layers' is not a list of descriptors")
-    config = _blob(manifest.get("config"), "'config'", image)
-    return config, [_blob(layer, f"layers[{n}]", image) for n, layer in enumerate(layers)]
-
-
-def _image_config(data: bytes, image: str, platform: Platform, layers: int) -> dict[str, Any]:
-    """The image config, checked: its platform is ``platform``, one diff ID per layer."""
-    config = _json_object(data, image, "config")
-    architecture, os_name = config.get("architecture"), config.get("os")
-    if not (isinstance(architecture, str) and architecture and isinstance(os_name, str)):
-        raise _malformed(image, "config", "it has no 'architecture' and 'os' strings")
-    if not isinstance(config.get("config") or {}, dict):
-        raise _malformed(image, "config", "its 'config' is not an object")
-    rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not (isinstance(diff_ids, list) and len(diff_ids) == layers):
-        raise _malformed(image, "config", f"its rootfs.diff_ids is not a list of {layers} digests")
-    if not all(_is_digest(diff_id) for diff_id in diff_ids):
-        raise _malformed(image, "config", "its rootfs.diff_ids holds something not a digest")
-    offered = Platform.from_oci(config)
-    # Older arm images omit the variant from their config; the index entry then decides it.
-    if (offered.os, offered.architecture) != (platform.os, platform.architecture) or (
-        config.get("variant") and offered.variant != platform.variant
-    ):
-        raise ImageError(
-            f"the manifest of {image} describes an image for {offered}; the index is "
-            "inconsistent, re-push the image"
-        )
-    return config
-
-
 # -- the layers ------------------------------------------------------------------------------
 
 
@@ -216,7 +123,7 @@ async def _apply_layers(
     registry: RegistryClient,
     ref: Reference,
     image: str,
-    layers: Sequence[_Blob],
+    layers: Sequence[Descriptor],
     dest: Path,
     meter: _Meter,
     *,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgument, PlatformNotOffered, RegistryError
+from ..errors import ImageError, InvalidArgument, PlatformNotOffered, RegistryError
 from ..platforms import Platform
 from .mediatypes import DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES
 from .reference import Reference, check_digest, display_host
@@ -109,3 +109,105 @@ def _digest(value: object, ref: Reference, what: str) -> str:
         return check_digest(value)
     except InvalidArgument:
         raise malformed(ref, f"{what} has the invalid digest {value!r}") from None
+
+
+# -- one platform's image manifest and config, as an unpacker or publisher reads them ---------
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A descriptor of a manifest (OCI image-spec: mediaType, digest, size are required)."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
+def _malformed_document(image: str, document: str, problem: str) -> RegistryError:
+    return RegistryError(
+        f"the registry sent a malformed {document} for {image}: {problem}; re-push the image "
+        "(e.g. with docker buildx or skopeo copy)"
+    )
+
+
+def _json_object(data: bytes, image: str, document: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:  # also bytes that are not UTF-8
+        raise _malformed_document(image, document, f"it is not JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise _malformed_document(
+            image, document, f"it is a JSON {type(parsed).__name__}, not an object"
+        )
+    return parsed
+
+
+def _is_digest(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        check_digest(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _blob(value: object, where: str, image: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise _malformed_document(image, "manifest", f"{where} is not a descriptor object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        problem = "has no 'mediaType' string"
+    elif not _is_digest(digest):
+        problem = f"has no valid 'digest' (sha256:<64 hex digits>), but {digest!r}"
+    elif not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problem = f"has no 'size' in bytes, but {size!r}"
+    else:
+        return Descriptor(media_type, digest, size)
+    raise _malformed_document(image, "manifest", f"{where} {problem}")
+
+
+def image_manifest_blobs(
+    body: bytes, media_type: str, image: str
+) -> tuple[Descriptor, list[Descriptor]]:
+    """The config and layer descriptors of an image manifest, bottom layer first."""
+    if media_type not in MANIFEST_TYPES:
+        raise _malformed_document(image, "manifest", f"it is a {media_type}, not an image manifest")
+    manifest = _json_object(body, image, "manifest")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise _malformed_document(image, "manifest", "its 'layers' is not a list of descriptors")
+    config = _blob(manifest.get("config"), "'config'", image)
+    return config, [_blob(layer, f"layers[{n}]", image) for n, layer in enumerate(layers)]
+
+
+def checked_image_config(
+    data: bytes, image: str, platform: Platform, layers: int
+) -> dict[str, Any]:
+    """The image config, checked: its platform is ``platform``, one diff ID per layer."""
+    config = _json_object(data, image, "config")
+    architecture, os_name = config.get("architecture"), config.get("os")
+    if not (isinstance(architecture, str) and architecture and isinstance(os_name, str)):
+        raise _malformed_document(image, "config", "it has no 'architecture' and 'os' strings")
+    if not isinstance(config.get("config") or {}, dict):
+        raise _malformed_document(image, "config", "its 'config' is not an object")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not (isinstance(diff_ids, list) and len(diff_ids) == layers):
+        raise _malformed_document(
+            image, "config", f"its rootfs.diff_ids is not a list of {layers} digests"
+        )
+    if not all(_is_digest(diff_id) for diff_id in diff_ids):
+        raise _malformed_document(
+            image, "config", "its rootfs.diff_ids holds something not a digest"
+        )
+    offered = Platform.from_oci(config)
+    # Older arm images omit the variant from their config; the index entry then decides it.
+    if (offered.os, offered.architecture) != (platform.os, platform.architecture) or (
+        config.get("variant") and offered.variant != platform.variant
+    ):
+        raise ImageError(
+            f"the manifest of {image} describes an image for {offered}; the index is "
+            "inconsistent, re-push the image"
+        )
+    return config
