@@ -1,6 +1,6 @@
 """Publish benchmark: pushing a 3-platform image index, against `skopeo copy --all`.
 
-Run: .venv/bin/python bench/bench_publish.py [--rounds 7] [--megabytes 8] [--image IMG]
+Run: .venv/bin/python bench/bench_publish.py [--rounds 7] [--megabytes 8] [--image IMG] [--quick]
 (needs Docker with QEMU binfmt emulation and a registry on 127.0.0.1; the image defaults
 to $MPC_TEST_IMAGE and the registry to $MPC_TEST_REGISTRY).
 
@@ -12,6 +12,7 @@ to another fresh repository. Nobody has the new blobs yet, so both upload them; 
 layers both mount or skip. Then a re-publish of unchanged content (target: nothing
 uploaded), and a publish to yet another repository, where we mount what we pushed before,
 as skopeo's blob cache lets it do. Medians; targets print PASS or MISS, exit status 0.
+--quick: one round of 1 MB layers.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+from common import machine, median, parse, parser, print_table, verdict
 
 import mpcontainer_magics as mpc
 
@@ -41,13 +45,13 @@ def skopeo_copy(layout: Path, ref: str) -> None:
     subprocess.run([*command, f"oci:{layout}:v1", f"docker://{ref}"], check=True)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    timings: dict[str, list[float]] = {"ours": [], "peer": [], "again": [], "elsewhere": []}
-    again_bytes = []
-    async with mpc.connect() as client:
+async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {key: [] for key in ("ours", "peer", "again", "elsewhere")}
+    found["again_bytes"] = []
+    async with mpc.connect(engine="docker") as client:
         with tempfile.TemporaryDirectory() as scratch:
             for number in range(args.rounds):
-                print(f"  round {number + 1}", flush=True)
+                print(f"  round {number + 1}/{args.rounds}", file=sys.stderr, flush=True)
                 # New random content every round: nobody has these blobs yet.
                 seed = f"head -c {args.megabytes}000000 /dev/urandom > /payload-{number}"
                 variants = [
@@ -59,47 +63,58 @@ async def main_async(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 ref = fresh(args.registry)
                 first = await client.publish(ref, variants)
-                timings["ours"].append(time.perf_counter() - started)
+                found["ours"].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 skopeo_copy(layout, fresh(args.registry))
-                timings["peer"].append(time.perf_counter() - started)
+                found["peer"].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 second = await client.publish(ref, variants)
-                timings["again"].append(time.perf_counter() - started)
-                again_bytes.append(second.uploaded_bytes)
-                assert first.digest == second.digest
+                found["again"].append(time.perf_counter() - started)
+                found["again_bytes"].append(second.uploaded_bytes)
+                if first.digest != second.digest:
+                    raise SystemExit(f"publishing twice gave {first.digest}, {second.digest}")
                 started = time.perf_counter()
                 await client.publish(fresh(args.registry), variants)  # mounts, as skopeo would
-                timings["elsewhere"].append(time.perf_counter() - started)
-    med = {key: statistics.median(values) for key, values in timings.items()}
+                found["elsewhere"].append(time.perf_counter() - started)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parser(__doc__)
+    options.add_argument("--rounds", type=int, default=7)
+    options.add_argument("--megabytes", type=int, default=8, help="new layer per platform")
+    options.add_argument("--image", default=os.environ.get("MPC_TEST_IMAGE"))
+    options.add_argument("--registry", default=os.environ.get("MPC_TEST_REGISTRY"))
+    args = parse(options, argv, quick={"rounds": 1, "megabytes": 1})
+    if not args.image or not args.registry:
+        options.error("set MPC_TEST_IMAGE and MPC_TEST_REGISTRY (source the test env.sh)")
+    print(f"image {args.image}; {args.rounds} rounds, medians; {machine()} at start", flush=True)
+    found = asyncio.run(measure(args))
+    med = {key: median(values) for key, values in found.items()}
     ratio = med["ours"] / med["peer"]
+    uploaded = max(found["again_bytes"])
     print()
     print(f"3-platform index, {args.megabytes} MB of new layer per platform (medians):")
-    print(f"  publish to a new repository (push)         {med['ours']:7.2f} s")
-    print(f"  skopeo copy --all of the same content      {med['peer']:7.2f} s")
-    print(
-        f"  ratio ours / skopeo (target <= {RATIO_TARGET})        {ratio:7.2f}   "
-        f"{'PASS' if ratio <= RATIO_TARGET else 'MISS'}"
+    print_table(
+        [
+            (
+                "publish to a new repository (push)",
+                f"{med['ours']:.2f} s",
+                f"skopeo copy --all {med['peer']:.2f} s",
+                f"ours/skopeo {ratio:.2f} (<= {RATIO_TARGET}) {verdict(ratio <= RATIO_TARGET)}",
+            ),
+            (
+                "publish again, unchanged",
+                f"{med['again']:.2f} s, {uploaded:.0f} B uploaded",
+                "0 B uploaded",
+                verdict(uploaded == 0),
+            ),
+            ("publish to another repository (mounts)", f"{med['elsewhere']:.2f} s", "", ""),
+        ]
     )
-    print(
-        f"  publish again, unchanged                   {med['again']:7.2f} s, "
-        f"{max(again_bytes)} bytes uploaded   {'PASS' if max(again_bytes) == 0 else 'MISS'}"
-    )
-    print(f"  publish to another repository (mounts)     {med['elsewhere']:7.2f} s")
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--megabytes", type=int, default=8)
-    parser.add_argument("--image", default=os.environ.get("MPC_TEST_IMAGE"))
-    parser.add_argument("--registry", default=os.environ.get("MPC_TEST_REGISTRY"))
-    args = parser.parse_args()
-    if not args.image or not args.registry:
-        parser.error("set MPC_TEST_IMAGE and MPC_TEST_REGISTRY (source the test env.sh)")
-    asyncio.run(main_async(args))
+    print(f"{machine()} at the end")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

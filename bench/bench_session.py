@@ -1,6 +1,6 @@
 """Session benchmark: is a warm session cell faster than ``docker exec``?
 
-Run: .venv/bin/python bench/bench_session.py [--rounds 30] [--warmup 3] [--image IMG]
+Run: .venv/bin/python bench/bench_session.py [--rounds 30] [--warmup 3] [--image IMG] [--quick]
 (needs a Docker engine with QEMU binfmt emulation; the image defaults to $MPC_TEST_IMAGE).
 
 A session keeps one live container and shell per platform, so a warm cell is a write to
@@ -8,31 +8,39 @@ that shell's stdin; the peers start a process per command (``docker exec``).
 This script starts sessions through the public API and through the ``%%container`` magic
 in a real IPython shell, finds their containers, and interleaves rounds (in a shuffled order)
 of: the ``docker exec`` CLI, a bare docker-py exec (what ``container.exec_run`` does), the
-API's ``session.run`` (called through a private loop thread, as the magics do) and the
+API's ``session.run`` (called through a loop thread of our own, as the magics do) and the
 magic cell, all running ``true`` on the same containers; then cells of a 3-platform
 session (amd64, arm64, s390x) against its one-platform cells. Every number is a median over
---rounds rounds.
+--rounds rounds (--quick: one round, no warm-up).
 See bench/README.md for what each row means. Targets print PASS or MISS; the exit status is
 0 either way (this is a measurement).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import random
 import subprocess
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-from timing import median, timed
+from common import (
+    LoopThread,
+    MagicShell,
+    Row,
+    machine,
+    median,
+    parse,
+    parser,
+    print_table,
+    timed,
+    verdict,
+)
 
-T = TypeVar("T")
+import mpcontainer_magics as mpc
 
 ARM = "linux/arm64"
 N3 = ["linux/amd64", "linux/arm64", "linux/s390x"]
@@ -44,8 +52,40 @@ FANOUT_TARGET = 1.2
 CELL = "true"
 
 
-def ms(seconds: float) -> str:
+def in_ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
+
+
+def container_id(frame: Any, name: str, platform: str) -> str:
+    """The 12-character container prefix the sessions table shows for ``name`` on ``platform``."""
+    found = frame[(frame["name"] == name) & (frame["platform"] == platform)]["container"]
+    if len(found) != 1:
+        raise SystemExit(f"the sessions table shows no {name} on {platform}:\n{frame}")
+    return str(found.iloc[0])
+
+
+class Peers:
+    """What the session competes with, on one container: the Docker CLI and bare docker-py."""
+
+    def __init__(self, api: Any, container: str) -> None:
+        self.api = api
+        self.cid = api.inspect_container(container)["Id"]
+
+    def cli(self) -> float:
+        """Wall seconds of ``docker exec CID true`` (the CLI, started with an argv list)."""
+        argv = ["docker", "exec", self.cid, CELL]
+        return timed(lambda: subprocess.run(argv, capture_output=True, check=True, timeout=60))
+
+    def docker_py(self) -> float:
+        """Wall seconds of exec_create + exec_start + exec_inspect, as ``exec_run`` does."""
+
+        def run() -> None:
+            exec_id = self.api.exec_create(self.cid, [CELL])["Id"]
+            self.api.exec_start(exec_id)
+            if self.api.exec_inspect(exec_id)["ExitCode"] != 0:
+                raise SystemExit("bare docker-py exec of true failed")
+
+        return timed(run)
 
 
 def cli_parallel(peers: Sequence[Peers]) -> float:
@@ -54,265 +94,87 @@ def cli_parallel(peers: Sequence[Peers]) -> float:
         return timed(lambda: list(pool.map(lambda p: p.cli(), peers)))
 
 
-class Peers:
-    """What the session competes with, on one container: the Docker CLI and bare docker-py."""
-
-    def __init__(self, api: Any, container_id: str) -> None:
-        self.api = api
-        self.cid = container_id
-
-    def cli(self) -> float:
-        """Wall seconds of ``docker exec CID true`` (the CLI, started with an argv list)."""
-        argv = ["docker", "exec", self.cid, CELL]
-        return timed(lambda: subprocess.run(argv, capture_output=True, check=True, timeout=60))
-
-    def docker_py(self, cmd: Sequence[str] = (CELL,)) -> float:
-        """Wall seconds of exec_create + exec_start + exec_inspect, as ``exec_run`` does."""
-
-        def run() -> None:
-            exec_id = self.api.exec_create(self.cid, list(cmd))["Id"]
-            self.api.exec_start(exec_id)
-            if self.api.exec_inspect(exec_id)["ExitCode"] != 0:
-                raise SystemExit(f"bare docker-py exec of {cmd} failed")
-
-        return timed(run)
-
-
 class ApiSessions:
-    """Sessions started through the public API, driven through a private loop thread."""
+    """Sessions started through the public API, driven from sync code through a loop thread."""
 
     def __init__(self, image: str) -> None:
-        from mpcontainer_magics._loop import LoopThread
+        async def connect() -> mpc.Client:
+            return await mpc.connect(engine="docker")
 
-        self.image = image
-        self.bridge = LoopThread("bench-session-loop")
-        self.client: Any = None
+        self.bridge = LoopThread()
+        self.client = self.bridge.run(connect())
+        self.one = self.bridge.run(self.client.session("bench", platforms=ARM, image=image))
+        self.three = self.bridge.run(self.client.session("bench3", platforms=N3, image=image))
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.bridge.run(coro)
+    def sessions(self) -> Any:
+        return self.bridge.run(self.client.sessions())
 
-    def start(self) -> None:
-        import mpcontainer_magics as mpc
+    def cell(self, session: mpc.Session, platforms: Sequence[str] | None = None) -> float:
+        """Wall seconds of one cell, through the loop thread."""
+        wanted = mpc.parse_platforms(list(platforms)) if platforms else None
 
-        async def connect() -> Any:
-            return await mpc.connect()
-
-        self.client = self.run(connect())
-        self.one = self.run(self.client.session("bench", platforms=ARM, image=self.image))
-        self.three = self.run(self.client.session("bench3", platforms=N3, image=self.image))
-        # The container the cells run in: the session's member for the platform, checked
-        # against the 12-character prefix that `client.sessions()` shows.
-        cid = self.one.member(ARM).container_id
-        frame = self.run(self.client.sessions())
-        listed = frame[(frame["name"] == "bench") & (frame["platform"] == ARM)]["container"]
-        if list(listed) != [cid[:12]]:
-            raise SystemExit(f"sessions() lists {list(listed)}, the session runs {cid[:12]}")
-        self.container_id = cid
-
-    def cell(self, session: Any, platforms: Sequence[str] | None = None) -> tuple[float, float]:
-        """(wall seconds through the loop thread, seconds inside the loop) of one cell."""
-        from mpcontainer_magics import parse_platforms
-
-        wanted = parse_platforms(list(platforms)) if platforms else None
-
-        async def cell() -> float:
-            started = time.perf_counter()
+        async def cell() -> None:
             result = await session.run(CELL, platforms=wanted)
-            inside = time.perf_counter() - started
             if not result.ok:
                 raise SystemExit(f"a session cell failed: {result.results}")
-            return inside
 
-        started = time.perf_counter()
-        inside = self.run(cell())
-        return time.perf_counter() - started, inside
+        return timed(lambda: self.bridge.run(cell()))
 
     def close(self) -> None:
         try:
-            if self.client is not None:
-                with contextlib.suppress(Exception):
-                    self.run(self.client.stop())
-                self.run(self.client.aclose())
+            self.bridge.run(self.client.aclose())  # stops the sessions too
         finally:
             self.bridge.close()
 
 
-class MagicShell:
-    """A real IPython shell with the extension loaded: the user-facing cell."""
+def steps(
+    api: ApiSessions, shell: MagicShell, docker_api: Any, samples: dict[str, list[float]]
+) -> list[Callable[[], None]]:
+    """One round's measurements (each appends one sample), to be run in a shuffled order."""
+    frame = api.sessions()
+    on_api = Peers(docker_api, container_id(frame, "bench", ARM))
+    on_magic = Peers(docker_api, container_id(shell.line("sessions"), "b", ARM))
+    on3 = [Peers(docker_api, container_id(frame, "bench3", p)) for p in N3]
 
-    def __init__(self, image: str) -> None:
-        from IPython.terminal.interactiveshell import TerminalInteractiveShell
-        from IPython.testing.globalipapp import start_ipython
+    def sample(key: str, measure: Callable[[], float]) -> Callable[[], None]:
+        return lambda: samples[key].append(measure())
 
-        self.image = image
-        self.ip = start_ipython() or TerminalInteractiveShell.instance()
-        self.loaded = False
+    def magic(key: str, session: str, platforms: Sequence[str]) -> Callable[[], None]:
+        def run() -> None:
+            wall, result = shell.cell(f"--session {session} --platform {','.join(platforms)}", CELL)
+            samples[key].append(wall)
+            samples[f"{key}:run"].append(result.wall_s)
 
-    def load(self) -> None:
-        self.ip.run_line_magic("load_ext", "mpcontainer_magics")
-        self.loaded = True
-        magics = self.ip.magics_manager.registry["ContainerMagics"]
-        if magics.startup is not None:
-            magics.startup.result(60)  # connected, orphans reaped: not part of any timing
+        return run
 
-    def cell(self, line: str) -> tuple[float, Any]:
-        """Wall seconds of ``%%container LINE`` running ``true``, output captured; its result."""
-        from IPython.utils.capture import capture_output
-
-        full = f"{line} --image {self.image} --out _bench_session"
-        with capture_output():
-            started = time.perf_counter()
-            self.ip.run_cell_magic("container", full, CELL)
-            wall = time.perf_counter() - started
-        result = self.ip.user_ns.pop("_bench_session")
-        if not result.ok:
-            raise SystemExit(f"%%container {full} failed: {result.results}")
-        return wall, result
-
-    def container_id(self, name: str, platform: str) -> str:
-        """The 12-character container prefix that ``%container sessions`` shows."""
-        from IPython.utils.capture import capture_output
-
-        with capture_output():
-            frame = self.ip.run_line_magic("container", "sessions")
-        found = frame[(frame["name"] == name) & (frame["platform"] == platform)]["container"]
-        if len(found) != 1:
-            raise SystemExit(f"%container sessions shows no {name} on {platform}:\n{frame}")
-        return str(found.iloc[0])
-
-    def close(self) -> None:
-        if self.loaded:
-            self.loaded = False
-            self.ip.run_line_magic("unload_ext", "mpcontainer_magics")
+    made = [
+        sample("cli@api", on_api.cli),
+        sample("py@api", on_api.docker_py),
+        sample("api", lambda: api.cell(api.one)),
+        sample("cli@magic", on_magic.cli),
+        sample("py@magic", on_magic.docker_py),
+        magic("magic", "b", [ARM]),
+        sample("cli3:all", lambda: cli_parallel(on3)),
+        sample("api3:all", lambda: api.cell(api.three, N3)),
+        magic("magic3:all", "b3", N3),
+    ]
+    for platform, peer in zip(N3, on3, strict=True):
+        made.append(sample(f"cli3:{platform}", peer.cli))
+        made.append(sample(f"api3:{platform}", lambda p=platform: api.cell(api.three, [p])))
+        made.append(magic(f"magic3:{platform}", "b3", [platform]))
+    return made
 
 
-# -- the run ---------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30, help="timed rounds (medians shown)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
-    parser.add_argument(
-        "--image",
-        default=os.environ.get("MPC_TEST_IMAGE") or os.environ.get("MPC_DEMO_IMAGE"),
-        help="a multi-platform image with a POSIX sh (default: $MPC_TEST_IMAGE)",
-    )
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0:
-        parser.error("--rounds must be at least 1, --warmup at least 0")
-    if not args.image:
-        parser.error("give --image, or source /var/lib/mpcontainer-test/env.sh")
-
-    import docker
-
-    print(
-        f"image {args.image}; {args.rounds} rounds after {args.warmup} warm-up rounds, medians; "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start",
-        flush=True,
-    )
-    api = ApiSessions(args.image)
-    shell = MagicShell(args.image)
-    docker_api = docker.from_env().api
-    samples: dict[str, list[float]] = defaultdict(list)
-    try:
-        api.start()
-        shell.load()
-        # First cells start the magic's sessions (and pull): untimed.
-        shell.cell(f"--session b --platform {ARM}")
-        shell.cell(f"--session b3 --platform {','.join(N3)}")
-        magic_cid = docker_api.inspect_container(shell.container_id("b", ARM))["Id"]
-        on_api, on_magic = Peers(docker_api, api.container_id), Peers(docker_api, magic_cid)
-
-        def api_cell() -> None:
-            wall, inside = api.cell(api.one)
-            samples["api"].append(wall)
-            samples["api_inside"].append(inside)
-
-        def magic_cell() -> None:
-            wall, result = shell.cell(f"--session b --platform {ARM}")
-            samples["magic"].append(wall)
-            samples["magic_run"].append(result.wall_s)
-
-        single: list[tuple[str, Callable[[], None]]] = [
-            ("cli@api", lambda: samples["cli@api"].append(on_api.cli())),
-            ("py@api", lambda: samples["py@api"].append(on_api.docker_py())),
-            ("api", api_cell),
-            ("cli@magic", lambda: samples["cli@magic"].append(on_magic.cli())),
-            ("py@magic", lambda: samples["py@magic"].append(on_magic.docker_py())),
-            ("magic", magic_cell),
-        ]
-
-        def fan_api(key: str, platforms: Sequence[str]) -> Callable[[], None]:
-            return lambda: samples[key].append(api.cell(api.three, platforms)[0])
-
-        def fan_magic(key: str, platforms: Sequence[str]) -> Callable[[], None]:
-            def run() -> None:
-                wall, result = shell.cell(f"--session b3 --platform {','.join(platforms)}")
-                samples[key].append(wall)
-                samples[f"{key}:run"].append(result.wall_s)
-
-            return run
-
-        # The Docker CLI on the API's 3-platform session: one platform, and all three at once.
-        on3 = {p: Peers(docker_api, api.three.member(p).container_id) for p in N3}
-        fan = [(f"cli3:{p}", lambda p=p: samples[f"cli3:{p}"].append(on3[p].cli())) for p in N3]
-        fan.append(
-            ("cli3:all", lambda: samples["cli3:all"].append(cli_parallel(list(on3.values()))))
-        )
-        fan += [(f"api3:{p}", fan_api(f"api3:{p}", [p])) for p in N3]
-        fan += [(f"magic3:{p}", fan_magic(f"magic3:{p}", [p])) for p in N3]
-        fan += [("api3:all", fan_api("api3:all", N3)), ("magic3:all", fan_magic("magic3:all", N3))]
-
-        shuffle = random.Random(20261127)
-        for index in range(args.warmup + args.rounds):
-            warm = index < args.warmup
-            what = "warm-up" if warm else "round"
-            number = index + 1 if warm else index - args.warmup + 1
-            print(f"  {what} {number}", file=sys.stderr, flush=True)
-            steps = single + fan
-            shuffle.shuffle(steps)
-            for _, step in steps:
-                step()
-            if warm:
-                samples.clear()
-    finally:
-        try:
-            shell.close()
-        finally:
-            try:
-                api.close()
-            finally:
-                docker_api.close()
-
+def targets(samples: dict[str, list[float]]) -> list[Row]:
     med = {key: median(values) for key, values in samples.items()}
 
     def paired(ours: str, peer: str) -> float:
         return median([a - b for a, b in zip(samples[ours], samples[peer], strict=True)])
 
-    print()
-    print(f"warm session cell: {CELL!r} on {ARM} (emulated), median ms")
-    print(f"  {'measure':<48} {'API session':>12} {'magic session':>14}")
-    rows = [
-        ("docker exec CID true (CLI)", ms(med["cli@api"]), ms(med["cli@magic"])),
-        ("bare docker-py exec (exec_run)", ms(med["py@api"]), ms(med["py@magic"])),
-        ("session.run via LoopThread (API)", ms(med["api"]), "-"),
-        ("  of which inside the event loop", ms(med["api_inside"]), "-"),
-        ("%%container --session b (magic, output captured)", "-", ms(med["magic"])),
-        ("  of which session.run (RunResult.wall_s)", "-", ms(med["magic_run"])),
-    ]
-    for label, a, m in rows:
-        print(f"  {label:<48} {a:>12} {m:>14}")
-
-    print()
-    targets: list[tuple[str, str, str, str]] = []
-    for label, ours, on in (("API", "api", "api"), ("magic", "magic", "magic")):
-        ratio = med[ours] / med[f"cli@{on}"]
-        targets.append(
+    rows: list[Row] = []
+    for label, key in (("API", "api"), ("magic", "magic")):
+        ratio = med[key] / med[f"cli@{key}"]
+        rows.append(
             (
                 f"{label} cell / docker exec CLI",
                 f"{ratio:.2f}",
@@ -320,50 +182,116 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verdict(ratio <= RATIO_TARGET),
             )
         )
-        over = (med[ours] - med[f"py@{on}"]) * 1000
-        targets.append(
+        over = (med[key] - med[f"py@{key}"]) * 1000
+        rows.append(
             (
                 f"{label} cell - bare docker-py (ms)",
-                f"{over:.1f} (paired {paired(ours, f'py@{on}') * 1000:.1f})",
+                f"{over:.1f} (paired {paired(key, f'py@{key}') * 1000:.1f})",
                 f"<= {OVERHEAD_TARGET_MS:.0f}",
                 verdict(over <= OVERHEAD_TARGET_MS),
             )
         )
-    fanned = (
+    for label, key in (
         ("API 3-platform cell / slowest single", "api3"),
         ("magic 3-platform cell / slowest single", "magic3"),
         ("  peer: 3 parallel docker exec / slowest", "cli3"),
-    )
-    for label, key in fanned:
+    ):
         singles = [med[f"{key}:{p}"] for p in N3]
         ratio = med[f"{key}:all"] / max(singles)
-        targets.append(
+        judged = verdict(ratio <= FANOUT_TARGET) if key != "cli3" else "(what Docker allows)"
+        rows.append(
             (
                 label,
                 f"{ratio:.2f} (the sum: {sum(singles) / max(singles):.2f})",
                 f"<= {FANOUT_TARGET:.2f}",
-                verdict(ratio <= FANOUT_TARGET) if key != "cli3" else "(what Docker allows)",
+                judged,
             )
         )
-    header = ("target", "value", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *targets]) for i in range(4)]
-    for row in [header, *targets]:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if row is header:
-            print("  " + "  ".join("-" * w for w in widths))
+    return rows
 
+
+def report(samples: dict[str, list[float]]) -> None:
+    med = {key: median(values) for key, values in samples.items()}
     print()
-    print("3-platform session, cells on one platform and on all three (median ms):")
-    print(f"  {'platforms':<14} {'API':>7} {'magic':>7} {'CLI':>7}")
-    for p in [*N3, "all"]:
-        keys = ("api3", "magic3", "cli3")
-        print(f"  {p:<14} " + " ".join(f"{ms(med[f'{k}:{p}']):>7}" for k in keys))
-    print(
-        f"  (the 3-platform magic cell: session.run {ms(med['magic3:all:run'])} ms, the rest "
-        "is the magic and its table; CLI 'all' = three `docker exec` started together)"
+    print(f"warm session cell: {CELL!r} on {ARM} (emulated), median ms")
+    print_table(
+        [
+            ("docker exec CID true (CLI)", in_ms(med["cli@api"]), in_ms(med["cli@magic"])),
+            ("bare docker-py exec (exec_run)", in_ms(med["py@api"]), in_ms(med["py@magic"])),
+            ("session.run through a loop thread (API)", in_ms(med["api"]), "-"),
+            ("%%container --session b (output captured)", "-", in_ms(med["magic"])),
+            ("  of which session.run (RunResult.wall_s)", "-", in_ms(med["magic:run"])),
+        ],
+        ("measure", "API session", "magic session"),
     )
     print()
-    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    print_table(targets(samples), ("target", "value", "target", "verdict"))
+    print()
+    print("3-platform session, cells on one platform and on all three (median ms):")
+    print_table(
+        [(p, *(in_ms(med[f"{k}:{p}"]) for k in ("api3", "magic3", "cli3"))) for p in [*N3, "all"]],
+        ("platforms", "API", "magic", "CLI"),
+    )
+    print(
+        f"(the 3-platform magic cell: session.run {in_ms(med['magic3:all:run'])} ms, the rest "
+        "is the magic and its table; CLI 'all' = three `docker exec` started together)"
+    )
+    print(f"{machine()} at the end")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parser(__doc__)
+    options.add_argument("--rounds", type=int, default=30, help="timed rounds (medians shown)")
+    options.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    options.add_argument(
+        "--image",
+        default=os.environ.get("MPC_TEST_IMAGE") or os.environ.get("MPC_DEMO_IMAGE"),
+        help="a multi-platform image with a POSIX sh (default: $MPC_TEST_IMAGE)",
+    )
+    args = parse(options, argv, quick={"rounds": 1, "warmup": 0})
+    if args.warmup < 0:
+        options.error("--warmup must be at least 0")
+    if not args.image:
+        options.error("give --image, or source /var/lib/mpcontainer-test/env.sh")
+    import docker
+
+    print(
+        f"image {args.image}; {args.rounds} rounds after {args.warmup} warm-up rounds, medians; "
+        f"{machine()} at start",
+        flush=True,
+    )
+    os.environ["MPC_ENGINE"] = "docker"  # `docker exec` is what the session is compared with
+    docker_api = docker.from_env().api
+    samples: dict[str, list[float]] = defaultdict(list)
+    api = shell = None
+    try:
+        api = ApiSessions(args.image)
+        shell = MagicShell(args.image)
+        # The first cells start the magic's sessions (and pull): untimed.
+        shell.cell(f"--session b --platform {ARM}", CELL)
+        shell.cell(f"--session b3 --platform {','.join(N3)}", CELL)
+        round_steps = steps(api, shell, docker_api, samples)
+        shuffle = random.Random(20261127)
+        for index in range(args.warmup + args.rounds):
+            warm = index < args.warmup
+            number = index + 1 if warm else index - args.warmup + 1
+            print(f"  {'warm-up' if warm else 'round'} {number}", file=sys.stderr, flush=True)
+            shuffle.shuffle(round_steps)
+            for step in round_steps:
+                step()
+            if warm:
+                samples.clear()
+    finally:
+        try:
+            if shell is not None:
+                shell.close()
+        finally:
+            try:
+                if api is not None:
+                    api.close()
+            finally:
+                docker_api.close()
+    report(samples)
     return 0
 
 
