@@ -235,41 +235,20 @@ async def cold_runs(setup: Setup) -> Part:
             if number < args.warmup:  # page cache, qemu, the daemon
                 found.clear()
     med = {key: median(values) for key, values in found.items()}
-    docker_s, ratio = med["docker"], med["docker"] / med["ours"]
     part = Part()
-    part.rows.append(
-        (
-            f"cold `uname -m`, {ARM} (client.run)",
-            ms(med["ours"]),
-            f"docker run {ms(docker_s)}",
-            f"docker/ours {ratio:.2f} (>= {RUN_TARGET:g}) {verdict(ratio >= RUN_TARGET)}",
-        )
-    )
-    part.rows.append(
-        (
-            "  argv form: client.run(['uname', '-m'])",
-            ms(med["argv"]),
-            f"docker run {ms(docker_s)}",
-            f"docker/ours {docker_s / med['argv']:.2f}",
-        )
-    )
-    if "tmpfs" in med:
-        part.rows.append(
-            (
-                f"  same{setup.where('tmpfs')}",
-                ms(med["tmpfs"]),
-                f"docker run {ms(docker_s)}",
-                f"docker/ours {docker_s / med['tmpfs']:.2f}",
-            )
-        )
-    part.rows.append(
-        (
-            "  peer: bare proot -q qemu-aarch64-static",
-            ms(med["bare"]),
-            f"docker run {ms(docker_s)}",
-            f"docker/bare {docker_s / med['bare']:.2f} (the floor)",
-        )
-    )
+    labels = {
+        "ours": f"cold `uname -m`, {ARM} (client.run)",
+        "argv": "  argv form: client.run(['uname', '-m'])",
+        "tmpfs": f"  same{setup.where('tmpfs')}",
+        "bare": "  peer: bare proot -q qemu-aarch64-static",
+    }
+    for key, label in labels.items():
+        if key in med:
+            ratio = med["docker"] / med[key]
+            judged = {"ours": f" (>= {RUN_TARGET:g}) {verdict(ratio >= RUN_TARGET)}",
+                      "bare": " (the floor)"}.get(key, "")  # fmt: skip
+            ratio_of = f"docker/{'bare' if key == 'bare' else 'ours'} {ratio:.2f}{judged}"
+            part.rows.append((label, ms(med[key]), f"docker run {ms(med['docker'])}", ratio_of))
     for key in clients:
         parts = zip(found[key], found[f"{key}:start_exit"], strict=True)
         rest = median([wall - start_exit for wall, start_exit in parts])
@@ -341,19 +320,9 @@ async def second_pulls(setup: Setup) -> Part:
 def skopeo_copy(image: str, platform: mpc.Platform, dest: Path) -> tuple[float, int]:
     """Wall seconds of ``skopeo copy`` of one platform into a new OCI layout; bytes of blobs."""
     variant = ["--override-variant", platform.variant] if platform.variant else []
-    argv = [
-        "skopeo",
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-        "--override-os",
-        platform.os,
-        "--override-arch",
-        platform.architecture,
-        *variant,
-        f"docker://{image}",
-        f"oci:{dest}:bench",
-    ]
+    argv = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-os", platform.os,
+            "--override-arch", platform.architecture, *variant, f"docker://{image}",
+            f"oci:{dest}:bench"]  # fmt: skip
     try:
         wall = timed(lambda: run_quiet(argv))
         index = json.loads((dest / "index.json").read_text())
@@ -475,12 +444,56 @@ async def build_image(setup: Setup, client: mpc.Client, reference: str) -> str:
     return f"one {layer_mb:.1f} MB gzip layer; built and pushed in {seconds:.1f} s"
 
 
+def cp_seconds(flags: str, tree: Path) -> float:
+    """Wall seconds of GNU ``cp FLAGS TREE COPY`` next to ``tree`` (the copy is removed)."""
+    copy = tree.parent / f"copy{flags}"
+    try:
+        return timed(lambda: run_quiet(["cp", flags, str(tree), str(copy)]))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+async def copy_round(client: mpc.Client, pulled: Any, reference: str, tree: Path) -> dict:
+    """One round on one cache: the rootfs copy and its removal, a session, the cp peers."""
+    started = time.perf_counter()
+    container = await client.engine.create(pulled, ["true"])
+    found = {"create": time.perf_counter() - started}
+    found["remove"] = await seconds_of(client.engine.remove(container))
+    started = time.perf_counter()
+    await client.session("bench-round", image=reference, platforms=AMD)
+    found["session"] = time.perf_counter() - started
+    found["stop"] = await seconds_of(client.stop("bench-round"))
+    found["cp_al"], found["cp_a"] = cp_seconds("-al", tree), cp_seconds("-a", tree)
+    return found
+
+
+def copy_rows(setup: Setup, key: str, med: dict[str, float], stats: dict[str, int]) -> Part:
+    where, create, session, farm = (setup.where(key), med["create"], med["session"], med["cp_al"])
+    size = f"{stats['bytes'] / MB:.0f} MB / {stats['files']} files"
+    judged = f" {verdict(create < CREATE_TARGET_S)}" if key == "ours" else ""
+    target, reference = f"< {ms(CREATE_TARGET_S)}", f"< {ms(CREATE_TARGET_S)} (reference)"
+    rows: list[Row] = [
+        (f"rootfs copy (engine.create), {size}" if key == "ours" else f"rootfs copy{where}",
+         ms(create), target,
+         f"{create / CREATE_TARGET_S:.2f} of target{judged}"),
+        (f"  client.session() start{where}", ms(session), reference,
+         f"{session / CREATE_TARGET_S:.2f} of target"),
+        (f"  peer: cp -al (hard-link farm){where}", ms(farm),
+         f"cp -a (full copy) {ms(med['cp_a'])}", f"create/cp -al {create / farm:.2f}"),
+    ]  # fmt: skip
+    note = (
+        f"rootfs copy{where} {ms(create)}, remove {ms(med['remove'])}; session start "
+        f"{ms(session)} = the copy + proot keep-alive and shell start {ms(session - create)}; "
+        f"stop {ms(med['stop'])}; first pull+unpack {med['first_pull']:.2f} s"
+    )
+    return Part(rows, [note])
+
+
 async def rootfs_copies(setup: Setup) -> Part:
     args = setup.args
     reference = f"{args.registry}/bench/rootfs{args.megabytes}:1"
     print(f"4. private rootfs copy of a ~{args.megabytes} MB image ({reference})", flush=True)
-    found: dict[str, list[float]] = defaultdict(list)
-    part = Part()
+    found: dict[str, dict[str, list[float]]] = {key: defaultdict(list) for key in setup.scratch}
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
         for key in setup.scratch:
@@ -490,68 +503,25 @@ async def rootfs_copies(setup: Setup) -> Part:
         for key, client in clients.items():
             started = time.perf_counter()
             (pulled[key],) = await client.pull(reference, platforms=AMD)
-            found[f"{key}:first_pull"].append(time.perf_counter() - started)
+            found[key]["first_pull"].append(time.perf_counter() - started)
             # The same tree, as real files on the same filesystem: what GNU cp copies.
             trees[key] = await export_rootfs(client, reference, AMD, setup.scratch[key] / "tree")
         check = await clients["ours"].session("bench-check", image=reference, platforms=AMD)
         if not (await check.run("ls /usr/share | wc -l")).ok:  # sh, ls, wc from busybox
             raise SystemExit(f"a session of {reference} failed")
         await clients["ours"].stop("bench-check")
-        for number in rounds(args.repeat):
+        for _ in rounds(args.repeat):
             for key, client in clients.items():
-                started = time.perf_counter()
-                container = await client.engine.create(pulled[key], ["true"])
-                found[f"{key}:create"].append(time.perf_counter() - started)
-                found[f"{key}:remove"].append(await seconds_of(client.engine.remove(container)))
-                started = time.perf_counter()
-                await client.session(f"bench-{number}", image=reference, platforms=AMD)
-                found[f"{key}:session"].append(time.perf_counter() - started)
-                found[f"{key}:stop"].append(await seconds_of(client.stop(f"bench-{number}")))
-                for name, flags in (("cp_al", "-al"), ("cp_a", "-a")):
-                    copy = [trees[key], trees[key].parent / f"copy-{name}"]
-                    found[f"{key}:{name}"].append(timed(lambda: run_quiet(["cp", flags, *copy])))  # noqa: B023
-                    shutil.rmtree(copy[1])
-    med = {key: median(values) for key, values in found.items()}
+                for name, seconds in (
+                    await copy_round(client, pulled[key], reference, trees[key])
+                ).items():
+                    found[key][name].append(seconds)
     stats = tree_stats(trees["ours"])
-    for key in clients:
-        create, where = med[f"{key}:create"], setup.where(key)
-        label = (
-            f"rootfs copy (engine.create), {stats['bytes'] / MB:.0f} MB / {stats['files']} files"
-        )
-        part.rows.append(
-            (
-                label if key == "ours" else f"  same{where}",
-                ms(create),
-                f"< {ms(CREATE_TARGET_S)}",
-                f"{create / CREATE_TARGET_S:.2f} of target {verdict(create < CREATE_TARGET_S)}",
-            )
-        )
-    for key in clients:
-        session = med[f"{key}:session"]
-        part.rows.append(
-            (
-                f"  client.session() start{setup.where(key)}",
-                ms(session),
-                f"< {ms(CREATE_TARGET_S)} (reference)",
-                f"{session / CREATE_TARGET_S:.2f} of target",
-            )
-        )
-    for key in clients:
-        farm = med[f"{key}:cp_al"]
-        part.rows.append(
-            (
-                f"  peer: cp -al (hard-link farm){setup.where(key)}",
-                ms(farm),
-                f"cp -a (full copy) {ms(med[f'{key}:cp_a'])}",
-                f"create/cp -al {med[f'{key}:create'] / farm:.2f}",
-            )
-        )
-        part.notes.append(
-            f"rootfs copy{setup.where(key)} {ms(med[f'{key}:create'])}, remove "
-            f"{ms(med[f'{key}:remove'])}; session start {ms(med[f'{key}:session'])} = the copy + "
-            f"proot keep-alive and shell start {ms(med[f'{key}:session'] - med[f'{key}:create'])}"
-            f"; stop {ms(med[f'{key}:stop'])}; first pull+unpack {med[f'{key}:first_pull']:.2f} s"
-        )
+    part = Part()
+    for key, samples in found.items():
+        rows = copy_rows(setup, key, {name: median(v) for name, v in samples.items()}, stats)
+        part.rows += rows.rows
+        part.notes += rows.notes
     part.notes.append(
         f"a copy of this rootfs makes {stats['dirs']} directories (new inodes) and hard links to "
         f"{stats['links']} symlinks and {stats['files']} files (real copies under /etc, /root, "
