@@ -8,14 +8,18 @@ cell that is running. Every error of this package becomes a one-line ``UsageErro
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import inspect
 import queue
 import re
 import shlex
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
@@ -38,26 +42,127 @@ from .session import Session
 from .workspace import reap_workspaces
 
 T = TypeVar("T")
+P = TypeVar("P", bound=argparse.ArgumentParser)
 
-SUBCOMMANDS = {
-    "pull": "%container pull IMAGE [--platform P1,P2|all]   fetch an image for platforms",
-    "platforms": "%container platforms [IMAGE]   native/emulated platforms, what IMAGE offers",
-    "doctor": "%container doctor   the engine and its version, which platforms can run and why "
-    "not, registries, cache size, and each problem with its fix",
-    "sessions": "%container sessions   the live sessions, one row per platform",
-    "stop": "%container stop NAME | --all   remove a session's containers (or every session's)",
-    "cp": "%container cp SRC DST   copy between this machine and a session; the session side "
-    "is NAME[@PLATFORM]:/path",
-    "ls": "%container ls [PATH] --image IMAGE [--platform P]   list files of an image "
-    "(any OS, e.g. windows/amd64)",
-    "cat": "%container cat PATH --image IMAGE [--platform P]   print a file of an image",
-    "publish": "%container publish REF --from SESSION_OR_VAR   push the platforms of a session "
-    "(or of a session cell's --out result, or Containers in a variable) as one image",
-    "export": "%container export PATH --from SESSION_OR_VAR [--tag TAG]   the same, written as "
-    "an OCI image layout (a directory, or a tar for PATH.tar)",
-    "ui": "%container ui [IMAGE]   the widget app: platforms, command, Run/Stop, live output, "
-    "Publish",
+#: One argparse argument: (flags, options), as given to ``add_argument``.
+Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def _arg(*flags: str, **options: Any) -> Argument:
+    return flags, options
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A ``%container NAME …`` line magic, declared once: its one-line summary and its
+    arguments. The help, the error for an unknown name and the parser all come from here;
+    ``ContainerMagics._line_NAME(args)`` does the work."""
+
+    summary: str
+    arguments: tuple[Argument, ...] = ()
+
+    def parser(self, name: str) -> MagicArgumentParser:
+        """The parser: errors are UsageErrors, as for every magic (its help adds the %)."""
+        return self._filled(MagicArgumentParser(prog=f"container {name}", description=self.summary))
+
+    def usage(self, name: str) -> str:
+        """``%container NAME [OPTIONS] ARGS`` on one line."""
+        plain = self._filled(argparse.ArgumentParser(prog=f"%container {name}", add_help=False))
+        return " ".join(plain.format_usage().removeprefix("usage: ").split())
+
+    def _filled(self, parser: P) -> P:
+        for flags, options in self.arguments:
+            parser.add_argument(*flags, **options)
+        return parser
+
+
+_ONE_IMAGE = (
+    _arg("-i", "--image", metavar="IMAGE", help="the image (default: the default image)"),
+    _arg("-p", "--platform", metavar="P", help="one platform, any OS (default: native)"),
+)
+_FROM = _arg(
+    "--from",
+    dest="source",
+    required=True,
+    metavar="SESSION_OR_VAR",
+    help="a session, a session cell's --out result, or a variable holding Containers",
+)
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "pull": Subcommand(
+        "fetch an image for platforms",
+        (_arg("image"), _arg("-p", "--platform", metavar="P1,P2|all")),
+    ),
+    "platforms": Subcommand(
+        "native and emulated platforms, and which platforms the image offers",
+        (_arg("image", nargs="?"),),
+    ),
+    "doctor": Subcommand(
+        "the engine and its version, which platforms can run and why not, registries, "
+        "cache size, and each problem with its fix"
+    ),
+    "sessions": Subcommand("the live sessions, one row per platform"),
+    "stop": Subcommand(
+        "remove a session's containers (or every session's)",
+        (
+            _arg("name", nargs="?"),
+            _arg("--all", action="store_true", help="stop every session"),
+        ),
+    ),
+    "cp": Subcommand(
+        "copy between this machine and a session; the session side is NAME[@PLATFORM]:/path",
+        (_arg("source"), _arg("dest")),
+    ),
+    "ls": Subcommand(
+        "list the files of an image (any OS, e.g. windows/amd64)",
+        (_arg("path", nargs="?", default="/"), *_ONE_IMAGE),
+    ),
+    "cat": Subcommand("print a file of an image", (_arg("path"), *_ONE_IMAGE)),
+    "publish": Subcommand(
+        "push the platforms of a session (or of a session cell's --out result, or "
+        "Containers in a variable) as one image",
+        (
+            _arg("reference", help="where to push, e.g. registry.example/hello:1"),
+            _FROM,
+        ),
+    ),
+    "export": Subcommand(
+        "the same as publish, written as an OCI image layout (a directory, or a tar when "
+        "the path ends in .tar)",
+        (
+            _arg("path", help="a directory, or a file ending in .tar"),
+            _FROM,
+            _arg("--tag", default="latest", help="the layout's reference name"),
+        ),
+    ),
+    "ui": Subcommand(
+        "the widget app (also mpc.ui()): platforms, command, Run/Stop, live output, Publish",
+        (_arg("image", nargs="?"),),
+    ),
+    "help": Subcommand(
+        "this list, or one subcommand's options",
+        (_arg("subcommand", nargs="?"),),
+    ),
 }
+
+
+def subcommands_help() -> str:
+    """The line magics, one usage line and one summary each (from ``SUBCOMMANDS``)."""
+    lines = ["Line magics (`%container help NAME` shows one's options):"]
+    for name, subcommand in SUBCOMMANDS.items():
+        lines.append(f"  {subcommand.usage(name)}")
+        lines += textwrap.wrap(
+            subcommand.summary, 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
+
+
+def _with_subcommands_help(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """Append the line magics to the docstring, before magic_arguments turns it into the
+    help that ``%container?`` and ``%%container?`` show."""
+    magic.__doc__ = f"{inspect.cleandoc(magic.__doc__ or '')}\n\n{subcommands_help()}\n"
+    return magic
+
 
 #: The session side of `%container cp`: NAME[@PLATFORM]:/absolute/path
 SESSION_PATH = re.compile(
@@ -207,6 +312,7 @@ class ContainerMagics(Magics):
         "with TARGETPLATFORM/TARGETOS/TARGETARCH/TARGETVARIANT, BUILDPLATFORM/BUILDOS/"
         "BUILDARCH and GOOS/GOARCH/GOARM set for that target (keep outputs with --mount).",
     )
+    @_with_subcommands_help
     @line_cell_magic
     def container(self, line: str, cell: str | None = None) -> Any:
         """Run the cell as a POSIX sh script in a container on each platform, side by side.
@@ -215,23 +321,6 @@ class ContainerMagics(Magics):
         one row per platform (exit code, stdout, stderr, duration, emulated, image digest)
         and which outputs agree or differ. A non-zero exit is data, not an error, unless
         --raise-error. Ctrl-C stops and removes the cell's containers.
-
-        Line magics:
-          %container pull IMAGE [--platform P1,P2|all]   fetch an image for platforms
-          %container platforms [IMAGE]                   native/emulated platforms, and
-                                                         which platforms IMAGE offers
-          %container doctor                              engine, version, which platforms
-                                                         can run and why not, registries,
-                                                         cache size; each problem's fix
-          %container sessions                            live sessions (one row per platform)
-          %container stop NAME | --all                   remove sessions
-          %container cp SRC DST                          copy files; the session side is
-                                                         NAME[@PLATFORM]:/path
-          %container ls [PATH] --image IMAGE [--platform P]   list an image's files (any OS)
-          %container cat PATH --image IMAGE [--platform P]    print an image's file
-          %container publish REF --from SESSION_OR_VAR        push a multi-platform image
-          %container export PATH --from SESSION_OR_VAR        write it as an OCI layout
-          %container ui [IMAGE]                              the widget app (also mpc.ui())
         """
         if cell is None:
             return self._line(line)
@@ -324,33 +413,36 @@ class ContainerMagics(Magics):
             given = f"unknown subcommand {words[0]!r}; " if words else ""
             raise UsageError(
                 f"{given}use %%container as a cell magic, or one of: "
-                + " | ".join(SUBCOMMANDS.values())
+                + " | ".join(f"%container {name}" for name in SUBCOMMANDS)
+                + " (%container help lists what each does)"
             )
-        name, rest = words[0], words[1:]
-        parser = MagicArgumentParser(prog=f"%container {name}", description=SUBCOMMANDS[name])
-        return getattr(self, f"_line_{name}")(parser, rest)
+        name = words[0]
+        args = SUBCOMMANDS[name].parser(name).parse_args(words[1:])
+        return getattr(self, f"_line_{name}")(args)
 
-    def _line_pull(self, parser: MagicArgumentParser, words: list[str]) -> None:
-        parser.add_argument("image")
-        parser.add_argument("-p", "--platform")
-        args = parser.parse_args(words)
+    def _line_help(self, args: Any) -> None:
+        if args.subcommand is None:
+            print(subcommands_help())
+        elif args.subcommand in SUBCOMMANDS:
+            print(SUBCOMMANDS[args.subcommand].parser(args.subcommand).format_help(), end="")
+        else:
+            raise UsageError(
+                f"unknown subcommand {args.subcommand!r}; one of: {', '.join(SUBCOMMANDS)}"
+            )
+
+    def _line_pull(self, args: Any) -> None:
         pulled = self._run(lambda client: client.pull(args.image, platforms=args.platform))
         for image in pulled:
             pin = image.digest or f"local image {image.image_id[:19]}"
             print(f"{image.reference} for {image.platform}: {pin}")
 
-    def _line_platforms(self, parser: MagicArgumentParser, words: list[str]) -> Any:
-        parser.add_argument("image", nargs="?")
-        args = parser.parse_args(words)
+    def _line_platforms(self, args: Any) -> Any:
         return self._run(lambda client: client.platforms(args.image))
 
-    def _line_doctor(self, parser: MagicArgumentParser, words: list[str]) -> Any:
-        parser.parse_args(words)
+    def _line_doctor(self, args: Any) -> Any:
         return self._run(lambda client: client.doctor())
 
-    def _line_ui(self, parser: MagicArgumentParser, words: list[str]) -> Any:
-        parser.add_argument("image", nargs="?")
-        args = parser.parse_args(words)
+    def _line_ui(self, args: Any) -> Any:
         from .widgets import ContainerApp  # imports ipywidgets: only when asked for
 
         # The magics' own loop and client: the app's session is one of %container sessions.
@@ -358,27 +450,20 @@ class ContainerMagics(Magics):
             args.image or self.default_image, bridge=self._bridge, connect=self._connected
         )
 
-    def _line_sessions(self, parser: MagicArgumentParser, words: list[str]) -> Any:
-        parser.parse_args(words)
+    def _line_sessions(self, args: Any) -> Any:
         frame = self._run(lambda client: client.sessions())
         if frame.empty:
             print("no sessions; start one with %%container --session NAME")
             return None
         return frame
 
-    def _line_stop(self, parser: MagicArgumentParser, words: list[str]) -> None:
-        parser.add_argument("name", nargs="?")
-        parser.add_argument("--all", action="store_true", help="stop every session")
-        args = parser.parse_args(words)
+    def _line_stop(self, args: Any) -> None:
         if (args.name is None) == (not args.all):
             raise UsageError("give a session name or --all, e.g. %container stop build")
         stopped = self._run(lambda client: client.stop(args.name))
         print(f"stopped: {', '.join(stopped)}" if stopped else "no sessions to stop")
 
-    def _line_cp(self, parser: MagicArgumentParser, words: list[str]) -> None:
-        parser.add_argument("source")
-        parser.add_argument("dest")
-        args = parser.parse_args(words)
+    def _line_cp(self, args: Any) -> None:
         source, dest = SESSION_PATH.match(args.source), SESSION_PATH.match(args.dest)
         if bool(source) == bool(dest):
             raise UsageError(
@@ -411,40 +496,27 @@ class ContainerMagics(Magics):
         for target in self._run(copy):
             print(f"copied to {target}")
 
-    def _image_files(
-        self, parser: MagicArgumentParser, words: list[str], path_required: bool
-    ) -> tuple[Any, Callable[[Client], Any]]:
-        parser.add_argument("path", nargs=None if path_required else "?", default="/")
-        parser.add_argument("-i", "--image", help="the image (default: the default image)")
-        parser.add_argument("-p", "--platform", help="one platform (default: native)")
-        args = parser.parse_args(words)
+    def _image_container(self, args: Any) -> Callable[[Client], Container]:
         if args.platform and ("," in args.platform or args.platform.strip().lower() == "all"):
             raise UsageError("give one platform, e.g. --platform windows/amd64")
         image = args.image or self.default_image
-        return args, lambda client: client.container(args.platform).from_(image)
+        return lambda client: client.container(args.platform).from_(image)
 
-    def _line_ls(self, parser: MagicArgumentParser, words: list[str]) -> None:
-        args, container = self._image_files(parser, words, path_required=False)
+    def _line_ls(self, args: Any) -> None:
+        container = self._image_container(args)
         names = self._run(lambda client: container(client).directory(args.path).entries())
         print("\n".join(names) if names else f"{args.path} is empty")
 
-    def _line_cat(self, parser: MagicArgumentParser, words: list[str]) -> None:
-        args, container = self._image_files(parser, words, path_required=True)
+    def _line_cat(self, args: Any) -> None:
+        container = self._image_container(args)
         print(self._run(lambda client: container(client).file(args.path).contents()), end="")
 
-    def _line_publish(self, parser: MagicArgumentParser, words: list[str]) -> Any:
-        parser.add_argument("reference", help="where to push, e.g. registry.example/hello:1")
-        parser.add_argument("--from", dest="source", required=True, metavar="SESSION_OR_VAR")
-        args = parser.parse_args(words)
+    def _line_publish(self, args: Any) -> Any:
         return self._run(
             lambda client: client.publish(args.reference, self._variants(client, args.source))
         )
 
-    def _line_export(self, parser: MagicArgumentParser, words: list[str]) -> Any:
-        parser.add_argument("path", help="a directory, or a file ending in .tar")
-        parser.add_argument("--from", dest="source", required=True, metavar="SESSION_OR_VAR")
-        parser.add_argument("--tag", default="latest", help="the layout's reference name")
-        args = parser.parse_args(words)
+    def _line_export(self, args: Any) -> Any:
         return self._run(
             lambda client: client.export(
                 args.path, self._variants(client, args.source), tag=args.tag

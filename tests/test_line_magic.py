@@ -6,6 +6,8 @@ import pytest
 from conftest import assert_says_what_and_how, everything_under
 from IPython.core.error import UsageError
 
+from mpcontainer_magics.magics import SUBCOMMANDS, ContainerMagics
+
 
 def test_platforms_reports_native_emulated_and_offered(shell, amd64_only_image, test_image):
     report = shell.run_line_magic("container", "platforms")
@@ -85,3 +87,46 @@ def test_cp_and_export_to_an_unwritable_destination_say_why_and_how(
             assert_says_what_and_how(str(exc.value), why)
     assert everything_under(tmp_path) == before  # no half-written copy, tar or scratch dir
     shell.run_line_magic("container", "stop dst")
+
+
+# -- the subcommands: declared once, listed in every help -------------------------------------
+
+
+@pytest.fixture
+def loaded(ip):
+    """The extension loaded, for what needs no engine (help, argument errors)."""
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    yield ip
+    ip.run_line_magic("unload_ext", "mpcontainer_magics")
+
+
+def test_every_subcommand_has_its_handler_and_its_help_line(loaded, capsys):
+    handlers = {name.removeprefix("_line_") for name in dir(ContainerMagics)}
+    assert set(SUBCOMMANDS) <= handlers
+    assert {n[6:] for n in dir(ContainerMagics) if n.startswith("_line_")} == set(SUBCOMMANDS)
+
+    loaded.run_line_magic("container", "help")
+    listing = capsys.readouterr().out
+    docstring = loaded.find_line_magic("container").__doc__  # what %container? shows
+    for name, subcommand in SUBCOMMANDS.items():
+        for text in (listing, docstring):
+            assert f"  %container {name}" in text and subcommand.summary[:40] in text
+    # %%container? still documents the cell's own options.
+    assert "--session NAME" in docstring and "--raise-error" in docstring
+
+
+def test_help_for_one_subcommand_shows_its_options(loaded, capsys):
+    loaded.run_line_magic("container", "help cp")
+    shown = capsys.readouterr().out
+    assert "  %container cp source dest\n" in shown and SUBCOMMANDS["cp"].summary in shown
+    with pytest.raises(UsageError, match="unknown subcommand 'frob'; one of: pull, platforms"):
+        loaded.run_line_magic("container", "help frob")
+
+
+def test_an_unknown_subcommand_lists_every_one(loaded):
+    with pytest.raises(UsageError) as exc:
+        loaded.run_line_magic("container", "frobnicate")
+    message = str(exc.value)
+    assert message.startswith("unknown subcommand 'frobnicate'; use %%container as a cell magic")
+    assert all(f"%container {name}" in message for name in SUBCOMMANDS)
+    assert "%container help" in message and "\n" not in message
