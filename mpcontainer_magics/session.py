@@ -204,17 +204,26 @@ class Session:
     ) -> Launch:
         async def launch(on_output: OutputCallback) -> ExecOutcome:
             try:
-                return await member.shell.run(script, env=env, workdir=workdir, on_output=on_output)
+                outcome = await member.shell.run(
+                    script, env=env, workdir=workdir, on_output=on_output
+                )
             except EngineError:
-                state = await self._engine.state(member.container_id)
-                if state == "running":
-                    raise
-                raise SessionError(
-                    f"session {self.name!r} on {member.platform} is not running any more "
-                    f"({state}); stop it (%container stop {self.name}) and start it again"
-                ) from None
+                await self._check_running(member)
+                raise
+            if member.shell.lost:  # killed with its container (docker kill), or by itself
+                await self._check_running(member)
+            return outcome
 
         return launch
+
+    async def _check_running(self, member: Member) -> None:
+        """SessionError when ``member``'s container has stopped (from outside, say)."""
+        state = await self._engine.state(member.container_id)
+        if state != "running":
+            raise SessionError(
+                f"session {self.name!r} on {member.platform} is not running any more "
+                f"({state}); stop it (%container stop {self.name}) and start it again"
+            )
 
     async def copy_in(
         self,

@@ -145,6 +145,10 @@ class Shell:
         self._pid = 0
         self._marks: _Marks | None = None
         self._turn = asyncio.Lock()
+        self._generation = 0  # of self._process: output of an earlier shell is not a cell's
+        #: The last cell ended because the shell died before it could mark the end (killed,
+        #: or its container stopped), not because the cell finished or exited.
+        self.lost = False
 
     async def run(
         self,
@@ -160,6 +164,7 @@ class Shell:
             started = time.perf_counter()
             token = secrets.token_hex(12)
             text = cell_text(script, token, env or {}, workdir)
+            self.lost = False
             status = await self._send(text, token, on_output)
             return ExecOutcome(status, time.perf_counter() - started)
 
@@ -171,7 +176,12 @@ class Shell:
     async def _ensure_started(self) -> None:
         if self._process is not None and not self._process.exited.done():
             return
-        self._process = await self._engine.attach_exec(self._container_id, ["sh"], self._route)
+        self._generation += 1
+        generation = self._generation
+        self._process = None
+        self._process = await self._engine.attach_exec(
+            self._container_id, ["sh"], lambda stream, chunk: self._route(generation, stream, chunk)
+        )
         token = secrets.token_hex(12)
         errors: list[bytes] = []
         pid = await self._send(
@@ -182,8 +192,10 @@ class Shell:
             raise SessionError(f"its sh did not start: {(detail or ['no output'])[-1][:200]}")
         self._pid = pid
 
-    def _route(self, stream: str, chunk: bytes) -> None:
-        if self._marks is not None:
+    def _route(self, generation: int, stream: str, chunk: bytes) -> None:
+        # A shell that was replaced may still print (its end mark, as it is interrupted):
+        # that must never reach a later shell's cell, where the mark would show as output.
+        if self._marks is not None and generation == self._generation:
             self._marks.feed(stream, chunk)
 
     async def _send(self, text: str, token: str, on_output: OutputCallback | None) -> int:
@@ -198,6 +210,7 @@ class Shell:
                     self._process = None
                 return marks.done.result()
             marks.flush()  # the shell died before it could mark the end
+            self.lost = True
             return process.exited.result()
         except asyncio.CancelledError:
             if self._pid and not process.exited.done():

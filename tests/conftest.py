@@ -211,6 +211,25 @@ def shell(ip: Any, test_image: str, no_leaks: None) -> Iterator[Any]:
     ip.run_line_magic("unload_ext", "mpcontainer_magics")
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def tracees(tracer: int) -> list[int]:
+    """The processes ``tracer`` ptrace-attaches (what a proot runs)."""
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            if f"TracerPid:\t{tracer}\n" in Path(f"/proc/{pid}/status").read_text():
+                found.append(pid)
+    return found
+
+
 class StampedOutput(io.StringIO):
     """Remembers when each piece of text was written."""
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Containers
+from conftest import Containers, alive
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
@@ -108,17 +108,9 @@ def test_leftover_processes_die_with_the_command(embedded, test_image, tmp_path)
     run(lambda c: c.run(script, image=test_image, platforms=ARM64, mounts=[mount]))
     pid = int(marker.read_text())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)
-    assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    assert not alive(pid)
 
 
 # -- private rootfs copies ---------------------------------------------------------------------

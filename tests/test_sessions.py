@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
+import re
 import signal
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Containers, StampedOutput
+from conftest import Containers, StampedOutput, alive, tracees
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_SESSION
+from mpcontainer_magics.engines.proot import processes_using
 
 TWO_EMULATED = "linux/arm64,linux/s390x"
 
@@ -315,3 +321,68 @@ def test_session_output_streams_while_the_cell_runs(shell):
     first = min(t for t, text in out.stamps if "first" in text)
     assert finished - first >= 1.5, "output arrived only when the cell ended"
     assert "[linux/s390x] second" in out.getvalue()
+
+
+# -- a member killed from outside --------------------------------------------------------------
+
+MARKER = re.compile(r"[0-9a-f]{24}")  # the session protocol's per-cell token
+
+
+def bounded(call: Callable[[], Any], seconds: float) -> Any:
+    """``call()`` in a thread, failing the test if it has not returned within ``seconds``."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"the cell did not return within {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def kill_from_outside(engine_kind: str, docker_api: Any, blob_cache: Path, member: str, how: str):
+    """What `docker kill` does to a session's container; on the embedded engine, SIGKILL to
+    its proot processes (``how``: "main", the one running the container's command, or "all").
+    Returns the processes that ran in the container: all of them must end."""
+    if engine_kind == "docker":
+        docker_api.kill(member)
+        return []
+    proots = processes_using(blob_cache / "containers" / member / "rootfs")
+    ran = proots + [pid for proot in proots for pid in tracees(proot)]
+    if how == "main":
+        proots = [pid for pid in proots if b"while :" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    for pid in proots:
+        os.kill(pid, signal.SIGKILL)
+    return ran
+
+
+def test_a_member_killed_from_outside_fails_every_later_cell_at_once(
+    shell, containers, engine_kind, docker_api, blob_cache, capsys
+):
+    for attempt, how in enumerate(["main", "all", "main", "all"]):  # a hang was intermittent
+        name = f"killed{attempt}"
+        cell(shell, f"--session {name} --platform linux/arm64", "cd /tmp; sleep 600 &")
+        (member,) = session_containers(containers, name)
+        ran = kill_from_outside(engine_kind, docker_api, blob_cache, member["Id"], how)
+        # Nothing of it runs on (a guest that lost its proot would run on the host's files).
+        deadline = time.monotonic() + 5
+        while any(map(alive, ran)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [pid for pid in ran if alive(pid)] == []
+        capsys.readouterr()
+        for _ in range(3):
+            with pytest.raises(UsageError) as failed:
+                bounded(functools.partial(cell, shell, f"--session {name}", "echo here"), 10)
+            assert f"session {name!r} on linux/arm64 is not running any more" in str(failed.value)
+            assert "and start it again" in str(failed.value)
+            out = capsys.readouterr()
+            assert not MARKER.search(out.out + out.err), out
+        line(shell, f"stop {name}")
+    assert containers.mine() == []

@@ -630,12 +630,15 @@ class EmbeddedEngine(Engine):
         if container.argv is None:
             raise EngineError(f"container {container_id[:12]} was created without a command")
         container.main = await self._spawn(container, container.argv, None)
+        # As in Docker, a container whose command ended (or whose proot was killed) runs no
+        # exec any more: a session's shell then fails, and the session says it stopped.
+        container.main.exited.add_done_callback(lambda _: _kill_execs(container))
 
     async def attach_exec(
         self, container_id: str, argv: Sequence[str], on_output: OutputCallback
     ) -> AttachedProcess:
         container = self._get(container_id)
-        if container.main is None or not container.main.running:
+        if container.main is None or container.main.exited.done():
             raise EngineError(f"container {container_id[:12]} is not running")
         process = await self._spawn(container, argv, on_output, stdin=True, main=False)
         container.execs.add(process)
@@ -646,11 +649,12 @@ class EmbeddedEngine(Engine):
         container = self._live.get(container_id)
         if container is None or not container.path.exists():
             return "gone"
-        if container.main is None:
+        main = container.main
+        if main is None:
             return "created"
-        if container.main.running:
+        if not main.exited.done():
             return "running"
-        return f"exited ({await container.main.exited})"
+        return f"exited ({'?' if main.exited.exception() else main.exited.result()})"
 
     async def remove(self, container_id: str) -> None:
         container = self._live.pop(container_id, None)
@@ -800,6 +804,11 @@ class _EmbeddedProcess(AttachedProcess):
     async def interrupt(self, group: int) -> None:
         # The guest's processes share proot's process group (proot does not start new ones).
         await self._process.interrupt()
+
+
+def _kill_execs(container: _Container) -> None:
+    for process in list(container.execs):
+        process.kill_now()
 
 
 def _host_platform() -> Platform:

@@ -15,6 +15,10 @@ does not do, and this module does instead so runs behave as Docker's do:
   its own, and stopping kills that process group *and* every process proot still traces (a
   command may leave the group with ``setsid``). Ctrl-C goes to the guest processes, not to
   proot, which must stay alive to keep tracing them.
+- **proot killed from outside.** A tracer that dies does not take its tracees along: they
+  are detached and run on, *untraced*, so their paths are the host's (a session's ``sh``
+  then ran the next cell against the host's /tmp). Whenever a proot is gone, what is left
+  of its session and group, and their descendants, is killed at once.
 
 proot is not a security boundary: the guest can reach the host's files (with ``-q`` the host
 root is even bound at ``/host-rootfs``), and it runs as the calling user.
@@ -49,6 +53,9 @@ _NOT_FOUND = re.compile(rb"proot error: '(.*)' not found")
 _NOT_EXECUTABLE = re.compile(rb"proot error: '(.*)' is not (?:a regular file|executable)")
 # Started once the command has ended, to let proot finish on its own before we kill the rest.
 _LINGER_S = 0.05
+# How long output may still arrive once proot is gone and its guests are killed: a process
+# outside our reach (double-forked away) may hold the pipes open for ever.
+_DRAIN_S = 2.0
 
 
 def find_proot() -> str:
@@ -123,12 +130,14 @@ class ProotProcess:
     def __init__(
         self,
         process: asyncio.subprocess.Process,
+        ended: asyncio.Future[None],
         on_output: OutputCallback | None,
         *,
         end_with_command: bool,
         argv_newlines: int = 0,
     ) -> None:
         self._process = process
+        self._ended = ended  # proot has exited (its pipes may still be open)
         self.pid = process.pid  # also the process group and session: proot leads both
         self._on_output = on_output
         self._end_with_command = end_with_command
@@ -163,8 +172,11 @@ class ProotProcess:
         stdin: bool = False,
         end_with_command: bool = True,
     ) -> ProotProcess:
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            # asyncio.create_subprocess_exec, with a protocol that also tells when proot ends.
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _EndProtocol(loop),
                 *command,
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -177,7 +189,8 @@ class ProotProcess:
         except OSError as exc:
             raise EngineError(f"cannot start proot ({command[0]}): {exc}") from None
         return cls(
-            process,
+            asyncio.subprocess.Process(transport, protocol, loop),
+            protocol.ended,
             on_output,
             end_with_command=end_with_command,
             argv_newlines=" ".join(argv).count("\n"),
@@ -272,13 +285,21 @@ class ProotProcess:
 
     async def _end_leftovers(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._process.wait()), _LINGER_S)
+            await asyncio.wait_for(asyncio.shield(self._ended), _LINGER_S)
         if self._process.returncode is None:
             self.kill_now()
 
     async def _finish(self) -> None:
-        code = await self._process.wait()
-        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        await self._ended
+        code = self._process.returncode
+        assert code is not None
+        if code < 0:  # proot itself was killed by a signal, as `docker kill` reports it
+            code = 128 - code
+        # Normally a no-op (proot ends after its last tracee); after a SIGKILL from outside,
+        # its guests would run on untraced, holding our pipes open.
+        kill_processes(_left_by(self.pid))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks[1:]), _DRAIN_S)
         self._tasks[0].cancel()
         if self.exited.done():
             return
@@ -312,15 +333,13 @@ class ProotProcess:
                     os.kill(pid, signum)
 
     def kill_now(self) -> None:
-        """SIGKILL everything: the group, and whatever proot traces outside it (setsid)."""
-        if self._process.returncode is not None:
-            return
-        escaped = _tracees(self.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        for pid in escaped:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        """SIGKILL everything: proot, what it traces (also outside its group, after a
+        ``setsid``), and what is left of its session if proot itself is already gone."""
+        if self._finished.done():
+            return  # proot is gone, and what it left was killed then (its PID may be reused)
+        kill_processes(
+            [*_left_by(self.pid), *([self.pid] if self._process.returncode is None else [])]
+        )
 
     async def kill(self) -> None:
         """Kill everything and wait until proot is gone and its output read."""
@@ -335,7 +354,7 @@ class ProotProcess:
         if self.running:
             self.signal_guests(signal.SIGTERM)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._process.wait()), 1)
+                await asyncio.wait_for(asyncio.shield(self._ended), 1)
         await self.kill()
 
     async def write(self, data: bytes) -> None:
@@ -347,6 +366,21 @@ class ProotProcess:
             await stdin.drain()
         except (ConnectionError, OSError) as exc:
             raise EngineError(f"lost the stdin of a process in the container: {exc}") from None
+
+
+class _EndProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The protocol of ``asyncio.create_subprocess_exec``, and a future resolved as soon as
+    the process exits: ``Process.wait()`` also waits for its pipes to close (Python 3.11.7),
+    which never happens while a process proot leaves behind holds them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=1 << 16, loop=loop)
+        self.ended: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.ended.done():
+            self.ended.set_result(None)
 
 
 # Syscalls newer than Debian's proot 5.1, which passes them on untranslated: a path given
@@ -435,6 +469,16 @@ def _stat_field(pid: int, index: int) -> int | None:
         return None
 
 
+def _parentage(pid: int) -> tuple[int, int, int] | None:
+    """(parent, process group, session) of ``pid``, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[2]), int(fields[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _group_members(pgid: int) -> list[int]:
     return [pid for pid in _pids() if _stat_field(pid, 2) == pgid]
 
@@ -451,6 +495,38 @@ def _tracees(tracer: int) -> list[int]:
             if wanted in f.read():
                 found.append(pid)
     return found
+
+
+def _left_by(proot: int) -> list[int]:
+    """What ``proot`` runs, or ran until it died: what it traces, the members of its session
+    and group (it leads both), and every descendant of those (e.g. after a ``setsid``)."""
+    table = {pid: found for pid in _pids() if (found := _parentage(pid)) is not None}
+    found = {pid for pid, (_, group, sid) in table.items() if proot in (group, sid)}
+    if proot in table:
+        found.update(_tracees(proot))
+    found.discard(proot)
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child != proot:
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
+
+
+def kill_processes(pids: Sequence[int]) -> None:
+    """SIGKILL each of ``pids`` that still exists; it also ends a tracee in tracing stop."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_proot(proot: int) -> None:
+    """Kill a proot that is not ours to wait for (a dead kernel's) and everything it runs."""
+    kill_processes([*_left_by(proot), proot])
 
 
 def processes_using(path: Path) -> list[int]:
