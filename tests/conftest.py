@@ -173,12 +173,16 @@ class Containers:
 
     def my_images(self) -> list[str]:
         """Images (snapshots) this test process made and has not removed."""
+        return self.images_of(os.getpid())
+
+    def images_of(self, pid: int) -> list[str]:
+        """Images (snapshots) process ``pid`` made and has not removed."""
         if self.kind == "docker":
-            mine = {"label": [f"{LABEL_PID}={os.getpid()}"]}
-            return [i["Id"] for i in self._api.images(all=True, filters=mine)]
+            theirs = {"label": [f"{LABEL_PID}={pid}"]}
+            return [i["Id"] for i in self._api.images(all=True, filters=theirs)]
         found = []
         for entry in sorted((self._cache / "images").glob("snap-*/image.json")):
-            if json.loads(entry.read_text())["labels"].get(LABEL_PID) == str(os.getpid()):
+            if json.loads(entry.read_text())["labels"].get(LABEL_PID) == str(pid):
                 found.append(entry.parent.name)
         return found
 

@@ -14,14 +14,13 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
-from conftest import required_env
+from conftest import Containers, required_env
 from nbclient import NotebookClient
 
-from mpcontainer_magics.engines.base import LABEL_MANAGED, LABEL_PID
+from mpcontainer_magics.engines.base import LABEL_PID
 from mpcontainer_magics.platforms import Platform, host_platform
 
 # Every test runs on both engines (MPC_ENGINE makes connect() pick it).
@@ -203,7 +202,11 @@ GO_NOTEBOOKS = {
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_notebook_runs(
-    name: str, engine_kind: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docker_api: Any
+    name: str,
+    engine_kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    containers: Containers,
 ) -> None:
     if engine_kind == "embedded" and name in GO_NOTEBOOKS:
         pytest.skip("parallel Go builds hit a proot 5.1 fork/exec race (see README)")
@@ -230,7 +233,6 @@ def test_notebook_runs(
     assert errors_of(nb) == [], f"executed copy: {tmp_path / name}"
     CHECKS[name](text_outputs(nb))
 
-    # The kernel (and every client in it) cleaned up after itself.
-    owner = [f"{LABEL_MANAGED}=1", f"{LABEL_PID}={kernel_pids[0]}"]
-    assert docker_api.containers(all=True, filters={"label": owner}) == []
-    assert docker_api.images(filters={"label": owner}) == []
+    # The kernel (and every client in it) cleaned up after itself, on the engine it used.
+    assert containers.managed(**{LABEL_PID: str(kernel_pids[0])}) == []
+    assert containers.images_of(kernel_pids[0]) == []
