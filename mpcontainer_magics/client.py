@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ._aio import finish_despite_cancel, gather_or_cancel
 from .container import Container
@@ -37,12 +37,13 @@ from .engines.base import (
 )
 from .errors import EngineUnavailable, InvalidArgument, SessionError
 from .evaluate import BuildContext, Evaluator
-from .platforms import Platform, parse_platforms
+from .platforms import Platform
 from .publish import Published, Snapshot
 from .recipes import ContainerRecipe, Empty
 from .results import RunResult
-from .runs import LineCallback, resolve_platforms, run_on_platforms, runnable
+from .runs import LineCallback, run_on_platforms
 from .session import Session, check_name, sessions_frame
+from .targets import PlatformsSpec, Target, how_it_runs, requested_platforms, resolve
 from .workspace import Workspace
 
 if TYPE_CHECKING:
@@ -50,11 +51,6 @@ if TYPE_CHECKING:
 
 DEFAULT_IMAGE = "alpine:3.16"
 ENGINES = ("auto", "docker", "embedded")
-
-#: What ``platforms=`` accepts: None (native), "all" (every platform the image offers),
-#: "linux/amd64,linux/arm64", or a sequence of strings/Platforms.
-PlatformsSpec = str | Sequence[str | Platform] | None
-
 
 #: What ``mounts=`` accepts: "HOST:CONTAINER[:ro]" strings or Mount objects.
 MountsSpec = Sequence[str | Mount]
@@ -64,14 +60,6 @@ def mounts_arg(spec: MountsSpec | None) -> list[Mount]:
     if isinstance(spec, str):
         raise InvalidArgument("mounts must be a list, e.g. mounts=['./data:/data:ro']")
     return [m.checked() if isinstance(m, Mount) else Mount.parse(m) for m in spec or ()]
-
-
-def platforms_arg(spec: PlatformsSpec) -> list[Platform] | Literal["all"] | None:
-    if spec is None:
-        return None
-    if isinstance(spec, str) and spec.strip().lower() == "all":
-        return "all"
-    return parse_platforms(spec)
 
 
 @dataclass(frozen=True, repr=False)
@@ -85,12 +73,14 @@ class PlatformReport:
     offered: tuple[Platform, ...] = ()
     chosen: str = ""  # why this engine, when "auto" picked it
 
+    def target(self, platform: Platform) -> Target:
+        """How ``platform`` runs on this engine, and why (see :mod:`.targets`)."""
+        return how_it_runs(self.engine, platform, self.native, self.emulated)
+
     def runnable(self, platform: Platform) -> str:
-        if platform.matches(self.native):
-            return "native"
-        if any(platform.matches(p) for p in self.emulated):
-            return "emulated"
-        return "no emulation"
+        """ "native", "emulated" or "no emulation" (also for non-Linux platforms)."""
+        runs = self.target(platform).runs
+        return "no emulation" if runs == "no" else runs
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -206,9 +196,7 @@ class Client:
             )
         if platforms is not None or not session.platforms:
             try:
-                await session.ensure(
-                    await self.resolve_platforms(session.image, platforms), on_progress=on_progress
-                )
+                await session.ensure(platforms, on_progress=on_progress)
             except BaseException:
                 if name not in self._sessions:  # a new session that failed to start
                     await finish_despite_cancel(session.stop())
@@ -216,14 +204,12 @@ class Client:
         self._sessions[name] = session
         return session
 
-    async def resolve_platforms(
+    async def targets(
         self, image: str, platforms: PlatformsSpec, *, cross: bool = False
-    ) -> list[Platform]:
-        """The platforms a ``platforms=`` value means for ``image`` on this engine; only
-        runnable ones unless they are ``cross`` build targets."""
-        spec = platforms_arg(platforms)
-        resolved = await resolve_platforms(self.engine, image, spec)
-        return resolved if cross else runnable(resolved, spec)
+    ) -> list[Target]:
+        """What a ``platforms=`` value means for ``image`` on this engine: each platform and
+        how it runs (natively, emulated, or ``cross``-built on the native platform)."""
+        return await resolve(self.engine, image, platforms, cross=cross)
 
     @property
     def session_names(self) -> list[str]:
@@ -288,7 +274,7 @@ class Client:
             self.engine,
             image,
             argv,
-            platforms_arg(platforms),
+            platforms,
             env=env,
             workdir=workdir,
             mounts=mounts_arg(mounts),
@@ -310,7 +296,7 @@ class Client:
         (see :data:`.engines.base.ProgressCallback`: from any thread, ``total`` None while
         unknown, ``(total, total)`` last, also when the image was there already).
         """
-        targets = await resolve_platforms(self.engine, image, platforms_arg(platforms))
+        targets = await requested_platforms(self.engine, image, platforms)
         return await gather_or_cancel(
             self.engine.pull(image, p, refresh=True, on_progress=per_platform(on_progress, p))
             for p in targets

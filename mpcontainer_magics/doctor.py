@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .engines import binfmt
 from .engines.base import EMULATION_CANDIDATES, Engine
+from .engines.binfmt import BINFMT_DIR
 from .engines.proot import find_qemu
 from .errors import MPCError
 from .platforms import Platform
@@ -31,9 +33,6 @@ from .registry.reference import DOMAIN
 if TYPE_CHECKING:
     import pandas as pd
 
-BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-#: Foreign architectures a kernel runs itself, without emulation (Docker: no handler needed).
-NATIVE_COMPAT = {"amd64": {"386"}}
 INSTALL_QEMU = "apt-get install qemu-user-static"
 
 RUNS_COLOURS = {"native": "#1a7f37", "emulated": "#1a7f37", "no": "#cf222e", "unknown": "#6e7781"}
@@ -209,55 +208,13 @@ def _candidates(native: Platform) -> list[Platform]:
     return found
 
 
-def _reinstall_handler(platform: Platform) -> str:
-    return (
-        f"`docker run --privileged --rm tonistiigi/binfmt --install {platform.architecture}` "
-        "or `apt-get install qemu-user-static binfmt-support`"
-    )
-
-
 def check_binfmt(
     platform: Platform, native: Platform, binfmt_dir: Path = BINFMT_DIR
 ) -> PlatformCheck:
-    """Can Docker run ``platform`` here: a QEMU binfmt handler registered, enabled, flag F."""
-    if platform.architecture == native.architecture:
-        return PlatformCheck(platform, "native", "the host's own architecture")
-    if platform.architecture in NATIVE_COMPAT.get(native.architecture, ()):
-        return PlatformCheck(platform, "native", f"the {native.architecture} kernel runs it")
-    arch = platform.qemu_arch
-    if arch is None:
-        return PlatformCheck(platform, "no", "QEMU has no user-mode emulator for it")
-    name = f"qemu-{arch}"
-    entry = binfmt_dir / name
-    try:
-        text = entry.read_text()
-    except FileNotFoundError:
-        why = f"no binfmt handler {name} is registered"
-        problem = Problem(f"{platform}: {why}", _reinstall_handler(platform))
-        return PlatformCheck(platform, "no", why, problem)
-    except OSError as exc:
-        return PlatformCheck(platform, "unknown", f"cannot read {entry}: {exc.strerror}")
-    lines = text.splitlines()
-    enabled = bool(lines) and lines[0].strip() == "enabled"
-    flags = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("flags:")), "")
-    interpreter = next(
-        (line.split(None, 1)[1] for line in lines if line.startswith("interpreter ")), "?"
-    )
-    if not enabled:
-        why = f"binfmt handler {name} is disabled"
-        fix = f"`echo 1 > {entry}` or `update-binfmts --enable {name}`"
-        return PlatformCheck(platform, "no", why, Problem(f"{platform}: {why}", fix))
-    if "F" not in flags:
-        why = (
-            f"binfmt handler {name} is registered without the F flag (flags: {flags or 'none'}), "
-            f"so containers cannot find its interpreter {interpreter}"
-        )
-        fix = (
-            f"remove it (`echo -1 > {entry}`), then {_reinstall_handler(platform)} "
-            "(both register it with F)"
-        )
-        return PlatformCheck(platform, "no", why, Problem(f"{platform}: {why}", fix))
-    return PlatformCheck(platform, "emulated", f"binfmt handler {name}: enabled, flags {flags}")
+    """Can Docker run ``platform`` here (the rules of :mod:`.engines.binfmt`)."""
+    found = binfmt.check(platform, native, binfmt_dir)
+    problem = Problem(f"{platform}: {found.detail}", found.fix) if found.fix else None
+    return PlatformCheck(platform, found.runs, found.detail, problem)
 
 
 def check_qemu(platform: Platform, native: Platform) -> PlatformCheck:
@@ -345,22 +302,21 @@ async def diagnose(engine: Engine, *, binfmt_dir: Path = BINFMT_DIR) -> DoctorRe
                 )
                 for p in candidates
             ]
-        elif not (binfmt_dir / "status").exists():
-            problems.append(
-                Problem(
-                    f"binfmt_misc is not mounted at {binfmt_dir}, so no foreign platform runs",
-                    f"`mount -t binfmt_misc binfmt_misc {binfmt_dir}`, then "
-                    "`apt-get install qemu-user-static binfmt-support`",
-                )
-            )
-            checks = [
-                check_binfmt(p, native, binfmt_dir)
-                if p.architecture == native.architecture
-                else PlatformCheck(p, "no", "binfmt_misc is not mounted")
-                for p in candidates
-            ]
         else:
             checks = [check_binfmt(p, native, binfmt_dir) for p in candidates]
+            if not binfmt.mounted(binfmt_dir):  # one problem, not one per platform
+                problems.append(
+                    Problem(
+                        f"binfmt_misc is not mounted at {binfmt_dir}, so no foreign platform runs",
+                        binfmt.not_mounted_fix(binfmt_dir),
+                    )
+                )
+                checks = [
+                    c
+                    if c.runs == "native"
+                    else PlatformCheck(c.platform, "no", "binfmt_misc is not mounted")
+                    for c in checks
+                ]
     elif engine.name == "embedded":
         checks = [check_qemu(p, native) for p in candidates]
     else:

@@ -39,6 +39,7 @@ from .errors import MPCError
 from .platforms import Platform
 from .results import RunResult
 from .session import Session
+from .targets import parse_one
 from .workspace import reap_workspaces
 
 T = TypeVar("T")
@@ -360,7 +361,7 @@ class ContainerMagics(Magics):
             keeps_image = args.session in client.session_names
             image = args.image or (None if keeps_image else self.default_image)
             if args.session is None:
-                targets = await client.resolve_platforms(image, args.platform, cross=args.cross)
+                targets = await client.targets(image, args.platform, cross=args.cross)
                 labelled[0] = len(targets) > 1
                 return await client.run(
                     cell,
@@ -381,7 +382,7 @@ class ContainerMagics(Magics):
             )
             targets = session.platforms
             if args.platform is not None:
-                targets = await client.resolve_platforms(session.image, args.platform)
+                targets = await client.targets(session.image, args.platform)
             labelled[0] = len(targets) > 1
             return await session.run(
                 cell,
@@ -497,10 +498,12 @@ class ContainerMagics(Magics):
             print(f"copied to {target}")
 
     def _image_container(self, args: Any) -> Callable[[Client], Container]:
-        if args.platform and ("," in args.platform or args.platform.strip().lower() == "all"):
-            raise UsageError("give one platform, e.g. --platform windows/amd64")
+        try:
+            platform = parse_one(args.platform)
+        except MPCError as exc:
+            raise UsageError(str(exc)) from None
         image = args.image or self.default_image
-        return lambda client: client.container(args.platform).from_(image)
+        return lambda client: client.container(platform).from_(image)
 
     def _line_ls(self, args: Any) -> None:
         container = self._image_container(args)

@@ -248,7 +248,9 @@ def parse_platforms(spec: str | Iterable[str | Platform]) -> list[Platform]:
 # `uname -m` spellings beyond the aliases above (32-bit arm kernels name their ISA level).
 _HOST_MACHINES = _HINT_ALIASES | {
     "armv5tel": "arm/v5", "armv5tejl": "arm/v5",
-    # aarch32 userland on an ARMv8 CPU: it runs arm/v7 images, which is what images offer.
+    # A 32-bit userland on an ARMv8 CPU. containerd's default spec says linux/arm/v8 here and
+    # its matcher then also takes v7..v5 images; we match exactly, 32-bit images are published
+    # as arm/v7, and Docker's daemon reports "arm" (= arm/v7): so arm/v7, on both engines.
     "armv8l": "arm/v7",
 }  # fmt: skip
 

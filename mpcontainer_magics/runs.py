@@ -16,13 +16,21 @@ import asyncio
 import codecs
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal
 
 from ._aio import gather_or_cancel
-from .engines.base import Engine, ExecOutcome, Mount, OutputCallback, PulledImage
-from .errors import EngineError, ExecUnsupported, MPCError
+from .engines.base import (
+    Engine,
+    ExecOutcome,
+    Mount,
+    OutputCallback,
+    PulledImage,
+    PullProgressCallback,
+    per_platform,
+)
+from .errors import EngineError, MPCError
 from .platforms import Platform, cross_env
 from .results import PlatformResult, RunResult
+from .targets import PlatformsSpec, resolve
 
 #: ``on_line(platform, stream, line)``: one complete line (without its newline) as it arrives.
 LineCallback = Callable[[Platform, str, str], None]
@@ -54,56 +62,38 @@ class _LineSplitter:
         return "".join(self._parts)
 
 
-async def resolve_platforms(
-    engine: Engine, image: str, platforms: Sequence[Platform] | Literal["all"] | None
-) -> list[Platform]:
-    """None → the engine's native platform; "all" → every platform the image offers."""
-    if platforms is None:
-        return [await engine.native_platform()]
-    if platforms == "all":
-        return await engine.image_platforms(image)
-    return list(platforms)
-
-
-def runnable(platforms: Sequence[Platform], requested: object) -> list[Platform]:
-    """Only Linux platforms execute; "all" keeps those, an explicit request must be Linux."""
-    if requested == "all":
-        linux = [p for p in platforms if p.os == "linux"]
-        if platforms and not linux:
-            raise ExecUnsupported(platforms[0])
-        return linux
-    for platform in platforms:
-        if platform.os != "linux":
-            raise ExecUnsupported(platform)
-    return list(platforms)
-
-
 async def run_on_platforms(
     engine: Engine,
     image: str,
     argv: Sequence[str],
-    platforms: Sequence[Platform] | Literal["all"] | None = None,
+    platforms: PlatformsSpec = None,
     *,
     env: Mapping[str, str] | None = None,
     workdir: str | None = None,
     mounts: Sequence[Mount] = (),
     timeout: float | None = None,
     on_line: LineCallback | None = None,
+    on_progress: PullProgressCallback | None = None,
     cross: bool = False,
 ) -> RunResult:
     """Run ``argv`` on every platform concurrently; per-platform failures land in the result.
 
-    With ``cross``, every run happens on the engine's native platform, once per target
+    ``platforms`` is a request, or targets already resolved (see :mod:`.targets`). With
+    ``cross``, every run happens on the engine's native platform, once per target
     platform, with that target's cross-compilation variables (``platforms.cross_env``).
+    ``on_progress(platform, done_bytes, total_bytes)`` follows each platform's pull.
     """
     started = time.perf_counter()
     native = await engine.native_platform()
-    targets = await resolve_platforms(engine, image, platforms)
+    targets = await resolve(engine, image, platforms, cross=cross)
     if cross:  # runs natively only: the targets need not be able to run here
-        pulled = [await engine.pull(image, native)] * len(targets)
+        pulled = [await engine.pull(image, native, on_progress=per_platform(on_progress, native))]
+        pulled *= len(targets)
     else:
-        targets = runnable(targets, platforms)
-        pulled = await gather_or_cancel(engine.pull(image, p) for p in targets)
+        pulled = await gather_or_cancel(
+            engine.pull(image, t.platform, on_progress=per_platform(on_progress, t.platform))
+            for t in targets
+        )
 
     def launcher(image: PulledImage, target: Platform) -> Launch:
         run_env = {**cross_env(target, native), **(env or {})} if cross else env
@@ -113,9 +103,9 @@ async def run_on_platforms(
 
     results = await gather_or_cancel(
         run_streamed(
-            launcher(p, target),
-            platform=target,
-            emulated=not p.platform.matches(native),
+            launcher(p, target.platform),
+            platform=target.platform,
+            emulated=target.emulated,
             image_digest=p.digest,
             engine=engine.name,
             timeout=timeout,

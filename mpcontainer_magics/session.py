@@ -37,8 +37,9 @@ from .hostpaths import host_destination
 from .platforms import Platform
 from .publish import Snapshot
 from .results import RunResult
-from .runs import Launch, LineCallback, run_streamed, runnable
+from .runs import Launch, LineCallback, run_streamed
 from .shell import Shell
+from .targets import PlatformsSpec, Target, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,21 +113,22 @@ class Session:
 
     async def ensure(
         self,
-        platforms: Sequence[Platform],
+        platforms: PlatformsSpec,
         *,
         on_progress: PullProgressCallback | None = None,
-    ) -> None:
-        """Start a container for each platform the session does not run yet, concurrently.
+    ) -> list[Target]:
+        """Start a container for each platform the session does not run yet, concurrently;
+        returns the targets ``platforms`` means (see :mod:`.targets`).
 
         Platforms that started stay in the session even when another one fails.
         ``on_progress(platform, done_bytes, total_bytes)`` follows the pull of each platform
         started (see :data:`.engines.base.ProgressCallback`).
         """
-        runnable(platforms, platforms)
+        targets = await resolve(self._engine, self.image, platforms)
         async with self._starting:
-            missing = [p for p in platforms if not any(p.matches(m) for m in self._members)]
+            missing = [t for t in targets if not any(t.platform.matches(m) for m in self._members)]
             outcomes = await asyncio.gather(
-                *(self._start(p, per_platform(on_progress, p)) for p in missing),
+                *(self._start(t, per_platform(on_progress, t.platform)) for t in missing),
                 return_exceptions=True,
             )
             for outcome in outcomes:
@@ -135,10 +137,10 @@ class Session:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
+        return targets
 
-    async def _start(
-        self, platform: Platform, on_progress: ProgressCallback | None = None
-    ) -> Member:
+    async def _start(self, target: Target, on_progress: ProgressCallback | None = None) -> Member:
+        platform = target.platform
         image = await self._engine.pull(self.image, platform, on_progress=on_progress)
         labels = {LABEL_SESSION: self.name}
         async with self._engine.container(
@@ -155,15 +157,13 @@ class Session:
                     f"cannot start session {self.name!r} on {platform}: {self.image} needs a "
                     f"POSIX sh, sleep and mkdir, and a writable /tmp ({exc})"
                 ) from None
-        native = await self._engine.native_platform()
-        emulated = not platform.matches(native)
-        return Member(platform, image, container_id, shell, emulated, time.time())
+        return Member(platform, image, container_id, shell, target.emulated, time.time())
 
     async def run(
         self,
         script: str,
         *,
-        platforms: Sequence[Platform] | None = None,
+        platforms: PlatformsSpec = None,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
         timeout: float | None = None,
@@ -171,8 +171,7 @@ class Session:
     ) -> RunResult:
         """Run ``script`` with ``sh`` in the session on each (or the given) platform."""
         if platforms:
-            await self.ensure(platforms)
-            members = [self.member(p) for p in platforms]
+            members = [self.member(t.platform) for t in await self.ensure(platforms)]
         else:
             members = list(self._members.values())
         if not members:

@@ -43,6 +43,7 @@ from .platforms import Platform
 from .publish import Published
 from .results import RunResult
 from .session import Session
+from .targets import parse_request
 
 #: The platforms the picker always lists (others the image offers are added after these).
 COMMON_PLATFORMS = (
@@ -297,14 +298,7 @@ class ContainerApp(w.VBox):
         self._connect = connect
         self._client: Client | None = None
         self._connecting: asyncio.Lock | None = None
-        self._wanted = (
-            None
-            if platforms is None
-            else [
-                Platform.parse(p)
-                for p in (platforms.split(",") if isinstance(platforms, str) else platforms)
-            ]
-        )
+        self._wanted = parse_request(platforms)  # None or "all": what the image offers
         self.session_name = session or f"ui-{next(_session_numbers)}"
         self._session_key: tuple[str, tuple[str, ...]] | None = None
         self._lookup: Job | None = None
@@ -496,7 +490,7 @@ class ContainerApp(w.VBox):
                 "no emulator here": f"the {report.engine} engine cannot emulate {name} here",
                 "not in image": f"{report.image} has no {name} variant",
             }[how]
-            wanted = self._wanted is None or any(platform.matches(p) for p in self._wanted)
+            wanted = self._wanted in (None, "all") or any(platform.matches(p) for p in self._wanted)
             box.disabled = not ok
             box.value = ok and wanted
         others = [str(p) for p in report.offered if p.os != "linux"]

@@ -21,6 +21,7 @@ from mpcontainer_magics.doctor import (
     DoctorReport,
     Problem,
     check_binfmt,
+    diagnose,
     directory_size,
     format_size,
 )
@@ -306,3 +307,33 @@ def test_doctor_is_listed_in_the_help(shell):
     with pytest.raises(UsageError) as exc:
         shell.run_line_magic("container", "nonsense")
     assert "%container doctor" in one_line(exc)
+
+
+def test_platforms_and_doctor_agree_on_each_handler(tmp_path):
+    """`%container platforms` and `%container doctor` read the same handlers the same way:
+    a disabled handler and one without the F flag run nothing; 386 needs none on amd64."""
+    (tmp_path / "status").write_text("enabled\n")
+    handler = "enabled\ninterpreter /usr/libexec/qemu-binfmt/{}-binfmt-P\nflags: {}\n"
+    (tmp_path / "qemu-aarch64").write_text(handler.format("aarch64", "PF"))
+    (tmp_path / "qemu-s390x").write_text(handler.format("s390x", "PF").replace("en", "dis", 1))
+    (tmp_path / "qemu-ppc64le").write_text(handler.format("ppc64le", "P"))
+
+    async def ask() -> tuple[mpc.PlatformReport, DoctorReport]:
+        async with mpc.connect("docker") as client:
+            engine = client.engine
+            emulated = await engine.emulated_platforms(binfmt_dir=tmp_path)
+            native = await engine.native_platform()
+            report = mpc.PlatformReport("docker", native, tuple(emulated))
+            return report, await diagnose(engine, binfmt_dir=tmp_path)
+
+    report, checks = asyncio.run(ask())
+    doctor_says = {str(c.platform): c.runs for c in checks.platforms}
+    platforms_say = {str(c.platform): report.runnable(c.platform) for c in checks.platforms}
+    assert {p: doctor_says[p] for p in ("linux/arm64", "linux/s390x", "linux/ppc64le")} == {
+        "linux/arm64": "emulated",
+        "linux/s390x": "no",
+        "linux/ppc64le": "no",
+    }
+    assert doctor_says["linux/386"] == platforms_say["linux/386"] == "native"
+    for platform, runs in doctor_says.items():
+        assert platforms_say[platform] == {"no": "no emulation"}.get(runs, runs), platform

@@ -7,6 +7,9 @@ TestParseSelectorInvalid) with the OS defaulting to linux and the normalised can
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from mpcontainer_magics.errors import InvalidPlatform, MPCError
@@ -389,26 +392,27 @@ def test_host_platform_here() -> None:
     assert str(host_platform()) == "linux/amd64"
 
 
-@pytest.mark.parametrize(
-    ("machine", "byteorder", "expected"),
-    [
-        ("x86_64", "little", "linux/amd64"),
-        ("AMD64", "little", "linux/amd64"),  # Windows
-        ("arm64", "little", "linux/arm64"),  # macOS on Apple silicon
-        ("aarch64", "little", "linux/arm64"),
-        ("armv7l", "little", "linux/arm/v7"),
-        ("armv6l", "little", "linux/arm/v6"),
-        ("armv8l", "little", "linux/arm/v7"),
-        ("i686", "little", "linux/386"),
-        ("ppc64le", "little", "linux/ppc64le"),
-        ("s390x", "big", "linux/s390x"),
-        ("riscv64", "little", "linux/riscv64"),
-        ("mips64", "little", "linux/mips64le"),
-        ("mips64", "big", "linux/mips64"),
-        ("mips", "little", "linux/mipsle"),
-        ("loongarch64", "little", "linux/loong64"),
-    ],
-)
+# `uname -m` (and the byte order) → the host's container platform, on both engines.
+HOST_MACHINES = [
+    ("x86_64", "little", "linux/amd64"),
+    ("AMD64", "little", "linux/amd64"),  # Windows
+    ("arm64", "little", "linux/arm64"),  # macOS on Apple silicon
+    ("aarch64", "little", "linux/arm64"),
+    ("armv7l", "little", "linux/arm/v7"),
+    ("armv6l", "little", "linux/arm/v6"),
+    ("armv8l", "little", "linux/arm/v7"),
+    ("i686", "little", "linux/386"),
+    ("ppc64le", "little", "linux/ppc64le"),
+    ("s390x", "big", "linux/s390x"),
+    ("riscv64", "little", "linux/riscv64"),
+    ("mips64", "little", "linux/mips64le"),
+    ("mips64", "big", "linux/mips64"),
+    ("mips", "little", "linux/mipsle"),
+    ("loongarch64", "little", "linux/loong64"),
+]
+
+
+@pytest.mark.parametrize(("machine", "byteorder", "expected"), HOST_MACHINES)
 def test_host_platform_mapping(
     monkeypatch: pytest.MonkeyPatch, machine: str, byteorder: str, expected: str
 ) -> None:
@@ -419,6 +423,29 @@ def test_host_platform_mapping(
     monkeypatch.setattr(sys, "byteorder", byteorder)
     monkeypatch.setattr(sys, "platform", "darwin")  # the OS is linux regardless
     assert str(host_platform()) == expected
+
+
+@pytest.mark.parametrize(("machine", "byteorder", "expected"), HOST_MACHINES)
+def test_the_embedded_engine_names_the_host_platform_alike(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, machine: str, byteorder: str, expected: str
+) -> None:
+    # It once had a table of its own: armv8l failed to parse, little-endian MIPS was mips.
+    import platform as stdlib_platform
+    import sys
+
+    from mpcontainer_magics.engines.embedded import EmbeddedEngine
+
+    monkeypatch.setattr(stdlib_platform, "machine", lambda: machine)
+    monkeypatch.setattr(sys, "byteorder", byteorder)
+
+    async def native() -> Platform:
+        engine = await EmbeddedEngine.connect(cache_dir=tmp_path)
+        try:
+            return await engine.native_platform()
+        finally:
+            await engine.aclose()
+
+    assert str(asyncio.run(native())) == expected
 
 
 @pytest.mark.parametrize("machine", ["", "vax", "sparc64"])

@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient, ResolvedImage, check_digest
+from . import binfmt
 from .base import (
     EMULATION_CANDIDATES,
     LABEL_MANAGED,
@@ -59,14 +60,13 @@ from .base import (
     owner_is_gone,
     owner_labels,
 )
+from .binfmt import BINFMT_DIR
 from .layers import apply_layer, extract_archive
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
 
 T = TypeVar("T")
-
-BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 
 # Foreign platforms worth probing for emulation, in the order users usually care about.
 
@@ -102,18 +102,6 @@ def _refused_start(exc: docker.errors.APIError) -> tuple[int, str] | None:
     # start container process: exec: "x": executable file not found in $PATH: unknown"
     message = text.rpartition("container process: ")[2].removesuffix(": unknown")
     return code, message
-
-
-def _binfmt_handler(platform: Platform) -> tuple[str, str] | None:
-    """(flags, interpreter) of this machine's enabled QEMU handler for ``platform``."""
-    try:
-        lines = (BINFMT_DIR / f"qemu-{platform.qemu_arch}").read_text().splitlines()
-    except OSError:
-        return None
-    if not lines or lines[0] != "enabled":
-        return None
-    fields = dict(line.partition(" ")[::2] for line in lines[1:])
-    return fields.get("flags:", "").strip(), fields.get("interpreter", "?")
 
 
 #: Writes up to this size go straight into a socket's send buffer (Linux's minimum is
@@ -331,24 +319,19 @@ class DockerEngine(Engine):
             ) from None
         return f"Docker {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
 
-    async def emulated_platforms(self) -> list[Platform]:
-        """Foreign platforms with an enabled binfmt_misc QEMU handler on the daemon's host.
+    async def emulated_platforms(self, binfmt_dir: Path = BINFMT_DIR) -> list[Platform]:
+        """Foreign platforms this daemon's containers can run: those with a binfmt_misc QEMU
+        handler usable in containers (enabled, flag F), and those the kernel runs itself
+        (386 on amd64); the rules are :func:`.binfmt.check`'s, which the doctor shows.
 
         binfmt_misc is only visible when the daemon runs on this machine (a unix socket);
         for a remote daemon nothing can be claimed, so the list is empty.
         """
-        native = await self.native_platform()
-        if not self._api.base_url.startswith("http+docker://localhost"):
+        if not self.is_local:
             return []
-        found = []
-        for platform in EMULATION_CANDIDATES:
-            if platform.architecture == native.architecture or platform.qemu_arch is None:
-                continue
-            entry = BINFMT_DIR / f"qemu-{platform.qemu_arch}"
-            with contextlib.suppress(OSError):
-                if entry.read_text().startswith("enabled"):
-                    found.append(platform)
-        return found
+        return binfmt.runnable_foreign(
+            EMULATION_CANDIDATES, await self.native_platform(), binfmt_dir
+        )
 
     async def image_platforms(self, reference: str) -> list[Platform]:
         try:
@@ -572,14 +555,14 @@ class DockerEngine(Engine):
             return None
         platform = await self._platform_of_container(container_id)
         foreign = not platform.matches(await self.native_platform())
-        handler = _binfmt_handler(platform) if foreign else None
-        if handler is None or "F" in handler[0]:
+        handler = binfmt.read(platform) if foreign else None
+        if handler is None or not handler.enabled or handler.usable_in_containers:
             return None  # a binary that lacks its own loader: the command's failure
         name = f"qemu-{platform.qemu_arch}"
         return EmulationUnavailable(
             platform,
             f"{missing.group(0)}: the binfmt handler {name} is registered without the F flag, "
-            f"so its interpreter {handler[1]} is not visible inside containers",
+            f"so its interpreter {handler.interpreter} is not visible inside containers",
             f"register it again with the F flag: remove it (`echo -1 > {BINFMT_DIR / name}`), "
             f"then `update-binfmts --enable {name}` (Debian's qemu-user-static) or "
             f"`docker run --privileged --rm tonistiigi/binfmt --install {platform.architecture}`",

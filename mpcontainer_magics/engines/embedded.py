@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import platform as host_platform
 import re
 import secrets
 import shutil
@@ -54,7 +53,7 @@ from ..errors import (
     InvalidArgument,
     RegistryError,
 )
-from ..platforms import Platform
+from ..platforms import Platform, host_platform
 from ..registry import Reference, RegistryClient, ResolvedImage
 from .base import (
     EMULATION_CANDIDATES,
@@ -101,8 +100,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SNAPSHOT_PREFIX = "snap-"
-# `uname -m` spellings Platform.parse refuses as input (containerd's rules).
-_UNAME_PLATFORMS = {"armv7l": "linux/arm/v7", "armv6l": "linux/arm/v6", "i686": "linux/386"}
 # The version in `proot --version`'s banner (Debian 12: "... 5.1.0").
 _PROOT_VERSION = re.compile(r"\b(\d+\.\d+(?:\.\d+)?)\b")
 
@@ -184,7 +181,7 @@ class EmbeddedEngine(Engine):
     # -- platforms ---------------------------------------------------------------------------
 
     async def native_platform(self) -> Platform:
-        return _host_platform()
+        return host_platform()
 
     @property
     def proot(self) -> str:
@@ -570,7 +567,7 @@ class EmbeddedEngine(Engine):
     def _command(self, container: _Container, argv: Sequence[str]) -> list[str]:
         platform = container.image.platform
         qemu = None
-        if platform.architecture != _host_platform().architecture:
+        if platform.architecture != host_platform().architecture:
             qemu = find_qemu(platform)
             if qemu is None:
                 name = f"qemu-{platform.qemu_arch or platform.architecture}-static"
@@ -809,11 +806,6 @@ class _EmbeddedProcess(AttachedProcess):
 def _kill_execs(container: _Container) -> None:
     for process in list(container.execs):
         process.kill_now()
-
-
-def _host_platform() -> Platform:
-    machine = host_platform.machine()
-    return Platform.parse(_UNAME_PLATFORMS.get(machine, f"linux/{machine}"))
 
 
 def _write_atomically(path: Path, text: str) -> None:
