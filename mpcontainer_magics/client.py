@@ -18,9 +18,11 @@ keeps interactive sessions (see :mod:`.session`)::
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ from .engines.base import (
     PullProgressCallback,
     per_platform,
 )
-from .errors import EngineUnavailable, InvalidArgument, SessionError
+from .errors import EngineUnavailable, InvalidArgument, MPCError, SessionError
 from .evaluate import BuildContext, Evaluator
 from .platforms import Platform
 from .publish import Published, Snapshot
@@ -48,6 +50,8 @@ from .workspace import Workspace
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "alpine:3.16"
 ENGINES = ("auto", "docker", "embedded")
@@ -365,6 +369,37 @@ async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] 
     if kind == "auto":
         engine.chosen = "auto: a Docker daemon answered"
     return engine
+
+
+async def reap_orphans() -> int:
+    """Remove what dead processes of this machine left (containers, their processes and
+    snapshots) on every engine that can hold such leftovers: Docker when a daemon answers,
+    the embedded engine when its cache directory exists. Whichever engine this process
+    uses: a dead kernel may have used the other (``%config ContainerMagics.engine``).
+
+    Each engine is opened for this only and closed after, which removes what this process
+    made with it: call it before making containers (the extension does, at load)."""
+    from .engines.docker import DockerEngine
+    from .engines.embedded import EmbeddedEngine
+    from .engines.store import default_cache_dir
+
+    async def reap(open_one: Callable[[], Awaitable[Engine]]) -> int:
+        try:
+            engine = await open_one()
+        except EngineUnavailable:
+            return 0  # no such engine here, so nothing of it to reap
+        try:
+            return await engine.reap_orphans()
+        except MPCError as exc:
+            log.warning("could not remove what dead processes left on %s: %s", engine.name, exc)
+            return 0
+        finally:
+            await engine.aclose()
+
+    engines: list[Callable[[], Awaitable[Engine]]] = [DockerEngine.connect]
+    if default_cache_dir().is_dir():
+        engines.append(EmbeddedEngine.connect)
+    return sum(await asyncio.gather(*(reap(open_one) for open_one in engines)))
 
 
 class connect:

@@ -33,7 +33,7 @@ from IPython.display import display
 from traitlets import Enum, List, Unicode
 
 from ._loop import LoopThread
-from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine
+from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine, reap_orphans
 from .container import Container
 from .errors import MPCError
 from .platforms import Platform
@@ -210,19 +210,24 @@ class ContainerMagics(Magics):
         self._client: Client | None = None
         self._client_engine = ""
         self._connecting = asyncio.Lock()
-        #: The background start-up begun by ``start()``: connect, then reap orphans.
+        #: The background start-up begun by ``start()``: reap orphans, then connect.
         self.startup: Future[int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect and remove containers of dead kernels, in the background (load stays fast)."""
+        """Remove what dead kernels left, then connect, in the background (load stays fast)."""
         self.startup = self._bridge.submit(self._reap_orphans())
 
     async def _reap_orphans(self) -> int:
         reaped = await asyncio.to_thread(reap_workspaces)
+        # On every engine, not only this kernel's: a dead kernel may have switched engines.
+        # No cell connects meanwhile, so none makes a container the reaping engines would
+        # remove as they close.
+        async with self._connecting:
+            reaped += await reap_orphans()
         with contextlib.suppress(MPCError):  # no engine yet: the first cell will say so
-            reaped += await (await self._connected()).engine.reap_orphans()
+            await self._connected()
         return reaped
 
     def close(self) -> None:

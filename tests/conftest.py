@@ -136,7 +136,7 @@ class Containers:
         for entry in sorted((self._cache / "containers").glob("*/container.json")):
             meta = json.loads(entry.read_text())
             if all(meta["labels"].get(k) == v for k, v in labels.items()):
-                running = processes_using(entry.parent / "rootfs")
+                running = processes_using(self.rootfs(entry.parent.name))
                 found.append(
                     {
                         "Id": entry.parent.name,
@@ -149,6 +149,10 @@ class Containers:
     def mine(self, **labels: str) -> list[dict[str, Any]]:
         """Containers created by this test process."""
         return self.managed(**{LABEL_PID: str(os.getpid()), **labels})
+
+    def rootfs(self, container_id: str) -> Path:
+        """Where an embedded container's files are."""
+        return self._cache / "containers" / container_id / "rootfs"
 
     def exists(self, container_id: str) -> bool:
         if self.kind == "docker":

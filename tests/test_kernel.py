@@ -7,14 +7,19 @@ containers and leave the kernel usable.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import Containers, alive, tracees
 from jupyter_client.manager import start_new_kernel
 
 from mpcontainer_magics.engines.base import LABEL_PID
+from mpcontainer_magics.engines.proot import processes_using
 
 
 @pytest.fixture
@@ -101,3 +106,61 @@ def test_kernel_shutdown_removes_sessions(test_image, containers):
         kc.stop_channels()
         km.shutdown_kernel(now=False)  # what the notebook's "Shut Down Kernel" does
     assert containers.managed(**theirs) == []
+
+
+def test_a_killed_kernel_on_another_engine_is_reaped_by_the_next(
+    test_image, docker_api, blob_cache, monkeypatch
+):
+    """Kernel 1 starts on Docker (the default) and switches to the embedded engine with
+    %config; it is SIGKILLed mid-cell. Kernel 2, on Docker, must reap its proot processes and
+    container directories all the same: reaping at load asks every engine of this machine."""
+    monkeypatch.delenv("MPC_ENGINE", raising=False)
+    embedded = Containers("embedded", docker_api, blob_cache)
+    first = start_new_kernel(kernel_name="python3")
+    second = None
+    ran: list[int] = []
+    try:
+        _, kc = first
+        execute(kc, "%load_ext mpcontainer_magics")
+        execute(kc, '%config ContainerMagics.engine = "embedded"')
+        _, outputs = execute(kc, "import os; print(os.getpid())")
+        pid = int(text_of(outputs))
+        kc.execute(f"%%container --image {test_image} --platform linux/arm64\nsleep 600")
+        ran = _running_processes_of(embedded, pid)
+        os.kill(pid, signal.SIGKILL)  # no atexit, no clean-up
+        while first[0].is_alive():  # which also reaps it, as the notebook server would
+            time.sleep(0.05)
+
+        second = start_new_kernel(kernel_name="python3")
+        reply, _ = execute(second[1], "%load_ext mpcontainer_magics")
+        assert reply["status"] == "ok"
+        deadline = time.monotonic() + 30
+        while (embedded.managed(**{LABEL_PID: str(pid)}) or any(map(alive, ran))) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert embedded.managed(**{LABEL_PID: str(pid)}) == []
+        assert [p for p in ran if alive(p)] == []
+        assert not any((blob_cache / "containers").iterdir())
+    finally:
+        for km, kc in [k for k in (first, second) if k is not None]:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        for leftover in ran:  # whatever failed, nothing of kernel 1 may outlive the test
+            with contextlib.suppress(OSError):
+                os.killpg(leftover, signal.SIGKILL)  # a proot leads its guests' group
+
+
+def _running_processes_of(embedded: Containers, pid: int) -> list[int]:
+    """The proot processes of kernel ``pid``'s embedded container, and what they trace."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [c for c in embedded.managed(**{LABEL_PID: str(pid)}) if c["State"] == "running"]
+        if running:
+            rootfs = embedded.rootfs(running[0]["Id"])
+            proots = processes_using(rootfs)
+            guests = [g for p in proots for g in tracees(p)]
+            if guests:
+                return proots + guests
+        time.sleep(0.05)
+    raise AssertionError("the kernel's embedded container never started")

@@ -79,6 +79,7 @@ from .proot import (
     ProotProcess,
     find_proot,
     find_qemu,
+    kill_proot,
     processes_using,
     proot_command,
     proot_env,
@@ -765,8 +766,7 @@ class EmbeddedEngine(Engine):
                 if not owner_is_gone(labels):
                     continue
                 for pid in processes_using(entry / "rootfs"):
-                    with contextlib.suppress(OSError):
-                        os.killpg(pid, 9)
+                    kill_proot(pid)
                 remove_tree(entry)
                 reaped += 1
         return reaped
