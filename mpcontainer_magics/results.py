@@ -166,6 +166,9 @@ class RunResult:
         - Outputs longer than a few lines (or characters) are folded into a ``<details>``
           element: its summary shows the first line and the line count, the full text is
           inside. All text is HTML-escaped.
+        - Digests are shortened (``sha256:6bcdd96ba882…``, as ``docker images`` does; the
+          full ones are in ``to_frame()``), and output cells are wide enough for a line: at five
+          platforms the table fits a notebook's width, a short output on one line.
         """
         frame = self.to_frame()
         failed = [not r.ok for r in self.results]
@@ -198,9 +201,14 @@ class RunResult:
             .format(_exit_cell, subset=["exit_code"])
             .format(_fold, subset=["stdout", "stderr", "error"])
             .format("{:.3f}", subset=["duration_s"])
+            .format(_short_digest, subset=["image_digest"])
             .set_table_styles(
                 [
                     {"selector": "td", "props": "text-align: left; vertical-align: top"},
+                    *(
+                        {"selector": f"td.col{frame.columns.get_loc(c)}", "props": props}
+                        for c, props in OUTPUT_CELLS.items()
+                    ),
                     {"selector": "th", "props": "text-align: left"},
                     {"selector": "pre", "props": "margin: 0; white-space: pre-wrap"},
                 ]
@@ -222,6 +230,14 @@ FAILED_STYLE = "background-color: #fdd"
 #: Background of a cell whose value differs between platforms (see ``_minority``).
 DIFFERS_STYLE = "background-color: #fff3b0"
 EXIT_COLOURS = {"ok": "#1a7f37", "failed": "#cf222e", "none": "#6e7781"}
+#: Output cells: wide enough for a typical line, so that a narrow notebook squeezes other
+#: columns first; longer lines wrap (anywhere, should they have no spaces).
+OUTPUT_CELLS = {
+    "stdout": "white-space: pre-wrap; overflow-wrap: anywhere; min-width: 12em",
+    "stderr": "white-space: pre-wrap; overflow-wrap: anywhere; min-width: 8em",
+}
+#: Shown characters of a digest in the table ("sha256:" and 12 hex digits, as Docker shows).
+SHORT_DIGEST = 19
 #: Outputs with more lines or characters than this are folded in a ``<details>`` element.
 FOLD_LINES = 6
 FOLD_CHARS = 300
@@ -276,6 +292,13 @@ def _fold(text: object) -> str:
         f"<details><summary><code>{html.escape(first)}</code>… ({count})</summary>"
         f"<pre>{html.escape(text)}</pre></details>"
     )
+
+
+def _short_digest(digest: object) -> str:
+    if not isinstance(digest, str) or not digest:
+        return ""
+    shown = digest if len(digest) <= SHORT_DIGEST + 1 else f"{digest[:SHORT_DIGEST]}…"
+    return html.escape(shown)
 
 
 def _exit_text(result: PlatformResult) -> str:

@@ -62,6 +62,17 @@ LAB_SETTINGS = {
     },
 }
 RUN_ALL_TIMEOUT_MS = 300_000
+#: For a result table: how many lines of text each row's stdout cell shows (the distinct
+#: tops of the boxes its text is laid out in).
+LINES_PER_STDOUT_CELL = """table => {
+    const column = [...table.querySelectorAll("thead th")]
+        .findIndex(th => th.textContent.trim() === "stdout");
+    return [...table.querySelectorAll("tbody tr")].map(row => {
+        const text = document.createRange();
+        text.selectNodeContents(row.cells[column]);
+        return new Set([...text.getClientRects()].map(box => Math.round(box.top))).size;
+    });
+}"""
 
 
 def missing(what: str) -> None:
@@ -297,6 +308,8 @@ def test_widget_app_runs_in_jupyterlab(
             machine = Platform.parse(name).uname_machine
             expect(table.locator("tr", has_text=name)).to_contain_text(f"browser run on {machine}")
         expect(app.locator(".mpc-status")).to_contain_text("done in")
+        # Readable at five platforms: each one-line output takes one line on the page.
+        assert table.evaluate(LINES_PER_STDOUT_CELL) == [1] * len(PLATFORMS)
 
         app.locator(".widget-gridbox").scroll_into_view_if_needed()
         page.screenshot(path=str(shot))

@@ -20,7 +20,8 @@ from conftest import FIVE_PLATFORMS, Containers
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_SESSION
 from mpcontainer_magics.platforms import host_platform
-from mpcontainer_magics.widgets import ContainerApp, byte_label
+from mpcontainer_magics.widget_parts import byte_label
+from mpcontainer_magics.widgets import ContainerApp
 
 MACHINES = {
     "linux/amd64": "x86_64",
@@ -152,6 +153,22 @@ def test_run_streams_each_platform_and_shows_the_table(
     assert len(containers.mine(**{LABEL_SESSION: app.session_name})) == 5
     app.close()
     assert containers.mine() == []
+
+
+def test_done_in_is_the_time_the_user_waited_pulls_and_session_start_included(
+    make_app: Callable[..., ContainerApp], test_image: str
+) -> None:
+    app = make_app(test_image)
+    app.lookup().wait(60)
+    clicked = time.monotonic()
+    app.run_button.click()
+    result = app.wait(RUN_TIMEOUT)
+    waited = time.monotonic() - clicked
+    # The first run pulls five platforms and starts their session: much more than its commands.
+    assert waited > result.wall_s + 0.5
+    done = re.search(r"done in ([\d.]+) s on 5 platforms", app.status.value)
+    assert done is not None, app.status.value
+    assert waited - 0.3 <= float(done.group(1)) <= waited + 0.05
 
 
 def test_pull_bars_count_each_platforms_bytes(
