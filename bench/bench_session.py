@@ -265,8 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples: dict[str, list[float]] = defaultdict(list)
     api = shell = None
     try:
-        api = ApiSessions(args.image)
+        # The extension first: its start-up reaps with engines of its own, and closing them
+        # removes every container of this process (see mpcontainer_magics.client.reap_orphans).
         shell = MagicShell(args.image)
+        api = ApiSessions(args.image)
         # The first cells start the magic's sessions (and pull): untimed.
         shell.cell(f"--session b --platform {ARM}", CELL)
         shell.cell(f"--session b3 --platform {','.join(N3)}", CELL)
