@@ -22,6 +22,7 @@ import asyncio
 import logging
 import math
 import os
+import shlex
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -186,18 +187,7 @@ class Client:
         ``on_progress(platform, done_bytes, total_bytes)`` follows the pull of each platform
         started now (as in :meth:`pull`).
         """
-        session = self._sessions.get(check_name(name))
-        wanted_mounts = mounts_arg(mounts)
-        if session is None:
-            session = Session(self.engine, name, image or DEFAULT_IMAGE, wanted_mounts)
-        elif (image and image != session.image) or (
-            mounts is not None and tuple(wanted_mounts) != session.mounts
-        ):
-            raise SessionError(
-                f"session {name!r} runs {session.image}"
-                + (f" with mounts {', '.join(map(str, session.mounts))}" if session.mounts else "")
-                + f"; stop it first (%container stop {name}) or pick another session name"
-            )
+        session = self._session_for(name, image, mounts)
         if platforms is not None or not session.platforms:
             try:
                 await session.ensure(platforms, on_progress=on_progress)
@@ -206,6 +196,23 @@ class Client:
                     await finish_despite_cancel(session.stop())
                 raise
         self._sessions[name] = session
+        return session
+
+    def _session_for(self, name: str, image: str | None, mounts: MountsSpec | None) -> Session:
+        """The session ``name`` (a new one is not kept until it starts); refuses to change
+        the image or mounts of one that runs."""
+        session = self._sessions.get(check_name(name))
+        wanted_mounts = mounts_arg(mounts)
+        if session is None:
+            return Session(self.engine, name, image or DEFAULT_IMAGE, wanted_mounts)
+        if (image and image != session.image) or (
+            mounts is not None and tuple(wanted_mounts) != session.mounts
+        ):
+            raise SessionError(
+                f"session {name!r} runs {session.image}"
+                + (f" with mounts {', '.join(map(str, session.mounts))}" if session.mounts else "")
+                + f"; stop it first (%container stop {name}) or pick another session name"
+            )
         return session
 
     async def targets(
@@ -245,47 +252,99 @@ class Client:
         await gather_or_cancel(s.stop() for s in stopping)
         return names
 
-    # -- one-off runs ------------------------------------------------------------------------
+    # -- runs --------------------------------------------------------------------------------
 
     async def run(
         self,
         command: str | Sequence[str],
         *,
         platforms: PlatformsSpec = None,
-        image: str = DEFAULT_IMAGE,
+        image: str | None = None,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
         mounts: MountsSpec | None = None,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
         cross: bool = False,
+        session: str | None = None,
+        on_targets: Callable[[list[Target]], None] | None = None,
+        on_progress: PullProgressCallback | None = None,
     ) -> RunResult:
         """Run ``command`` on each platform concurrently, in a fresh container each.
 
-        ``cross=True`` runs every platform's command on the native platform instead, with
-        that platform's cross-compilation variables (TARGETARCH, GOARCH, …).
+        ``image`` defaults to DEFAULT_IMAGE. ``cross=True`` runs every platform's command on
+        the native platform instead, with that platform's cross-compilation variables
+        (TARGETARCH, GOARCH, …). With ``session="NAME"`` the command runs in that live
+        session instead (see :meth:`session`: started on first use with ``image`` and
+        ``mounts``, extended to new ``platforms``; without ``platforms``, on all of its own).
 
         A string is run as a POSIX ``sh`` script; a sequence is an argv run as is.
-        Non-zero exits, timeouts and platforms without emulation are recorded in the
-        result; call ``result.check()`` to turn them into exceptions.
+        ``on_targets(targets)`` hears the platforms and how each runs before anything is
+        pulled or printed; ``on_progress(platform, done_bytes, total_bytes)`` follows each
+        platform's pull (as in :meth:`pull`); ``on_line(platform, stream, line)`` gets the
+        output as it comes. Non-zero exits, timeouts and platforms without emulation are
+        recorded in the result; call ``result.check()`` to turn them into exceptions.
         """
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
             raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout}")
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
         if not argv:
             raise InvalidArgument("nothing to run: the command is empty")
+        if session is not None:
+            if cross:
+                raise InvalidArgument(
+                    "cross builds run one-off containers, not a session: drop session= and "
+                    "keep the build's output with mounts=['HOST:CONTAINER']"
+                )
+            script = command if isinstance(command, str) else shlex.join(argv)
+            return await self._run_in_session(
+                session, script, platforms, image, mounts, on_targets, on_progress,
+                env=env, workdir=workdir, timeout=timeout, on_line=on_line,
+            )  # fmt: skip
+        image = image or DEFAULT_IMAGE
+        targets = await self.targets(image, platforms, cross=cross)
+        if on_targets is not None:
+            on_targets(targets)
         return await run_on_platforms(
             self.engine,
             image,
             argv,
-            platforms,
+            targets,
             env=env,
             workdir=workdir,
             mounts=mounts_arg(mounts),
             timeout=timeout,
             on_line=on_line,
+            on_progress=on_progress,
             cross=cross,
         )
+
+    async def _run_in_session(
+        self,
+        name: str,
+        script: str,
+        platforms: PlatformsSpec,
+        image: str | None,
+        mounts: MountsSpec | None,
+        on_targets: Callable[[list[Target]], None] | None,
+        on_progress: PullProgressCallback | None,
+        **run: Any,
+    ) -> RunResult:
+        known = self._session_for(name, image, mounts)
+        if platforms is None and known.platforms:
+            platforms = known.platforms  # where it runs already
+        targets = await self.targets(known.image, platforms)
+        if on_targets is not None:
+            on_targets(targets)
+        # Pulled first, also where the session runs already (cached: the bars fill at once).
+        await gather_or_cancel(
+            self.engine.pull(
+                known.image, t.platform, on_progress=per_platform(on_progress, t.platform)
+            )
+            for t in targets
+        )
+        live = await self.session(name, platforms=targets, image=image, mounts=mounts)
+        return await live.run(script, platforms=targets, **run)
 
     async def pull(
         self,

@@ -39,7 +39,7 @@ from .errors import MPCError
 from .platforms import Platform
 from .results import RunResult
 from .session import Session
-from .targets import parse_one
+from .targets import Target, parse_one
 from .workspace import reap_workspaces
 
 T = TypeVar("T")
@@ -347,7 +347,7 @@ class ContainerMagics(Magics):
             )
         env = _parse_env(args.env)
         lines: queue.SimpleQueue[tuple[Platform, str, str]] = queue.SimpleQueue()
-        labelled = [False]  # decided once the platforms are known, before any line arrives
+        labelled = False  # decided once the platforms are known, before any line arrives
 
         def show_lines() -> None:
             while True:
@@ -356,45 +356,29 @@ class ContainerMagics(Magics):
                 except queue.Empty:
                     return
                 target = sys.stderr if stream == "stderr" else sys.stdout
-                print(f"[{platform}] {text}" if labelled[0] else text, file=target, flush=True)
+                print(f"[{platform}] {text}" if labelled else text, file=target, flush=True)
+
+        def on_targets(targets: list[Target]) -> None:
+            nonlocal labelled
+            labelled = len(targets) > 1
 
         def on_line(*item: Any) -> None:
             lines.put(item)
 
-        async def run(client: Client) -> RunResult:
+        def run(client: Client) -> Coroutine[Any, Any, RunResult]:
             # A session keeps the image it started with; the default only starts new ones.
             keeps_image = args.session in client.session_names
-            image = args.image or (None if keeps_image else self.default_image)
-            if args.session is None:
-                targets = await client.targets(image, args.platform, cross=args.cross)
-                labelled[0] = len(targets) > 1
-                return await client.run(
-                    cell,
-                    platforms=targets,
-                    image=image,
-                    env=env,
-                    workdir=args.workdir,
-                    mounts=args.mount,
-                    timeout=args.timeout,
-                    on_line=on_line,
-                    cross=args.cross,
-                )
-            session = await client.session(
-                args.session,
-                platforms=args.platform,
-                image=image,
-                mounts=args.mount or None,
-            )
-            targets = session.platforms
-            if args.platform is not None:
-                targets = await client.targets(session.image, args.platform)
-            labelled[0] = len(targets) > 1
-            return await session.run(
+            return client.run(
                 cell,
-                platforms=targets,
+                platforms=args.platform,
+                image=args.image or (None if keeps_image else self.default_image),
                 env=env,
                 workdir=args.workdir,
+                mounts=args.mount or None,
                 timeout=args.timeout,
+                cross=args.cross,
+                session=args.session,
+                on_targets=on_targets,
                 on_line=on_line,
             )
 

@@ -173,6 +173,8 @@ class PlatformCard(w.VBox):
         self.pull_bytes.value = byte_label(done, total)
         if self.pull_state.value == "pulling…":
             self.pull_state.value = ""
+        if total is not None and done >= total:  # the engine's last count: pulled
+            self.pull_bar.bar_style = "success"
 
     def pulled(self, digest: str | None) -> None:
         with self._progress_lock:
@@ -182,6 +184,12 @@ class PlatformCard(w.VBox):
         self.pull_state.value = (
             f"<code title='{digest}'>{html.escape(digest[:19])}…</code>" if digest else "local"
         )
+
+    def pull_failed_unless_done(self) -> None:
+        with self._progress_lock:
+            done = self.pull_bar.bar_style == "success"
+        if not done:
+            self.pull_failed()
 
     def pull_failed(self) -> None:
         with self._progress_lock:

@@ -34,15 +34,13 @@ from typing import Any
 
 import ipywidgets as w
 
-from ._aio import gather_or_cancel
 from ._loop import CLEANUP_SECONDS, LoopThread
 from .client import DEFAULT_IMAGE, Client, PlatformReport, open_engine
 from .errors import InvalidArgument, MPCError
 from .platforms import Platform
 from .publish import Published
 from .results import RunResult
-from .session import Session
-from .targets import parse_request
+from .targets import Target, parse_request
 from .widget_parts import PROGRESS_INTERVAL, Job, PlatformCard, show
 
 #: The platforms the picker always lists (others the image offers are added after these).
@@ -385,23 +383,36 @@ class ContainerApp(w.VBox):
             raise InvalidArgument("write a command to run first")
         lookup = self.lookup()
         assert lookup is not None
-        report = await asyncio.wrap_future(lookup._future)
-        targets = self.selected_platforms
-        if not targets:
+        await asyncio.wrap_future(lookup._future)
+        platforms = self.selected_platforms
+        if not platforms:
             raise InvalidArgument("tick at least one platform to run on")
         client = await self._connected()
-        self._show_cards(targets, report)
+        await self._fresh_session(client, image, platforms)
         self.table.outputs = ()
-
-        self._say(f"pulling {image} for {len(targets)} platforms…")
-        await gather_or_cancel(self._pull(client, image, p) for p in targets)
-
-        session = await self._session(client, image, targets)
-        self._say(f"running on {', '.join(map(str, targets))}…")
+        self._say(f"pulling {image} and starting the session on {len(platforms)} platforms…")
+        shown: list[PlatformCard] = []  # this run's cards, once it knows its targets
         try:
-            result = await session.run(command, platforms=targets, on_line=self._on_line)
+            result = await client.run(
+                command,
+                platforms=platforms,
+                image=image,
+                session=self.session_name,
+                on_targets=lambda targets: shown.extend(self._show_cards(targets)),
+                on_progress=self._on_progress,
+                on_line=self._on_line,
+            )
+        except BaseException:
+            for card in shown:
+                card.pull_failed_unless_done()
+            raise
         finally:
             self._flush()
+            # The session may run even when the command did not (Stop): keep it for Publish.
+            running = self.session_name in client.session_names
+            self._session_key = _session_key(image, platforms) if running else None
+        for row in result:
+            self.cards[str(row.platform)].pulled(row.image_digest)
         self.result = result
         show(self.table, result)
         failed = [str(r.platform) for r in result if not r.ok]
@@ -413,45 +424,36 @@ class ContainerApp(w.VBox):
         )
         return result
 
-    def _show_cards(self, targets: Sequence[Platform], report: PlatformReport) -> None:
+    def _show_cards(self, targets: Sequence[Target]) -> list[PlatformCard]:
+        # On the loop, once the run knows its targets: before any pull or line.
         shown = []
-        for platform in targets:
-            card = self.cards.get(str(platform))
+        for target in targets:
+            card = self.cards.get(str(target.platform))
             if card is None:
-                card = self.cards[str(platform)] = PlatformCard(platform)
-            card.reset(report.runnable(platform))
+                card = self.cards[str(target.platform)] = PlatformCard(target.platform)
+            card.reset(target.runs)
+            card.pull_started()
             shown.append(card)
         self.columns.children = shown
+        return shown
 
-    async def _pull(self, client: Client, image: str, platform: Platform) -> None:
-        # The bar counts the platform's bytes; an image already here fills it at once.
+    def _on_progress(self, platform: Platform, done: int, total: int | None) -> None:
+        # Any thread. The bar counts the platform's bytes; an image already here fills it.
         card = self.cards[str(platform)]
-        card.pull_started()
-        loop = self._bridge.loop
+        if card.pull_progress(done, total):  # held back: show it when the interval ends
+            loop = self._bridge.loop
+            loop.call_soon_threadsafe(loop.call_later, PROGRESS_INTERVAL, card.show_progress)
 
-        def on_progress(done: int, total: int | None) -> None:  # any thread
-            if card.pull_progress(done, total):  # held back: show it when the interval ends
-                loop.call_soon_threadsafe(loop.call_later, PROGRESS_INTERVAL, card.show_progress)
-
-        try:
-            pulled = await client.engine.pull(image, platform, on_progress=on_progress)
-        except BaseException:
-            card.pull_failed()
-            raise
-        card.pulled(pulled.digest)
-
-    async def _session(self, client: Client, image: str, targets: Sequence[Platform]) -> Session:
-        """The app's session, started afresh when the image or the platforms changed."""
-        key = (image, tuple(sorted(map(str, targets))))
-        name = self.session_name
-        if name in client.session_names and self._session_key != key:
+    async def _fresh_session(
+        self, client: Client, image: str, platforms: Sequence[Platform]
+    ) -> None:
+        """Stop the app's session when the image or the platforms changed since it started."""
+        if self.session_name in client.session_names and self._session_key != _session_key(
+            image, platforms
+        ):
             self._say("the image or the platforms changed: starting a new session…")
-            await client.stop(name)
+            await client.stop(self.session_name)
         self._session_key = None
-        self._say(f"starting the session's containers on {len(targets)} platforms…")
-        session = await client.session(name, image=image, platforms=targets)
-        self._session_key = key
-        return session
 
     def _on_line(self, platform: Platform, stream: str, line: str) -> None:
         # Any thread: queue the line; the loop sends it out now, or within FLUSH_INTERVAL.
@@ -539,3 +541,7 @@ class ContainerApp(w.VBox):
             for card in self.cards.values():
                 card.close()
             super().close()
+
+
+def _session_key(image: str, platforms: Sequence[Platform]) -> tuple[str, tuple[str, ...]]:
+    return image, tuple(sorted(map(str, platforms)))

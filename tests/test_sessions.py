@@ -291,6 +291,44 @@ def test_sessions_through_the_api(test_image, containers, tmp_path):
     assert containers.mine() == []  # closing the client removed the session
 
 
+def test_one_run_call_for_one_off_containers_and_sessions(test_image, containers):
+    """client.run serves both front-ends: targets heard first, pulls followed, then lines."""
+    heard: list[str] = []
+    pulls: dict[str, list[tuple[int, int | None]]] = {}
+
+    def on_progress(platform: mpc.Platform, done: int, total: int | None) -> None:
+        pulls.setdefault(str(platform), []).append((done, total))
+
+    async def main() -> tuple[mpc.RunResult, mpc.RunResult, mpc.RunResult]:
+        async with mpc.connect() as client:
+            once = await client.run("uname -m", platforms="linux/amd64", image=test_image)
+            first = await client.run(
+                "mkdir -p /w && cd /w && uname -m > machine",
+                platforms=f"linux/amd64,{TWO_EMULATED}",
+                image=test_image,
+                session="both",
+                on_targets=lambda targets: heard.extend(f"{t.platform} {t.runs}" for t in targets),
+                on_progress=on_progress,
+            )
+            assert len(containers.managed(**{LABEL_SESSION: "both"})) == 3
+            later = await client.run(["cat", "machine"], session="both")  # an argv works too
+            with pytest.raises(mpc.InvalidArgument, match="cross builds run one-off containers"):
+                await client.run("true", platforms="linux/arm64", session="both", cross=True)
+            return once, first, later
+
+    once, first, later = asyncio.run(main())
+    assert once.stdout == {"linux/amd64": "x86_64\n"} and once.session is None
+    assert heard == ["linux/amd64 native", "linux/arm64 emulated", "linux/s390x emulated"]
+    assert first.ok and first.session == "both"
+    for platform in ("linux/amd64", *TWO_EMULATED.split(",")):
+        done, total = pulls[platform][-1]
+        assert total is not None and done == total > 0, platform  # the last count: all of it
+    assert later.stdout == {"linux/amd64": "x86_64\n", "linux/arm64": "aarch64\n",
+                            "linux/s390x": "s390x\n"}  # fmt: skip
+    assert [r.emulated for r in later] == [False, True, True]
+    assert containers.mine() == []
+
+
 @pytest.fixture
 def image_without_sh(registry_host: str) -> str:
     """An image holding one text file: no shell to keep a session in."""
