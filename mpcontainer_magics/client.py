@@ -286,10 +286,16 @@ class Client:
         recorded in the result; call ``result.check()`` to turn them into exceptions.
         """
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-            raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout}")
+            raise InvalidArgument(
+                f"timeout must be a positive number of seconds, not {timeout}; give e.g. 60 "
+                "(--timeout 60 in a cell), or no timeout at all for no limit"
+            )
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
         if not argv:
-            raise InvalidArgument("nothing to run: the command is empty")
+            raise InvalidArgument(
+                "nothing to run: the command is empty; give a shell command such as 'uname -m' "
+                "or an argv list such as ['uname', '-m']"
+            )
         if session is not None:
             if cross:
                 raise InvalidArgument(

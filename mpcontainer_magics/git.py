@@ -270,7 +270,10 @@ def _redact(text: str) -> str:
 async def _git_ok(*args: str, what: str) -> None:
     code, _, err = await _git(*args)
     if code:
-        raise GitError(f"git could not {what}: {_detail(err)}")
+        raise GitError(
+            f"git could not {what}: {_detail(err)}; check that there is free space and "
+            "write permission there"
+        )
 
 
 async def _git(*args: str) -> tuple[int, str, str]:

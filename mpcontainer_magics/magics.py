@@ -175,7 +175,9 @@ def _split(line: str) -> list[str]:
     try:
         return shlex.split(line)
     except ValueError as exc:  # e.g. "No closing quotation"
-        raise UsageError(f"cannot parse {line!r}: {exc}") from None
+        raise UsageError(
+            f"cannot parse {line!r}: {exc}; close the quote, or escape it with a backslash"
+        ) from None
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -183,7 +185,11 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
+            raise UsageError(
+                f"--env expects KEY=VALUE, got {pair!r}; write it as "
+                f"--env {key or 'NAME'}={value or 'VALUE'} (quote a value with spaces: "
+                "-e 'GREETING=hello world')"
+            )
         env[key] = value
     return env
 
@@ -522,7 +528,8 @@ class ContainerMagics(Magics):
         if name not in self.shell.user_ns:
             raise UsageError(
                 f"no session or variable called {name!r}; sessions: "
-                f"{', '.join(client.session_names) or 'none'}"
+                f"{', '.join(client.session_names) or 'none'}. Give --from one of those, or a "
+                "variable holding Containers (start a session with %%container --session NAME)"
             )
         value = self.shell.user_ns[name]
         if isinstance(value, RunResult) and value.session in client.session_names:

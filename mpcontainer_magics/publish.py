@@ -153,7 +153,8 @@ def check_variants(snapshots: Sequence[Snapshot]) -> None:
     for index, platform in enumerate(platforms):
         if any(platform.matches(other) for other in platforms[:index]):
             raise InvalidArgument(
-                f"{platform} is given twice; an image index holds one variant per platform"
+                f"{platform} is given twice; an image index holds one variant per platform: "
+                "give each platform once"
             )
 
 
@@ -274,7 +275,10 @@ async def push(
     """
     target = Reference.parse(address)
     if target.digest:
-        raise InvalidArgument(f"publish to a tag, not a digest: {address}")
+        raise InvalidArgument(
+            f"publish to a tag, not a digest: {address}; name a tag such as "
+            f"{address.partition('@')[0]}:1 (the digest is what publishing returns)"
+        )
     blobs = {b.digest: b for v in variants for b in (*v.layers, v.config)}
     uploaded = await asyncio.gather(
         *(_push_blob(registry, target, b, homes.get(b.digest)) for b in blobs.values())

@@ -108,7 +108,8 @@ class Session:
                 return member
         raise SessionError(
             f"session {self.name!r} has no {wanted} container; it runs on "
-            f"{', '.join(map(str, self._members))}"
+            f"{', '.join(map(str, self._members))}. Name one of those, or add {wanted}: "
+            f"%%container --session {self.name} --platform {wanted}"
         )
 
     async def ensure(
@@ -155,7 +156,8 @@ class Session:
             except (EngineError, SessionError) as exc:
                 raise SessionError(
                     f"cannot start session {self.name!r} on {platform}: {self.image} needs a "
-                    f"POSIX sh, sleep and mkdir, and a writable /tmp ({exc})"
+                    f"POSIX sh, sleep and mkdir, and a writable /tmp ({exc}); pick an image "
+                    "that has them, e.g. alpine or busybox"
                 ) from None
         return Member(platform, image, container_id, shell, target.emulated, time.time())
 
@@ -175,7 +177,10 @@ class Session:
         else:
             members = list(self._members.values())
         if not members:
-            raise SessionError(f"session {self.name!r} has no platforms; start it with some")
+            raise SessionError(
+                f"session {self.name!r} has no platforms; start it with some, e.g. "
+                f"%%container --session {self.name} --platform linux/amd64"
+            )
         began = time.perf_counter()
         results = await gather_or_cancel(
             run_streamed(
@@ -237,7 +242,10 @@ class Session:
         """
         src = Path(source).expanduser().absolute()
         if not src.exists():
-            raise InvalidArgument(f"{source} does not exist on this machine")
+            raise InvalidArgument(
+                f"{source} does not exist on this machine; check the path (a relative one "
+                f"starts in {os.getcwd()})"
+            )
         if not posixpath.isabs(target):
             raise InvalidArgument(f"{target!r}: give an absolute path in the container")
         if target.endswith("/"):

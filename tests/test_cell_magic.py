@@ -218,8 +218,17 @@ def test_timeout_keeps_the_platforms_that_finished(shell):
     ("line", "cell", "message"),
     [
         ("--bogus", "true", "unrecognized arguments: --bogus"),
-        ("--env NOVALUE", "true", "--env expects KEY=VALUE, got 'NOVALUE'"),
-        ("--timeout 0", "true", "timeout must be a positive number of seconds"),
+        (
+            "--env NOVALUE",
+            "true",
+            "--env expects KEY=VALUE, got 'NOVALUE'; write it as --env NOVALUE=VALUE",
+        ),
+        ("--env =x", "true", "got '=x'; write it as --env NAME=x"),
+        (
+            "--timeout 0",
+            "true",
+            "timeout must be a positive number of seconds, not 0.0; give e.g. 60",
+        ),
         ("--timeout soon", "true", "invalid float value: 'soon'"),
         ("--platform all,linux/arm64", "true", "all"),
         ("", "   \n", "the cell is empty"),

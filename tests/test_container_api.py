@@ -401,8 +401,16 @@ def test_rootfs_of_an_image_is_exactly_its_content(test_image):
         ("directory:/etc/passwd", "/etc/passwd is a file in the container; use file()"),
         ("file:/etc", "/etc is not a file"),
         ("file:/bin", "/bin is a directory in the container; use directory()"),
-        ("directory:/no/such/dir", "/no/such/dir does not exist in the container"),
-        ("file:/no/such/file", "/no/such/file does not exist in the container"),
+        (
+            "directory:/no/such/dir",
+            "/no/such/dir does not exist in the container; check the name, e.g. list "
+            "/no/such with ls",
+        ),
+        (
+            "file:/no/such/file",
+            "/no/such/file does not exist in the container; check the name, e.g. list "
+            "/no/such with ls",
+        ),
     ],
 )
 def test_wrong_kind_or_missing_path_is_invalid_argument(test_image, read, message):

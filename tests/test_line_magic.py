@@ -130,3 +130,34 @@ def test_an_unknown_subcommand_lists_every_one(loaded):
     assert message.startswith("unknown subcommand 'frobnicate'; use %%container as a cell magic")
     assert all(f"%container {name}" in message for name in SUBCOMMANDS)
     assert "%container help" in message and "\n" not in message
+
+
+def test_a_line_that_cannot_be_parsed_says_how_to_fix_it(loaded):
+    with pytest.raises(UsageError) as exc:
+        loaded.run_line_magic("container", "cp 'unclosed b:/x")
+    assert "No closing quotation; close the quote, or escape it with a backslash" in str(exc.value)
+
+
+def test_cp_errors_name_the_fix(shell, tmp_path):
+    shell.run_cell_magic("container", "--session fix", "true")
+    native = shell.magics_manager.registry["ContainerMagics"]._client.get_session("fix").platforms
+    other = "linux/s390x" if str(native[0]) != "linux/s390x" else "linux/arm64"
+    for line, message in [
+        (
+            f"cp {tmp_path / 'nope'} fix:/x",
+            f"{tmp_path / 'nope'} does not exist on this machine; check the path",
+        ),
+        (
+            f"cp fix@{other}:/etc {tmp_path / 'etc'}",
+            f"session 'fix' has no {other} container; it runs on {native[0]}. Name one of "
+            f"those, or add {other}: %%container --session fix --platform {other}",
+        ),
+        (
+            f"cp fix:/no/such {tmp_path / 'x'}",
+            "/no/such does not exist in the container; check the name, e.g. list /no with ls",
+        ),
+    ]:
+        with pytest.raises(UsageError) as exc:
+            shell.run_line_magic("container", line)
+        assert message in str(exc.value) and "\n" not in str(exc.value)
+    shell.run_line_magic("container", "stop fix")

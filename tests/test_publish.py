@@ -258,9 +258,9 @@ def test_a_static_binary_wrapped_with_with_rootfs_is_published(test_image, regis
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        ("twice", "is given twice"),
-        ("windows", "only Linux variants can be published"),
-        ("digest", "publish to a tag, not a digest"),
+        ("twice", "is given twice; an image index holds one variant per platform: give each"),
+        ("windows", "only Linux variants can be published.*publish the Linux platforms"),
+        ("digest", "publish to a tag, not a digest: .*; name a tag such as .*:1"),
     ],
 )
 def test_publish_errors(test_image, windows_image, registry_host, call, message, no_leaks):
@@ -340,7 +340,9 @@ def test_publish_from_a_variable_of_containers(shell, registry_host, test_image)
     shell.user_ns["res"] = 42
     with pytest.raises(UsageError, match="--from takes a session"):
         shell.run_line_magic("container", f"publish {ref} --from res")
-    with pytest.raises(UsageError, match="no session or variable called 'nothing'"):
+    with pytest.raises(
+        UsageError, match=r"no session or variable called 'nothing'.*Give --from one of those"
+    ):
         shell.run_line_magic("container", f"publish {ref} --from nothing")
 
 

@@ -725,7 +725,10 @@ class DockerEngine(Engine):
         try:
             return await self._call(get)
         except docker.errors.NotFound:
-            raise InvalidArgument(f"{path} does not exist in the container") from None
+            raise InvalidArgument(
+                f"{path} does not exist in the container; check the name, e.g. list "
+                f"{posixpath.dirname(path.rstrip('/')) or '/'} with ls"
+            ) from None
         except docker.errors.APIError as exc:
             raise EngineError(f"Docker could not copy {path} out: {_short(exc)}") from None
 

@@ -680,7 +680,10 @@ class EmbeddedEngine(Engine):
         def copy() -> bool:
             found = resolve_parent_in_root(container.rootfs, path)
             if not found.is_symlink() and not found.exists():
-                raise InvalidArgument(f"{path} does not exist in the container")
+                raise InvalidArgument(
+                    f"{path} does not exist in the container; check the name, e.g. list "
+                    f"{os.path.dirname(path.rstrip('/')) or '/'} with ls"
+                )
             if found.is_dir() and not found.is_symlink():
                 copy_tree(found, dest)
                 return True
