@@ -140,6 +140,34 @@ def test_sessions_get_private_copies_and_the_image_stays_intact(embedded, test_i
     assert "No such file" in before
 
 
+def test_commits_and_copies_never_walk_proots_mount_points(
+    embedded, test_image, blob_cache, tmp_path
+):
+    # proot makes its mount points in the rootfs with mode 000 (as a Go build showed), which
+    # only root can list: as a user, the commit failed there. host-rootfs is the host's /.
+    async def main(client: mpc.Client) -> Any:
+        session = await client.session("s", image=test_image, platforms=ARM64)
+        await session.run("echo mine > /kept")
+        point = embedded.rootfs(session.member().container_id) / "host-rootfs"
+        (point / "etc").mkdir(parents=True)
+        (point / "etc/secret").write_text("the host's\n")
+        point.chmod(0)
+        try:
+            (snapshot,) = await session.snapshots()
+            await session.copy_out("/", tmp_path / "copy")
+        finally:
+            point.chmod(0o700)
+        image_dir = blob_cache / "images" / snapshot.image.image_id  # removed with the client
+        (layer,) = image_dir.glob("diff-*.tar")
+        with tarfile.open(layer) as tar:
+            return os.listdir(image_dir / "rootfs"), tar.getnames()
+
+    rootfs, layer = run(main)
+    assert "kept" in rootfs and "host-rootfs" not in rootfs
+    assert "kept" in layer and not [name for name in layer if name.startswith("host-rootfs")]
+    assert (tmp_path / "copy/kept").is_file() and not (tmp_path / "copy/host-rootfs").exists()
+
+
 def test_a_container_copy_is_mostly_hard_links(embedded, test_image, blob_cache):
     async def main(client: mpc.Client) -> tuple[Path, Path]:
         image = await client.engine.pull(test_image, mpc.Platform.parse(ARM64))

@@ -678,14 +678,18 @@ class EmbeddedEngine(Engine):
         container = self._get(container_id)
 
         def copy() -> bool:
-            found = resolve_parent_in_root(container.rootfs, path)
+            root = container.rootfs
+            found = resolve_parent_in_root(root, path)
             if not found.is_symlink() and not found.exists():
                 raise InvalidArgument(
                     f"{path} does not exist in the container; check the name, e.g. list "
                     f"{os.path.dirname(path.rstrip('/')) or '/'} with ls"
                 )
             if found.is_dir() and not found.is_symlink():
-                copy_tree(found, dest)
+                # As `docker cp` of /: proot's own mount points (the host's / among them)
+                # are not the container's files.
+                skip = _proot_points(container) if found == root else frozenset()
+                copy_tree(found, dest, skip=skip)
                 return True
             dest.mkdir()
             shutil.copy2(found, dest / found.name, follow_symlinks=False)
@@ -704,21 +708,20 @@ class EmbeddedEngine(Engine):
 
         def make(work: Path) -> list[dict[str, Any]]:
             linked = self._linked_files.get(parent_dir) or LinkedFiles.load(parent_dir)
-            clone_tree(container.rootfs, work / "rootfs", link=linked)
-            for name in MOUNT_POINTS:  # proot's empty mount points are not the image's
-                with contextlib.suppress(OSError):
-                    if not os.path.lexists(parent_dir / "rootfs" / name):
-                        (work / "rootfs" / name).rmdir()
-            for rel in container.mount_points:  # nor what a read-only mount copied in
+            # Never walked, as Docker never commits a mount's contents: proot's own mount
+            # points (the host's / at host-rootfs), and the container's mounts.
+            proots = _proot_points(container)
+            points = proots | container.mount_points
+            clone_tree(container.rootfs, work / "rootfs", link=linked, skip=points)
+            for rel in container.mount_points:  # in the image: what the mount hid
                 point, original = work / "rootfs" / rel, parent_dir / "rootfs" / rel
-                made_dir = point.is_dir() and not point.is_symlink()
-                remove_tree(point)
+                point.parent.mkdir(parents=True, exist_ok=True)
                 if os.path.lexists(original):  # the image's own, as the mount hid it
                     if original.is_dir() and not original.is_symlink():
                         copy_tree(original, point)
                     else:
                         shutil.copy2(original, point, follow_symlinks=False)
-                elif made_dir:
+                elif (container.rootfs / rel).is_dir():  # a new mount point: kept, empty
                     point.mkdir()
                 else:
                     point.touch()
@@ -728,8 +731,8 @@ class EmbeddedEngine(Engine):
                 container.rootfs,
                 layer,
                 linked=linked,
-                ignore=frozenset(MOUNT_POINTS),
-                mount_points=container.mount_points,
+                ignore=proots,
+                mount_points=points,
             )
             return [{"file": layer_name, "diff_id": file_digest(layer)}]
 
@@ -804,6 +807,12 @@ class _EmbeddedProcess(AttachedProcess):
     async def interrupt(self, group: int) -> None:
         # The guest's processes share proot's process group (proot does not start new ones).
         await self._process.interrupt()
+
+
+def _proot_points(container: _Container) -> frozenset[str]:
+    """The mount points proot made in a container's rootfs (those its image lacks)."""
+    image_root = container.image_dir / "rootfs"
+    return frozenset(name for name in MOUNT_POINTS if not os.path.lexists(image_root / name))
 
 
 def _kill_execs(container: _Container) -> None:

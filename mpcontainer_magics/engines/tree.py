@@ -129,12 +129,16 @@ def walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
             yield from walk(root, path)
 
 
-def clone_tree(source: Path, dest: Path, *, link: LinkedFiles) -> None:
+def clone_tree(
+    source: Path, dest: Path, *, link: LinkedFiles, skip: frozenset[str] = frozenset()
+) -> None:
     """Make ``dest`` (new) a private copy of ``source``: hard links to the files ``link``
     names (while they are still those inodes), real copies of everything else.
 
     Files that are ``source``'s own (a container's writes) are thus copied, so an image made
-    of a container never shares an inode the container may still write to.
+    of a container never shares an inode the container may still write to. Paths in
+    ``skip`` (relative) are neither copied nor walked: mount points, whose contents are not
+    the tree's (proot makes its own with mode 000, which only root can list).
     """
     os.mkdir(dest)
     os.chmod(dest, stat.S_IMODE(os.lstat(source).st_mode) | stat.S_IRWXU)
@@ -145,6 +149,8 @@ def clone_tree(source: Path, dest: Path, *, link: LinkedFiles) -> None:
         with os.scandir(source / rel if rel else source) as entries:
             for entry in entries:
                 child = f"{rel}/{entry.name}" if rel else entry.name
+                if child in skip:
+                    continue
                 target = dest / child
                 if entry.is_dir(follow_symlinks=False):
                     mode = entry.stat(follow_symlinks=False).st_mode
@@ -163,9 +169,15 @@ def clone_tree(source: Path, dest: Path, *, link: LinkedFiles) -> None:
                         shutil.copy2(entry.path, target, follow_symlinks=False)
 
 
-def copy_tree(source: Path, dest: Path) -> None:
-    """A full copy of ``source`` at the new path ``dest``, links kept as links."""
-    shutil.copytree(source, dest, symlinks=True)
+def copy_tree(source: Path, dest: Path, *, skip: frozenset[str] = frozenset()) -> None:
+    """A full copy of ``source`` at the new path ``dest``, links kept as links; the paths in
+    ``skip`` (relative to ``source``: mount points) are neither copied nor walked."""
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel = os.path.relpath(directory, source)
+        return {n for n in names if (n if rel == "." else f"{rel}/{n}") in skip}
+
+    shutil.copytree(source, dest, symlinks=True, ignore=ignore if skip else None)
 
 
 def remove_tree(path: Path) -> None:
