@@ -32,8 +32,9 @@ from .engines.base import (
     PullProgressCallback,
     per_platform,
 )
+from .engines.tree import remove_tree
 from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
-from .hostpaths import host_destination
+from .hostpaths import absolute, host_destination
 from .platforms import Platform
 from .publish import Snapshot
 from .results import RunResult
@@ -265,22 +266,30 @@ class Session:
         inside ``dest`` when that is an existing directory. From several, ``dest`` becomes a
         directory with one copy per platform, named like ``linux-arm64``.
         """
+        base = absolute(dest)
         if platform is not None or len(self._members) == 1:
-            targets = {self.member(platform): Path(dest).expanduser().absolute()}
+            targets = {self.member(platform): base}
         else:
-            base = Path(dest).expanduser().absolute()
             targets = {m: base / str(m.platform).replace("/", "-") for m in self._members.values()}
         name = posixpath.basename(posixpath.normpath(path))
-        written = []
-        for member, target in targets.items():
-            if target.is_dir():
-                target = target / name
-            if target.exists() or target.is_symlink():
-                raise InvalidArgument(f"{target} already exists; remove it or copy elsewhere")
-            with host_destination(target, what="copy") as scratch:
-                is_dir = await self._engine.copy_from(member.container_id, path, scratch / "out")
-                (scratch / "out" if is_dir else scratch / "out" / name).rename(target)
-            written.append(target)
+        made_base = not os.path.lexists(base)
+        written: list[Path] = []
+        try:
+            for member, target in targets.items():
+                if target.is_dir():
+                    target = target / name
+                if target.exists() or target.is_symlink():
+                    raise InvalidArgument(f"{target} already exists; remove it or copy elsewhere")
+                with host_destination(target, what="copy") as scratch:
+                    out = scratch / "out"
+                    is_dir = await self._engine.copy_from(member.container_id, path, out)
+                    (out if is_dir else out / name).rename(target)
+                written.append(target)
+        except BaseException:
+            # All platforms or none: a later platform's failure takes back the earlier copies.
+            for done in [base] if made_base else written:
+                remove_tree(done)
+            raise
         return written
 
     async def snapshots(self) -> list[Snapshot]:

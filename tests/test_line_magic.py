@@ -161,3 +161,13 @@ def test_cp_errors_name_the_fix(shell, tmp_path):
             shell.run_line_magic("container", line)
         assert message in str(exc.value) and "\n" not in str(exc.value)
     shell.run_line_magic("container", "stop fix")
+
+
+def test_cp_from_every_platform_is_all_or_nothing(shell, tmp_path):
+    shell.run_cell_magic("container", "--session both --platform linux/arm64,linux/s390x", "true")
+    shell.run_cell_magic("container", "--session both --platform linux/arm64", "echo x > /only")
+    # linux/arm64's copy is made, then linux/s390x has no /only: the arm64 copy is taken back.
+    with pytest.raises(UsageError, match="/only does not exist in the container"):
+        shell.run_line_magic("container", f"cp both:/only {tmp_path / 'out'}")
+    assert list(tmp_path.iterdir()) == []
+    shell.run_line_magic("container", "stop both")
