@@ -436,35 +436,47 @@ async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] 
     return engine
 
 
-async def reap_orphans() -> int:
+async def reap_orphans(using: Engine | None = None) -> int:
     """Remove what dead processes of this machine left (containers, their processes and
     snapshots) on every engine that can hold such leftovers: Docker when a daemon answers,
     the embedded engine when its cache directory exists. Whichever engine this process
     uses: a dead kernel may have used the other (``%config ContainerMagics.engine``).
 
-    Each engine is opened for this only and closed after, which removes what this process
-    made with it: call it before making containers (the extension does, at load)."""
+    ``using`` (the engine this process works with) reaps its own kind. Other kinds are
+    opened just for this and closed after; a Docker engine's close also removes containers
+    this process made through another client of Docker, so give that client as ``using``."""
     from .engines.docker import DockerEngine
     from .engines.embedded import EmbeddedEngine
     from .engines.store import default_cache_dir
 
-    async def reap(open_one: Callable[[], Awaitable[Engine]]) -> int:
-        try:
-            engine = await open_one()
-        except EngineUnavailable:
-            return 0  # no such engine here, so nothing of it to reap
+    async def reap_on(engine: Engine) -> int:
         try:
             return await engine.reap_orphans()
         except MPCError as exc:
             log.warning("could not remove what dead processes left on %s: %s", engine.name, exc)
             return 0
+
+    async def open_and_reap(open_one: Callable[[], Awaitable[Engine]]) -> int:
+        try:
+            engine = await open_one()
+        except EngineUnavailable:
+            return 0  # no such engine here, so nothing of it to reap
+        try:
+            return await reap_on(engine)
         finally:
             await engine.aclose()
 
-    engines: list[Callable[[], Awaitable[Engine]]] = [DockerEngine.connect]
+    others: dict[str, Callable[[], Awaitable[Engine]]] = {"docker": DockerEngine.connect}
     if default_cache_dir().is_dir():
-        engines.append(EmbeddedEngine.connect)
-    return sum(await asyncio.gather(*(reap(open_one) for open_one in engines)))
+        others["embedded"] = EmbeddedEngine.connect
+    jobs = [
+        open_and_reap(open_one)
+        for kind, open_one in others.items()
+        if using is None or kind != using.name
+    ]
+    if using is not None:
+        jobs.append(reap_on(using))
+    return sum(await asyncio.gather(*jobs))
 
 
 class connect:

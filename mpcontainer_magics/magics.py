@@ -216,25 +216,22 @@ class ContainerMagics(Magics):
         self._client: Client | None = None
         self._client_engine = ""
         self._connecting = asyncio.Lock()
-        #: The background start-up begun by ``start()``: reap orphans, then connect.
+        #: The background start-up begun by ``start()``: connect, then reap orphans.
         self.startup: Future[int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Remove what dead kernels left, then connect, in the background (load stays fast)."""
+        """Connect and remove what dead kernels left, in the background (load stays fast)."""
         self.startup = self._bridge.submit(self._reap_orphans())
 
     async def _reap_orphans(self) -> int:
         reaped = await asyncio.to_thread(reap_workspaces)
-        # On every engine, not only this kernel's: a dead kernel may have switched engines.
-        # No cell connects meanwhile, so none makes a container the reaping engines would
-        # remove as they close.
-        async with self._connecting:
-            reaped += await reap_orphans()
+        engine = None
         with contextlib.suppress(MPCError):  # no engine yet: the first cell will say so
-            await self._connected()
-        return reaped
+            engine = (await self._connected()).engine
+        # On every engine, not only this kernel's: a dead kernel may have switched engines.
+        return reaped + await reap_orphans(engine)
 
     def close(self) -> None:
         """Remove every container of this kernel and stop the loop thread."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
 from mpcontainer_magics.workspace import reap_workspaces, workspace_prefix
 
@@ -115,3 +117,23 @@ def test_workspaces_of_dead_processes_are_reaped(tmp_path, monkeypatch):
 
     assert reap_workspaces() == 1
     assert not dead.exists() and alive.is_dir()
+
+
+def test_loading_the_extension_leaves_this_process_containers_alone(ip, test_image, containers):
+    # Reaping at load opens the engines the kernel does not use, and closes them after: that
+    # close must not take the containers of the process's other clients along.
+    def load() -> int:
+        ip.run_line_magic("load_ext", "mpcontainer_magics")
+        return ip.magics_manager.registry["ContainerMagics"].startup.result(timeout=60)
+
+    async def main() -> str:
+        async with mpc.connect() as client:
+            session = await client.session("api", image=test_image)
+            try:
+                await asyncio.to_thread(load)
+                return (await session.run("echo alive"))[0].stdout
+            finally:
+                await asyncio.to_thread(ip.run_line_magic, "unload_ext", "mpcontainer_magics")
+
+    assert asyncio.run(main()) == "alive\n"
+    assert containers.mine() == []
