@@ -44,7 +44,7 @@ from .platforms import Platform
 from .publish import Published, Snapshot
 from .recipes import ContainerRecipe, Empty
 from .results import RunResult
-from .runs import LineCallback, run_on_platforms
+from .runs import LineCallback, checked_env, checked_workdir, run_on_platforms
 from .session import Session, check_name, sessions_frame
 from .targets import PlatformsSpec, Target, how_it_runs, requested_platforms, resolve
 from .workspace import Workspace
@@ -260,7 +260,7 @@ class Client:
         *,
         platforms: PlatformsSpec = None,
         image: str | None = None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, object] | None = None,
         workdir: str | None = None,
         mounts: MountsSpec | None = None,
         timeout: float | None = None,
@@ -296,6 +296,7 @@ class Client:
                 "nothing to run: the command is empty; give a shell command such as 'uname -m' "
                 "or an argv list such as ['uname', '-m']"
             )
+        env, workdir = checked_env(env), checked_workdir(workdir)  # before anything starts
         if session is not None:
             if cross:
                 raise InvalidArgument(

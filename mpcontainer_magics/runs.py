@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import posixpath
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -27,7 +28,7 @@ from .engines.base import (
     PullProgressCallback,
     per_platform,
 )
-from .errors import EngineError, MPCError
+from .errors import EngineError, InvalidArgument, MPCError
 from .platforms import Platform, cross_env
 from .results import PlatformResult, RunResult
 from .targets import PlatformsSpec, resolve
@@ -62,13 +63,43 @@ class _LineSplitter:
         return "".join(self._parts)
 
 
+def checked_env(env: Mapping[str, object] | None) -> dict[str, str]:
+    """The variables a run gets, the same on every engine: values become text with
+    ``str()``, as docker-py does (``env={"N": 1}`` sets N=1); None is refused."""
+    checked = {}
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidArgument(
+                f"bad environment variable name {key!r}: use a non-empty string without '=', "
+                "e.g. env={'GREETING': 'hello'}"
+            )
+        if value is None:
+            raise InvalidArgument(
+                f"environment variable {key} has no value (None): give a string, e.g. "
+                f"env={{{key!r}: ''}}, or leave it out"
+            )
+        checked[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return checked
+
+
+def checked_workdir(workdir: str | None) -> str | None:
+    """A run's working directory must be absolute, as Docker requires, on every engine."""
+    if workdir is not None and not posixpath.isabs(workdir):
+        raise InvalidArgument(
+            f"the working directory {workdir!r} is not an absolute path in the container: "
+            f"give one such as /{workdir.lstrip('./') or 'work'} (in a session, `cd` in the "
+            "cell goes anywhere)"
+        )
+    return workdir
+
+
 async def run_on_platforms(
     engine: Engine,
     image: str,
     argv: Sequence[str],
     platforms: PlatformsSpec = None,
     *,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, object] | None = None,
     workdir: str | None = None,
     mounts: Sequence[Mount] = (),
     timeout: float | None = None,
@@ -84,6 +115,7 @@ async def run_on_platforms(
     ``on_progress(platform, done_bytes, total_bytes)`` follows each platform's pull.
     """
     started = time.perf_counter()
+    env, workdir = checked_env(env), checked_workdir(workdir)
     native = await engine.native_platform()
     targets = await resolve(engine, image, platforms, cross=cross)
     if cross:  # runs natively only: the targets need not be able to run here
@@ -96,7 +128,7 @@ async def run_on_platforms(
         )
 
     def launcher(image: PulledImage, target: Platform) -> Launch:
-        run_env = {**cross_env(target, native), **(env or {})} if cross else env
+        run_env = {**cross_env(target, native), **env} if cross else env
         return lambda on_output: engine.run(
             image, argv, env=run_env, workdir=workdir, mounts=mounts, on_output=on_output
         )

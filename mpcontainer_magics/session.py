@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .hostpaths import absolute, host_destination
 from .platforms import Platform
 from .publish import Snapshot
 from .results import RunResult
-from .runs import Launch, LineCallback, run_streamed
+from .runs import Launch, LineCallback, checked_env, checked_workdir, run_streamed
 from .shell import Shell
 from .targets import PlatformsSpec, Target, resolve
 
@@ -167,12 +168,17 @@ class Session:
         script: str,
         *,
         platforms: PlatformsSpec = None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, object] | None = None,
         workdir: str | None = None,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
     ) -> RunResult:
-        """Run ``script`` with ``sh`` in the session on each (or the given) platform."""
+        """Run ``script`` with ``sh`` in the session on each (or the given) platform.
+
+        ``env`` and ``workdir`` follow the rules of one-off runs (:func:`.runs.checked_env`,
+        :func:`.runs.checked_workdir`); the cell starts in ``workdir``.
+        """
+        checked, workdir = checked_env(env), checked_workdir(workdir)
         if platforms:
             members = [self.member(t.platform) for t in await self.ensure(platforms)]
         else:
@@ -185,7 +191,7 @@ class Session:
         began = time.perf_counter()
         results = await gather_or_cancel(
             run_streamed(
-                self._launcher(member, script, env or {}, workdir),
+                self._launcher(member, script, checked, workdir),
                 platform=member.platform,
                 emulated=member.emulated,
                 image_digest=member.image.digest,
@@ -280,9 +286,10 @@ class Session:
                     target = target / name
                 if target.exists() or target.is_symlink():
                     raise InvalidArgument(f"{target} already exists; remove it or copy elsewhere")
+                source = await self._followed(member, path)
                 with host_destination(target, what="copy") as scratch:
                     out = scratch / "out"
-                    is_dir = await self._engine.copy_from(member.container_id, path, out)
+                    is_dir = await self._engine.copy_from(member.container_id, source, out)
                     (out if is_dir else out / name).rename(target)
                 written.append(target)
         except BaseException:
@@ -291,6 +298,24 @@ class Session:
                 remove_tree(done)
             raise
         return written
+
+    async def _followed(self, member: Member, path: str) -> str:
+        """``path``, or with a trailing "/" the directory it names (a symlink followed), as
+        `docker cp` reads it: that directory's contents are copied, on every engine."""
+        if not path.endswith("/") or posixpath.normpath(path) == "/":
+            return path
+        found = bytearray()
+        outcome = await member.shell.run(  # a subshell: the session's cwd stays
+            f"(cd -P -- {shlex.quote(path)} 2>/dev/null && pwd -P)",
+            on_output=lambda stream, chunk: found.extend(chunk) if stream == "stdout" else None,
+        )
+        real = found.decode(errors="replace").strip()
+        if outcome.exit_code != 0 or not posixpath.isabs(real):
+            raise InvalidArgument(
+                f"{path} is not a directory in the container on {member.platform}; a trailing "
+                "/ copies a directory's contents: drop it to copy the path itself"
+            )
+        return real
 
     async def snapshots(self) -> list[Snapshot]:
         """The session's filesystems now, one per platform, as images (for publishing)."""

@@ -212,6 +212,60 @@ def test_cp_between_the_host_and_a_session(shell, tmp_path, capsys):
     assert "copied to" in capsys.readouterr().out
 
 
+def test_cp_of_a_symlinked_directory_with_a_trailing_slash_copies_its_contents(shell, tmp_path):
+    # As `docker cp` reads it, on both engines: "link/" is the directory the link names.
+    cell(
+        shell,
+        "--session s15",
+        "mkdir -p /real/sub && echo x > /real/f && ln -s /real /dirlink && cd /real/sub",
+    )
+    line(shell, f"cp s15:/dirlink/ {tmp_path / 'copy'}")
+    copied = tmp_path / "copy"
+    assert copied.is_dir() and not copied.is_symlink()
+    assert sorted(p.name for p in copied.iterdir()) == ["f", "sub"]
+    assert (copied / "f").read_text() == "x\n"
+    line(shell, f"cp s15:/dirlink {tmp_path / 'link'}")  # without the slash: the link itself
+    assert (tmp_path / "link").is_symlink()
+    with pytest.raises(UsageError, match=r"/real/f/ is not a directory .*drop it"):
+        line(shell, f"cp s15:/real/f/ {tmp_path / 'f'}")
+    assert cell(shell, "--session s15", "pwd")[0].stdout == "/real/sub\n"  # its cwd stays
+
+
+def test_a_relative_workdir_is_refused_on_every_engine(shell, test_image):
+    # Docker refuses it; the embedded engine ran in /relative. Now both refuse, saying why.
+    for options in ("-w relative", "--session s16 -w relative"):
+        with pytest.raises(UsageError, match=r"'relative' is not an absolute path.*/relative"):
+            shell.run_cell_magic("container", options, "pwd")
+    assert line(shell, "sessions") is None  # refused before a session started
+
+    async def main() -> None:
+        async with mpc.connect() as client:
+            for workdir in ("relative", "./tmp"):
+                with pytest.raises(mpc.InvalidArgument, match="is not an absolute path"):
+                    await client.run("pwd", workdir=workdir, image=test_image)
+
+    asyncio.run(main())
+
+
+def test_env_values_become_text_on_every_engine(test_image, containers):
+    # As docker-py makes them (env={"N": 1} sets N=1); the embedded engine raised TypeError.
+    script = 'echo "$N $F $T"'
+    env = {"N": 1, "F": 2.5, "T": "text"}
+
+    async def main() -> list[mpc.RunResult]:
+        async with mpc.connect() as client:
+            once = await client.run(script, env=env, image=test_image)
+            session = await client.session("e", image=test_image)
+            live = await session.run(script, env=env)
+            with pytest.raises(mpc.InvalidArgument, match="N has no value"):
+                await client.run("true", env={"N": None}, image=test_image)
+            return [once, live]
+
+    for res in asyncio.run(main()):
+        assert res[0].stdout == "1 2.5 text\n"
+    assert containers.mine() == []
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
