@@ -279,6 +279,45 @@ def credential_hosts(config_file: Path) -> tuple[tuple[str, ...], Problem | None
     return tuple(hosts), None
 
 
+async def _platform_checks(
+    engine: Engine, native: Platform, binfmt_dir: Path
+) -> tuple[list[PlatformCheck], list[Problem]]:
+    """Each common platform on ``engine``, and the problems beyond one platform's."""
+    candidates = _candidates(native)
+    if engine.name == "embedded":
+        return [check_qemu(p, native) for p in candidates], []
+    if engine.name != "docker":
+        emulated = await engine.emulated_platforms()
+        return [
+            PlatformCheck(p, "native", "the engine's own architecture")
+            if p.matches(native)
+            else PlatformCheck(p, "emulated", "the engine says so")
+            if any(p.matches(e) for e in emulated)
+            else PlatformCheck(p, "no", "the engine cannot emulate it")
+            for p in candidates
+        ], []
+    if not getattr(engine, "is_local", True):
+        return [
+            PlatformCheck(p, "native", "the daemon's own architecture")
+            if p.matches(native)
+            else PlatformCheck(
+                p, "unknown", "the Docker daemon is remote: its handlers are not visible here"
+            )
+            for p in candidates
+        ], []
+    checks = [check_binfmt(p, native, binfmt_dir) for p in candidates]
+    if binfmt.mounted(binfmt_dir):
+        return checks, []
+    not_mounted = Problem(  # one problem, not one per platform
+        f"binfmt_misc is not mounted at {binfmt_dir}, so no foreign platform runs",
+        binfmt.not_mounted_fix(binfmt_dir),
+    )
+    return [
+        c if c.runs == "native" else PlatformCheck(c.platform, "no", "binfmt_misc is not mounted")
+        for c in checks
+    ], [not_mounted]
+
+
 async def diagnose(engine: Engine, *, binfmt_dir: Path = BINFMT_DIR) -> DoctorReport:
     """Check ``engine`` and this machine; problems are collected, not raised."""
     problems: list[Problem] = []
@@ -291,44 +330,8 @@ async def diagnose(engine: Engine, *, binfmt_dir: Path = BINFMT_DIR) -> DoctorRe
     if engine.name == "embedded" and proot:
         version += f" at {proot}"
     native = await engine.native_platform()
-    candidates = _candidates(native)
-    if engine.name == "docker":
-        if not getattr(engine, "is_local", True):
-            checks = [
-                PlatformCheck(p, "native", "the daemon's own architecture")
-                if p.matches(native)
-                else PlatformCheck(
-                    p, "unknown", "the Docker daemon is remote: its handlers are not visible here"
-                )
-                for p in candidates
-            ]
-        else:
-            checks = [check_binfmt(p, native, binfmt_dir) for p in candidates]
-            if not binfmt.mounted(binfmt_dir):  # one problem, not one per platform
-                problems.append(
-                    Problem(
-                        f"binfmt_misc is not mounted at {binfmt_dir}, so no foreign platform runs",
-                        binfmt.not_mounted_fix(binfmt_dir),
-                    )
-                )
-                checks = [
-                    c
-                    if c.runs == "native"
-                    else PlatformCheck(c.platform, "no", "binfmt_misc is not mounted")
-                    for c in checks
-                ]
-    elif engine.name == "embedded":
-        checks = [check_qemu(p, native) for p in candidates]
-    else:
-        emulated = await engine.emulated_platforms()
-        checks = [
-            PlatformCheck(p, "native", "the engine's own architecture")
-            if p.matches(native)
-            else PlatformCheck(p, "emulated", "the engine says so")
-            if any(p.matches(e) for e in emulated)
-            else PlatformCheck(p, "no", "the engine cannot emulate it")
-            for p in candidates
-        ]
+    checks, platform_problems = await _platform_checks(engine, native, binfmt_dir)
+    problems += platform_problems
     problems += [c.problem for c in checks if c.problem is not None]
     config_file = engine.registry.config_file
     hosts, config_problem = credential_hosts(config_file)

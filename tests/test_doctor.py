@@ -337,3 +337,18 @@ def test_platforms_and_doctor_agree_on_each_handler(tmp_path):
     assert doctor_says["linux/386"] == platforms_say["linux/386"] == "native"
     for platform, runs in doctor_says.items():
         assert platforms_say[platform] == {"no": "no emulation"}.get(runs, runs), platform
+
+
+def test_without_binfmt_misc_one_problem_and_no_emulation(tmp_path):
+    async def ask() -> tuple[list[Platform], DoctorReport]:
+        async with mpc.connect("docker") as client:
+            emulated = await client.engine.emulated_platforms(binfmt_dir=tmp_path)
+            return emulated, await diagnose(client.engine, binfmt_dir=tmp_path)
+
+    emulated, report = asyncio.run(ask())
+    assert [str(p) for p in emulated] == ["linux/386"]  # the amd64 kernel runs it itself
+    (problem,) = report.problems
+    assert problem.what == f"binfmt_misc is not mounted at {tmp_path}, so no foreign platform runs"
+    assert problem.fix.startswith(f"`mount -t binfmt_misc binfmt_misc {tmp_path}`")
+    runs = {str(c.platform): c.runs for c in report.platforms}
+    assert {p for p, how in runs.items() if how != "no"} == {"linux/amd64", "linux/386"}
