@@ -62,6 +62,7 @@ from common import (
 from host_image import build_layer, delete_image, pick_host_files, push_image
 
 import mpcontainer_magics as mpc
+from mpcontainer_magics.engines.base import ContainerSpec
 from mpcontainer_magics.engines.proot import (
     SYSTEM_BINDS,
     find_proot,
@@ -456,7 +457,7 @@ def cp_seconds(flags: str, tree: Path) -> float:
 async def copy_round(client: mpc.Client, pulled: Any, reference: str, tree: Path) -> dict:
     """One round on one cache: the rootfs copy and its removal, a session, the cp peers."""
     started = time.perf_counter()
-    container = await client.engine.create(pulled, ["true"])
+    container = await client.engine.create(ContainerSpec(pulled, ("true",)))
     found = {"create": time.perf_counter() - started}
     found["remove"] = await seconds_of(client.engine.remove(container))
     started = time.perf_counter()

@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from ._aio import gather_or_cancel
 from .engines.base import (
-    Engine,
     ExecOutcome,
     Mount,
     OutputCallback,
     PulledImage,
     PullProgressCallback,
+    Runner,
     per_platform,
 )
 from .errors import EngineError, InvalidArgument, MPCError
@@ -94,7 +94,7 @@ def checked_workdir(workdir: str | None) -> str | None:
 
 
 async def run_on_platforms(
-    engine: Engine,
+    engine: Runner,
     image: str,
     argv: Sequence[str],
     platforms: PlatformsSpec = None,

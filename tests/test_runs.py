@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pytest
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics._loop import LoopThread
-from mpcontainer_magics.engines.base import Engine, ExecOutcome, PulledImage
+from mpcontainer_magics.engines.base import ContainerSpec, ExecOutcome, PulledImage, Runner
 from mpcontainer_magics.errors import EmulationUnavailable, ImageNotFound, NonZeroExit, RunTimeout
 from mpcontainer_magics.platforms import Platform, parse_platforms
 from mpcontainer_magics.runs import run_on_platforms
@@ -24,12 +23,12 @@ from mpcontainer_magics.runs import run_on_platforms
 AMD64, ARM64, S390X = parse_platforms("linux/amd64,linux/arm64,linux/s390x")
 
 
-async def _unused(*args: object, **kwargs: object) -> Any:
-    raise NotImplementedError("the unit tests do not use this")
+class FakeEngine(Runner):
+    """Plays back scripted output per platform: (chunks, exit code, seconds to take).
 
-
-class FakeEngine(Engine):
-    """Plays back scripted output per platform: (chunks, exit code, seconds to take)."""
+    A ``Runner`` is all that runs need; sessions, files and snapshots are tested against
+    the real engines only.
+    """
 
     name = "fake"
 
@@ -41,9 +40,6 @@ class FakeEngine(Engine):
 
     async def native_platform(self) -> Platform:
         return AMD64
-
-    async def emulated_platforms(self) -> list[Platform]:
-        return [ARM64, S390X]
 
     async def image_platforms(self, reference: str) -> list[Platform]:
         return list(self.script)
@@ -60,8 +56,8 @@ class FakeEngine(Engine):
             raise ImageNotFound(f"{reference} not found")
         return PulledImage(reference, platform, f"id-{platform.architecture}", f"sha256:{platform}")
 
-    async def create(self, image: PulledImage, argv=None, **kwargs) -> str:
-        return image.platform.architecture  # one container per platform at a time
+    async def create(self, spec: ContainerSpec) -> str:
+        return spec.image.platform.architecture  # one container per platform at a time
 
     async def start_and_wait(self, container_id: str, on_output=None) -> ExecOutcome:
         (platform,) = [p for p in self.script if p.architecture == container_id]
@@ -75,16 +71,6 @@ class FakeEngine(Engine):
         return ExecOutcome(code, seconds)
 
     async def remove(self, container_id: str) -> None:
-        pass
-
-    # Sessions, files and snapshots are tested against the real engine only.
-    start = attach_exec = state = copy_to = copy_from = commit = version = _unused
-    read_image = save_layers = image_from_directory = image_config = remove_image = _unused
-
-    async def reap_orphans(self) -> int:
-        return 0
-
-    async def aclose(self) -> None:
         pass
 
 

@@ -1,15 +1,22 @@
-"""The interface every container engine implements (Docker now, the embedded engine later).
+"""The interface of a container engine, in the parts its callers need.
 
 An engine knows which platform it runs natively and which it can emulate, how to get an
 image for one platform *pinned* (so later runs cannot drift to another platform's image),
-and a few container primitives the rest of the package composes:
+and a few container primitives the rest of the package composes. Its interface comes in
+parts, as docker-py separates images from containers, so a caller (or a test's fake) deals
+only with the part it uses:
 
-- ``create`` / ``remove`` a container (``container()`` pairs them, cancellation-safe);
-- ``start_and_wait`` runs a created container to completion, streaming its output;
-- ``start`` + ``attach_exec`` keep a container alive with a shell we talk to (sessions);
-- ``copy_to`` / ``copy_from`` move directories between the host and a container;
-- ``commit`` snapshots a container's filesystem as a new image, ``read_image`` unpacks an
-  image's exact filesystem, ``image_from_directory`` makes an image of a host directory.
+- :class:`ImageSource`: what an image offers, and ``pull`` one platform of it pinned;
+- :class:`Runtime`: one-off containers: ``create``, ``start_and_wait``, ``remove``
+  (``container()`` pairs create and remove, cancellation-safe; ``run`` is all three);
+- :class:`Runner`: both, all that running a command on N platforms needs (``runs``);
+- :class:`Sessions`: long-lived containers: ``start`` + ``attach_exec`` keep a shell we
+  talk to, ``state`` says whether it still runs;
+- :class:`ImageStore`: files and snapshots: ``copy_to`` / ``copy_from`` move directories,
+  ``commit`` snapshots a container, ``read_image`` / ``save_layers`` / ``image_config`` read
+  an image, ``image_from_directory`` makes one of a host directory;
+- :class:`Engine`: all of them, plus what a client does once (``version``, ``reap_orphans``,
+  ``aclose``). Docker and the embedded engine share their bookkeeping in ``common.EngineBase``.
 
 Everything is async; blocking client libraries are wrapped in threads by the engine itself.
 Waiting calls (``run``, ``start_and_wait``) are cancellation-safe: when their task is
@@ -20,7 +27,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 import os
 import posixpath
 import socket
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .._aio import finish_despite_cancel
 from ..errors import InvalidArgument
 from ..platforms import Platform
+from .archives import stream_digest
 
 if TYPE_CHECKING:
     from ..registry import RegistryClient  # imports httpx: not at %load_ext time
@@ -188,6 +195,18 @@ class Mount:
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a container is made of (``Runtime.create``): an image, a command, its settings."""
+
+    image: PulledImage
+    argv: tuple[str, ...] | None = None  # None: never started (only copied from, committed)
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)  # besides owner_labels()
+
+
 class AttachedProcess(abc.ABC):
     """A process started by ``Engine.attach_exec``: we write its stdin and see it end."""
 
@@ -207,26 +226,8 @@ class AttachedProcess(abc.ABC):
         """
 
 
-class Engine(abc.ABC):
-    """A place where containers run."""
-
-    name: ClassVar[str]
-    #: Why this engine serves the client, when "auto" chose it ("" when it was asked for).
-    chosen: str = ""
-    #: Reads images straight from registries (for files of platforms that cannot run here).
-    registry: RegistryClient
-
-    @abc.abstractmethod
-    async def native_platform(self) -> Platform:
-        """The platform containers run on without emulation."""
-
-    @abc.abstractmethod
-    async def emulated_platforms(self) -> list[Platform]:
-        """Foreign platforms this engine can run through emulation (may be empty)."""
-
-    @abc.abstractmethod
-    async def version(self) -> str:
-        """What runs the containers and its version, e.g. "Docker 20.10.24 (API 1.41)"."""
+class ImageSource(abc.ABC):
+    """Where images come from: the platforms an image offers, one of them pinned."""
 
     @abc.abstractmethod
     async def image_platforms(self, reference: str) -> list[Platform]:
@@ -247,6 +248,16 @@ class Engine(abc.ABC):
         bytes fetched; a pull that finds the image already there reports ``(total, total)``
         once. It may be called from any thread, or on the event loop.
         """
+
+
+class Runtime(abc.ABC):
+    """Where commands run: one-off containers, created, run to completion, removed."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def native_platform(self) -> Platform:
+        """The platform containers run on without emulation."""
 
     async def run(
         self,
@@ -280,9 +291,9 @@ class Engine(abc.ABC):
         (sessions) are set up. A container created just after a Ctrl-C must not be left
         behind: creation always completes, and is then undone if we were cancelled meanwhile.
         """
-        create = asyncio.ensure_future(
-            self.create(image, argv, env=env, workdir=workdir, mounts=mounts, labels=labels)
-        )
+        argv = tuple(argv) if argv else None
+        spec = ContainerSpec(image, argv, dict(env or {}), workdir, tuple(mounts), labels or {})
+        create = asyncio.ensure_future(self.create(spec))
         try:
             container_id = await finish_despite_cancel(create)
         except asyncio.CancelledError:
@@ -298,23 +309,30 @@ class Engine(abc.ABC):
             await finish_despite_cancel(self.remove(container_id))
 
     @abc.abstractmethod
-    async def create(
-        self,
-        image: PulledImage,
-        argv: Sequence[str] | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        mounts: Sequence[Mount] = (),
-        labels: Mapping[str, str] | None = None,
-    ) -> str:
-        """Create a container of ``image`` that will run ``argv``; labelled as ours."""
+    async def create(self, spec: ContainerSpec) -> str:
+        """Create a container as ``spec`` says, labelled as ours; its ID."""
 
     @abc.abstractmethod
     async def start_and_wait(
         self, container_id: str, on_output: OutputCallback | None = None
     ) -> ExecOutcome:
-        """Start a created container, stream its output, and wait for it to exit."""
+        """Start a created container, stream its output, and wait for it to exit.
+
+        A command that cannot start exits as in ``docker run``: 127 when it is not found,
+        126 when it cannot be executed, with the reason on stderr.
+        """
+
+    @abc.abstractmethod
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (killing it if it runs); a missing one is not an error."""
+
+
+class Runner(ImageSource, Runtime):
+    """All that running a command on N platforms needs (``runs.run_on_platforms``)."""
+
+
+class Sessions(abc.ABC):
+    """Long-lived containers: started in the background, talked to through exec'd shells."""
 
     @abc.abstractmethod
     async def start(self, container_id: str) -> None:
@@ -333,9 +351,9 @@ class Engine(abc.ABC):
     async def state(self, container_id: str) -> str:
         """ "running", "exited (CODE)", "created", … or "gone" when the container is missing."""
 
-    @abc.abstractmethod
-    async def remove(self, container_id: str) -> None:
-        """Remove the container (killing it if it runs); a missing one is not an error."""
+
+class ImageStore(abc.ABC):
+    """Files and snapshots: what containers and images hold, and images made of them."""
 
     @abc.abstractmethod
     async def copy_to(self, container_id: str, source: Path, target: str) -> None:
@@ -357,6 +375,10 @@ class Engine(abc.ABC):
         """Snapshot the container's filesystem as an image recording ``config``."""
 
     @abc.abstractmethod
+    async def image_config(self, image: PulledImage) -> ImageConfig:
+        """How containers of ``image`` run by default (env, workdir, entrypoint, cmd)."""
+
+    @abc.abstractmethod
     async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
         """The image's layers as uncompressed tar files in ``dest``, bottom layer first."""
 
@@ -370,13 +392,22 @@ class Engine(abc.ABC):
     ) -> PulledImage:
         """An image for ``platform`` whose filesystem is exactly the host directory ``root``."""
 
-    @abc.abstractmethod
-    async def image_config(self, image: PulledImage) -> ImageConfig:
-        """How containers of ``image`` run by default (env, workdir, entrypoint, cmd)."""
+
+class Engine(Runner, Sessions, ImageStore):
+    """A place where containers run: every part, and what a client does with it once."""
+
+    #: Why this engine serves the client, when "auto" chose it ("" when it was asked for).
+    chosen: str = ""
+    #: Reads images straight from registries (for files of platforms that cannot run here).
+    registry: RegistryClient
 
     @abc.abstractmethod
-    async def remove_image(self, image: PulledImage) -> None:
-        """Delete an image this process made (a snapshot); missing is not an error."""
+    async def emulated_platforms(self) -> list[Platform]:
+        """Foreign platforms this engine can run through emulation (may be empty)."""
+
+    @abc.abstractmethod
+    async def version(self) -> str:
+        """What runs the containers and its version, e.g. "Docker 20.10.24 (API 1.41)"."""
 
     @abc.abstractmethod
     async def reap_orphans(self) -> int:
@@ -389,11 +420,8 @@ class Engine(abc.ABC):
 
 def file_digest(path: Path) -> str:
     """The sha256 digest of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+        return stream_digest(f)
 
 
 def process_start_ticks(pid: int) -> str:

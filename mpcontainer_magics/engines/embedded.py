@@ -7,19 +7,11 @@ user's cache directory, proot, and qemu-user for foreign platforms.
 Layout of the cache (``$MPC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mpcontainer_magics``)::
 
     blobs/sha256/<hex>        verified blobs (store.BlobStore), shared with publish/export
-    refs/<sha256 of name>.json  what a name resolved to last (used when its registry is down)
-    images/<manifest hex>/    one platform of a pulled image, pinned by its manifest digest:
-        rootfs/               its layers applied safely (layers.apply_layer)
-        image.json            reference, platform, the whole image config, its layers
-        linked.json           the files containers hard-link (tree.LinkedFiles)
-    images/snap-<id>/         an image this process made (commit, image_from_directory);
-        diff-<n>.tar          its own layers, stacked on its parent's
+    images/, refs/            unpacked images and what names resolved to (embedded_images)
     containers/<id>/          a container: container.json (labels for reaping) and rootfs/,
                               a private copy of the image's rootfs (tree.clone_tree)
 
-An image directory appears only complete (unpacked under a temporary name, then renamed), so
-kernels sharing the cache never see half an image, and a second pull fetches no blob. Runs
-and sessions are proot processes over a container's rootfs (``proot.ProotProcess``).
+Runs and sessions are proot processes over a container's rootfs (``proot.ProotProcess``).
 Every container and snapshot is labelled with its owner process, as Docker ones are, so
 what a killed kernel left (directories and still-running proot processes) is reaped later.
 """
@@ -28,39 +20,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from .._aio import finish_despite_cancel, in_thread, once
+from .._aio import finish_despite_cancel, in_thread
 from ..errors import (
     EmulationUnavailable,
     EngineError,
     EngineUnavailable,
     ExecUnsupported,
-    InvalidArgument,
     RegistryError,
 )
 from ..platforms import Platform, host_platform
-from ..registry import Reference, RegistryClient, ResolvedImage
+from ..registry import RegistryClient, ResolvedImage
+from .archives import write_copy, write_layer
 from .base import (
     EMULATION_CANDIDATES,
     LABEL_PID,
     LABEL_PID_START,
     AttachedProcess,
-    Engine,
+    ContainerSpec,
     ExecOutcome,
     ImageConfig,
     Mount,
@@ -70,8 +59,10 @@ from .base import (
     file_digest,
     owner_is_gone,
     owner_labels,
-    process_start_ticks,
 )
+from .common import EngineBase, missing_path
+from .embedded_images import ImageDirectories, snapshot_id, work_prefix
+from .image_users import home_of, proot_user
 from .layers import extract_archive
 from .proot import (
     MOUNT_POINTS,
@@ -84,7 +75,6 @@ from .proot import (
     proot_command,
     proot_env,
 )
-from .rootfs import unpack_image
 from .store import BlobStore, default_cache_dir
 from .tree import (
     LinkedFiles,
@@ -96,11 +86,9 @@ from .tree import (
     resolve_parent_in_root,
 )
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SNAPSHOT_PREFIX = "snap-"
 # The version in `proot --version`'s banner (Debian 12: "... 5.1.0").
 _PROOT_VERSION = re.compile(r"\b(\d+\.\d+(?:\.\d+)?)\b")
 
@@ -125,42 +113,19 @@ class _Container:
         return self.path / "rootfs"
 
 
-class _PullProgress:
-    """The byte counts of one image's unpacking, passed on to every pull waiting for it."""
+class EmbeddedEngine(EngineBase[_Container]):
+    """Containers of proot processes; ``_live`` maps each one made to its directory."""
 
-    def __init__(self) -> None:
-        self.listeners: list[ProgressCallback] = []
-        self.last: tuple[int, int | None] | None = None
-
-    def add(self, listener: ProgressCallback) -> None:
-        self.listeners.append(listener)
-        if self.last is not None:  # joined an unpacking under way: where it is
-            listener(*self.last)
-
-    def __call__(self, done: int, total: int | None) -> None:
-        self.last = (done, total)
-        for listener in list(self.listeners):
-            listener(done, total)
-
-
-class EmbeddedEngine(Engine):
     name = "embedded"
 
     def __init__(self, registry: RegistryClient, proot: str, cache_dir: Path) -> None:
-        self.registry = registry
+        super().__init__(registry)
         self._proot = proot
         self._cache = cache_dir
-        self._blobs = BlobStore(cache_dir)
-        self._images = cache_dir / "images"
+        self._images = ImageDirectories(cache_dir, BlobStore(cache_dir), registry)
         self._containers_dir = cache_dir / "containers"
-        self._resolved: dict[str, ResolvedImage] = {}
-        self._pulled: dict[tuple[str, Platform], PulledImage] = {}
-        self._unpacking: dict[str, asyncio.Task[Path]] = {}
-        self._progress: dict[str, _PullProgress] = {}  # image ID -> its unpacking's bytes
-        self._live: dict[str, _Container] = {}
         self._creating: set[Path] = set()  # container directories not in _live yet
         self._linked_files: dict[Path, LinkedFiles] = {}  # per image directory
-        self._made: dict[str, None] = {}  # snapshot image IDs, oldest first
 
     @classmethod
     async def connect(
@@ -225,261 +190,67 @@ class EmbeddedEngine(Engine):
             if p.architecture != native.architecture and find_qemu(p) is not None
         ]
 
-    async def image_platforms(self, reference: str) -> list[Platform]:
-        return (await self._resolve(reference)).platforms()
-
     # -- images ------------------------------------------------------------------------------
 
-    async def _resolve(self, reference: str, refresh: bool = False) -> ResolvedImage:
+    async def _lookup(self, reference: str) -> ResolvedImage:
         """What ``reference`` points to; when its registry cannot be reached, what it pointed
         to last time (as Docker runs a local image then), if this cache knows."""
-        if refresh or reference not in self._resolved:
-            known = self._cache / "refs" / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"
-            try:
-                resolved = await self.registry.resolve(reference)
-            except RegistryError:
-                if not known.is_file():
-                    raise
-                saved = json.loads(known.read_text())
-                resolved = ResolvedImage(
-                    Reference.parse(reference),
-                    saved["digest"],
-                    saved["media_type"],
-                    tuple((Platform.parse(p), d) for p, d in saved["manifests"]),
-                )
-            else:
-                known.parent.mkdir(parents=True, exist_ok=True)
-                saved = {
-                    "digest": resolved.digest,
-                    "media_type": resolved.media_type,
-                    "manifests": [(str(p), d) for p, d in resolved.manifests],
-                }
-                _write_atomically(known, json.dumps(saved))
-            self._resolved[reference] = resolved
-        return self._resolved[reference]
-
-    async def pull(
-        self,
-        reference: str,
-        platform: Platform,
-        *,
-        refresh: bool = False,
-        on_progress: ProgressCallback | None = None,
-    ) -> PulledImage:
-        key = (reference, platform)
-        if refresh or key not in self._pulled:
-            resolved = await self._resolve(reference, refresh)
-            digest = resolved.manifest_digest(platform)
-            image = PulledImage(reference, platform, digest, digest)
-            await self._image_dir(image, on_progress)
-            self._pulled[key] = image
-        elif on_progress is not None:
-            await self._image_dir(self._pulled[key], on_progress)
-        return self._pulled[key]
-
-    def _dir_of(self, image: PulledImage) -> Path:
-        return self._images / image.image_id.removeprefix("sha256:")
-
-    async def _image_dir(
-        self, image: PulledImage, on_progress: ProgressCallback | None = None
-    ) -> Path:
-        """The unpacked image, unpacked now (from cached blobs, if any) when missing.
-
-        ``on_progress`` follows the bytes fetched; (total, total) at once when unpacked.
-        """
-        path = self._dir_of(image)
-        if (path / "image.json").is_file():
-            if on_progress is not None:
-                size = self._size_of(path)
-                on_progress(size, size)
-            return path
-        if image.digest is None or image.image_id.startswith(SNAPSHOT_PREFIX):
-            raise EngineError(f"image {image.reference} is gone (it was removed)")
-        # Concurrent pulls of one image share its unpacking, and each sees its progress.
-        progress = self._progress.setdefault(image.image_id, _PullProgress())
-        if on_progress is not None:
-            progress.add(on_progress)
         try:
-            return await once(
-                self._unpacking, image.image_id, lambda: self._unpack(image, path, progress)
-            )
-        finally:
-            if on_progress is not None:
-                progress.listeners.remove(on_progress)
-            if not progress.listeners and self._progress.get(image.image_id) is progress:
-                del self._progress[image.image_id]
+            resolved = await super()._lookup(reference)
+        except RegistryError:
+            known = self._images.recall(reference)
+            if known is None:
+                raise
+            return known
+        self._images.remember(reference, resolved)
+        return resolved
 
-    def _size_of(self, image_dir: Path) -> int:
-        """Bytes of an unpacked image's config and layers (recorded when it was unpacked;
-        for older images, the cached layers' sizes)."""
-        meta = self._meta(image_dir)
-        if isinstance(meta.get("size"), int):
-            return int(meta["size"])
-        paths = [self._blobs.path(layer["digest"]) for layer in meta["layers"] if "digest" in layer]
-        return sum(p.stat().st_size for p in paths if p.is_file())
-
-    async def _unpack(self, image: PulledImage, path: Path, progress: _PullProgress) -> Path:
-        assert image.digest is not None
-        progress.last = None  # a new attempt starts from zero
-        self._images.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=self._images))
-        try:
-            unpacked = await unpack_image(
-                self.registry,
-                image.reference,
-                image.platform,
-                work / "rootfs",
-                self._blobs,
-                manifest_digest=image.digest,
-                on_progress=progress,
-            )
-            layers = [{"mediaType": t, "digest": d} for t, d in unpacked.layers]
-            await asyncio.to_thread(
-                self._seal, work, image, unpacked.image_config, layers, unpacked.size
-            )
-            with contextlib.suppress(OSError):  # another kernel won the race: use theirs
-                os.rename(work, path)
-            return path
-        finally:
-            if work.exists():
-                await in_thread(remove_tree, work)
-
-    @staticmethod
-    def _seal(
-        work: Path,
-        image: PulledImage,
-        config: dict[str, Any],
-        layers: list[dict[str, Any]],
-        size: int | None = None,
-    ) -> None:
-        """Write what makes ``work`` a complete image: the linked files, then image.json.
-
-        ``size``: the bytes of a pulled image's config and layers (what a pull reports).
-        """
-        LinkedFiles.scan(work / "rootfs").save(work)
-        meta = {
-            "reference": image.reference,
-            "platform": str(image.platform),
-            "digest": image.digest,
-            "config": config,
-            "layers": layers,
-            "labels": owner_labels() if image.image_id.startswith(SNAPSHOT_PREFIX) else {},
-        }
-        if size is not None:
-            meta["size"] = size
-        (work / "image.json").write_text(json.dumps(meta))
-
-    @staticmethod
-    def _meta(image_dir: Path) -> dict[str, Any]:
-        meta: dict[str, Any] = json.loads((image_dir / "image.json").read_text())
-        return meta
+    async def _fetch(
+        self, reference: str, platform: Platform, refresh: bool, on_progress: ProgressCallback
+    ) -> tuple[PulledImage, int]:
+        digest = (await self._resolve(reference, refresh)).manifest_digest(platform)
+        image = PulledImage(reference, platform, digest, digest)
+        image_dir = await self._images.ensure(image, on_progress)
+        return image, self._images.size_of(image_dir)
 
     async def image_config(self, image: PulledImage) -> ImageConfig:
-        meta = self._meta(await self._image_dir(image))
-        return ImageConfig.from_oci(meta["config"].get("config"))
-
-    async def remove_image(self, image: PulledImage) -> None:
-        """Remove a snapshot; pulled images stay cached for every kernel of this user."""
-        if image.image_id.startswith(SNAPSHOT_PREFIX):
-            await in_thread(remove_tree, self._dir_of(image))
-            self._made.pop(image.image_id, None)
+        return await self._images.config(image)
 
     async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
-        image_dir = await self._image_dir(image)
-        layers = self._meta(image_dir)["layers"]
-
-        def save() -> list[Path]:
-            dest.mkdir(parents=True, exist_ok=True)
-            saved = []
-            for number, layer in enumerate(layers):
-                saved.append(dest / f"layer-{number}.tar")
-                if "file" in layer:
-                    shutil.copyfile(image_dir / layer["file"], saved[-1])
-                    continue
-                blob = self._blobs.path(layer["digest"])
-                if not blob.is_file():
-                    raise EngineError(
-                        f"layer {layer['digest']} of {image.reference} is no longer in the "
-                        f"cache ({self._cache}); pull the image again"
-                    )
-                with open(blob, "rb") as raw, open(saved[-1], "wb") as out:
-                    source = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
-                    raw.seek(0)
-                    shutil.copyfileobj(source, out, 1 << 20)
-            return saved
-
-        return await in_thread(save)
+        return await self._images.save_layers(image, dest)
 
     async def read_image(self, image: PulledImage, dest: Path) -> None:
-        rootfs = (await self._image_dir(image)) / "rootfs"
-        await in_thread(copy_tree, rootfs, dest)
+        await self._images.read(image, dest)
 
     async def image_from_directory(
         self, root: Path, platform: Platform, config: ImageConfig
     ) -> PulledImage:
-        image = PulledImage(f"rootfs for {platform}", platform, _snapshot_id(), None)
+        image = PulledImage(f"rootfs for {platform}", platform, snapshot_id(), None)
         layer_name = "diff-0.tar"
 
         def make(work: Path) -> list[dict[str, Any]]:
             copy_tree(root, work / "rootfs")
-            with tarfile.open(work / layer_name, "w", format=tarfile.PAX_FORMAT) as tar:
-                for entry in sorted(root.iterdir()):
-                    tar.add(entry, arcname=entry.name)
+            with open(work / layer_name, "wb") as layer:
+                write_layer(layer, root)
             return [{"file": layer_name, "diff_id": file_digest(work / layer_name)}]
 
         oci = {**platform.to_oci(), "config": config.to_oci(), "rootfs": {"type": "layers"}}
-        return await self._make_image(image, make, oci)
-
-    async def _make_image(
-        self,
-        image: PulledImage,
-        make: Callable[[Path], list[dict[str, Any]]],
-        config: dict[str, Any],
-        parent_layers: Sequence[dict[str, Any]] = (),
-        parent_diff_ids: Sequence[str] = (),
-    ) -> PulledImage:
-        """A snapshot image: ``make(work)`` fills work/rootfs and returns its own layers."""
-        self._images.mkdir(parents=True, exist_ok=True)
-        path = self._dir_of(image)
-        work = Path(tempfile.mkdtemp(prefix=_work_prefix(), dir=self._images))
-        try:
-
-            def build() -> None:
-                layers = make(work)
-                diff_ids = [*parent_diff_ids, *(layer.pop("diff_id") for layer in layers)]
-                config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-                self._seal(work, image, config, [*parent_layers, *layers])
-
-            await in_thread(build)
-            os.rename(work, path)
-        finally:
-            if work.exists():
-                await in_thread(remove_tree, work)
-        self._made[image.image_id] = None
-        return image
+        return self._made_here(await self._images.make(image, make, oci))
 
     # -- containers --------------------------------------------------------------------------
 
-    async def create(
-        self,
-        image: PulledImage,
-        argv: Sequence[str] | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        mounts: Sequence[Mount] = (),
-        labels: Mapping[str, str] | None = None,
-    ) -> str:
+    async def create(self, spec: ContainerSpec) -> str:
+        image = spec.image
         if image.platform.os != "linux":
             raise ExecUnsupported(image.platform)
-        image_dir = await self._image_dir(image)
-        defaults = ImageConfig.from_oci(self._meta(image_dir)["config"].get("config"))
+        image_dir = await self._images.ensure(image)
+        defaults = ImageConfig.from_oci(self._images.meta(image_dir)["config"].get("config"))
         container_id = secrets.token_hex(32)
         path = self._containers_dir / container_id
         path.mkdir(parents=True)
         self._creating.add(path)
         (path / "container.json").write_text(
-            json.dumps({"image": image.image_id, "labels": {**owner_labels(), **(labels or {})}})
+            json.dumps({"image": image.image_id, "labels": {**owner_labels(), **spec.labels}})
         )
         try:
             linked = await self._linked(image_dir)
@@ -489,13 +260,13 @@ class EmbeddedEngine(Engine):
                 path,
                 image,
                 image_dir,
-                tuple(argv) if argv else None,
-                self._env(defaults, env, path / "rootfs"),
-                workdir or defaults.workdir or "/",
-                await in_thread(_proot_user, path / "rootfs", defaults.user),
+                spec.argv,
+                self._env(defaults, spec.env, path / "rootfs"),
+                spec.workdir or defaults.workdir or "/",
+                await in_thread(proot_user, path / "rootfs", defaults.user),
                 [],
             )
-            await in_thread(self._prepare, container, mounts)
+            await in_thread(self._prepare, container, spec.mounts)
         except BaseException:
             await in_thread(remove_tree, path)
             self._creating.discard(path)
@@ -524,16 +295,16 @@ class EmbeddedEngine(Engine):
             container.image.reference,
         )
         with contextlib.suppress(OSError):
-            trash = image_dir.with_name(f"{_work_prefix()}damaged")
+            trash = image_dir.with_name(f"{work_prefix()}damaged")
             os.rename(image_dir, trash)
             remove_tree(trash)
         self._linked_files.pop(image_dir, None)
-        self._unpacking.pop(container.image.image_id, None)
+        self._images.forget(container.image)
 
     @staticmethod
     def _env(defaults: ImageConfig, env: Mapping[str, str] | None, rootfs: Path) -> dict[str, str]:
         merged = {"PATH": DEFAULT_PATH, **defaults.env_dict(), **(env or {})}
-        merged.setdefault("HOME", _home_of(rootfs, defaults.user))
+        merged.setdefault("HOME", home_of(rootfs, defaults.user))
         merged.setdefault("HOSTNAME", "mpc-embedded")
         return merged
 
@@ -681,10 +452,7 @@ class EmbeddedEngine(Engine):
             root = container.rootfs
             found = resolve_parent_in_root(root, path)
             if not found.is_symlink() and not found.exists():
-                raise InvalidArgument(
-                    f"{path} does not exist in the container; check the name, e.g. list "
-                    f"{os.path.dirname(path.rstrip('/')) or '/'} with ls"
-                )
+                raise missing_path(path)
             if found.is_dir() and not found.is_symlink():
                 # As `docker cp` of /: proot's own mount points (the host's / among them)
                 # are not the container's files.
@@ -700,9 +468,9 @@ class EmbeddedEngine(Engine):
     async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
         container = self._get(container_id)
         parent_dir = container.image_dir
-        parent = self._meta(parent_dir)
+        parent = self._images.meta(parent_dir)
         image = PulledImage(
-            f"snapshot of {container_id[:12]}", container.image.platform, _snapshot_id(), None
+            f"snapshot of {container_id[:12]}", container.image.platform, snapshot_id(), None
         )
         layer_name = f"diff-{len(parent['layers'])}.tar"
 
@@ -742,7 +510,8 @@ class EmbeddedEngine(Engine):
             "config": config.to_oci(),
         }
         diff_ids = parent["config"].get("rootfs", {}).get("diff_ids", [])
-        return await self._make_image(image, make, oci, parent["layers"], diff_ids)
+        made = await self._images.make(image, make, oci, parent["layers"], diff_ids)
+        return self._made_here(made)
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -753,14 +522,15 @@ class EmbeddedEngine(Engine):
     def _reap(self) -> int:
         reaped = 0
         # Half-made images of processes that died while unpacking or snapshotting.
-        for entry in self._images.glob(".work-*") if self._images.is_dir() else ():
+        images = self._images.root
+        for entry in images.glob(".work-*") if images.is_dir() else ():
             _, pid, ticks, _ = entry.name.split("-", 3)
             if owner_is_gone({**owner_labels(), LABEL_PID: pid, LABEL_PID_START: ticks}):
                 remove_tree(entry)
                 reaped += 1
         for base, meta_name in (
             (self._containers_dir, "container.json"),
-            (self._images, "image.json"),
+            (images, "image.json"),
         ):
             if not base.is_dir():
                 continue
@@ -777,23 +547,18 @@ class EmbeddedEngine(Engine):
                 reaped += 1
         return reaped
 
-    async def aclose(self) -> None:
-        # Synchronous on purpose, as DockerEngine's: at interpreter exit no thread pool runs.
-        try:
-            for container in list(self._live.values()):
-                with contextlib.suppress(OSError):
-                    self._remove_dir(container)
-            self._live.clear()
-            for path in list(self._creating):  # e.g. the interpreter exits mid-create
-                with contextlib.suppress(OSError):
-                    remove_tree(path)
-            self._creating.clear()
-            for image_id in reversed(list(self._made)):
-                with contextlib.suppress(OSError):
-                    remove_tree(self._images / image_id)
-            self._made.clear()
-        finally:
-            await self.registry.aclose()
+    def _remove_containers_now(self) -> None:
+        for container in list(self._live.values()):
+            with contextlib.suppress(OSError):
+                self._remove_dir(container)
+        for path in list(self._creating):  # e.g. the interpreter exits mid-create
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+        self._creating.clear()
+
+    def _remove_image_now(self, image_id: str) -> None:
+        remove_tree(self._images.root / image_id)
+        self._made.pop(image_id, None)
 
 
 class _EmbeddedProcess(AttachedProcess):
@@ -820,87 +585,13 @@ def _kill_execs(container: _Container) -> None:
         process.kill_now()
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Kernels sharing the cache never read half a file."""
-    handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(partial, path)
-
-
-def _work_prefix() -> str:
-    """Temporary image directories name their process, so a dead one's can be reaped."""
-    pid = os.getpid()
-    return f".work-{pid}-{process_start_ticks(pid)}-"
-
-
-def _snapshot_id() -> str:
-    return f"{SNAPSHOT_PREFIX}{secrets.token_hex(16)}"
-
-
 def _copy_into(source: Path, rootfs: Path, target: str) -> None:
     """Merge host ``source`` into ``target`` of ``rootfs``, safely, as ``docker cp`` does.
 
     Through a tar and the layer unpacker: whatever symlinks the container planted, nothing
     is written outside ``rootfs`` (a link to /etc is the container's /etc, not the host's).
     """
-    top = target.strip("/")
     with tempfile.TemporaryFile() as archive:
-        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            if source.is_dir() and not source.is_symlink():
-                for child in sorted(source.iterdir()):
-                    tar.add(child, f"{top}/{child.name}" if top else child.name)
-                if top and not any(source.iterdir()):
-                    tar.add(source, top, recursive=False)
-            else:
-                tar.add(source, top or source.name)
+        write_copy(archive, source, target)
         archive.seek(0)
         extract_archive(archive, rootfs)  # type: ignore[arg-type]
-
-
-def _passwd_entry(rootfs: Path, user: str) -> list[str] | None:
-    with contextlib.suppress(OSError):
-        for line in resolve_in_root(rootfs, "/etc/passwd").read_text(errors="replace").splitlines():
-            fields = line.split(":")
-            if len(fields) >= 6 and user in (fields[0], fields[2]):
-                return fields
-    return None
-
-
-def _home_of(rootfs: Path, user: str) -> str:
-    entry = _passwd_entry(rootfs, user.partition(":")[0] or "root")
-    return entry[5] if entry and entry[5] else "/root" if not user else "/"
-
-
-def _proot_user(rootfs: Path, user: str) -> str | None:
-    """proot's ``-i uid:gid`` for an image's User ("name", "uid", "uid:gid"); None for root."""
-    name, _, group = user.partition(":")
-    if name in ("", "root", "0") and group in ("", "root", "0"):
-        return None
-    entry = _passwd_entry(rootfs, name)
-    if name.isdigit():
-        uid = name
-    elif entry is not None:
-        uid = entry[2]
-    else:
-        raise EngineError(
-            f"unable to find user {name}: no matching entries in the image's /etc/passwd"
-        )
-    if group.isdigit():
-        gid = group
-    elif group:
-        gid = _group_id(rootfs, group)
-    else:
-        gid = entry[3] if entry is not None else "0"
-    return f"{uid}:{gid}"
-
-
-def _group_id(rootfs: Path, group: str) -> str:
-    with contextlib.suppress(OSError):
-        for line in resolve_in_root(rootfs, "/etc/group").read_text(errors="replace").splitlines():
-            fields = line.split(":")
-            if len(fields) >= 3 and fields[0] == group:
-                return fields[2]
-    raise EngineError(
-        f"unable to find group {group}: no matching entries in the image's /etc/group"
-    )
