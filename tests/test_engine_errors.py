@@ -91,6 +91,22 @@ def test_what_cannot_be_executed_exits_126(test_image, program):
     assert program in stderr and "permission denied" in stderr.lower()
 
 
+@pytest.mark.usefixtures("no_leaks")
+def test_copying_under_a_file_says_so_with_the_fix_not_an_http_status(test_image):
+    async def main(client: mpc.Client) -> str:
+        files = client.directory().with_new_file("x", "hi\n")
+        ctr = client.container(platform=AMD64).from_(test_image)
+        return await ctr.with_directory("/etc/passwd/sub", files).with_exec(["true"]).stdout()
+
+    with pytest.raises(mpc.InvalidArgument) as refused:
+        run(main)
+    text = str(refused.value)
+    assert text.startswith("cannot copy to /etc/passwd/sub in the container: ")
+    assert "not a directory" in text
+    assert text.endswith("copy to a path whose parents are directories (or remove that file first)")
+    assert "http+docker" not in text and "Server Error" not in text
+
+
 # -- a QEMU handler without the F flag (Docker) ----------------------------------------------
 
 

@@ -66,6 +66,14 @@ def missing_path(path: str) -> InvalidArgument:
     )
 
 
+def not_a_directory(target: str, why: str) -> InvalidArgument:
+    """``copy_to`` through a path that is a file in the container (both engines refuse it)."""
+    return InvalidArgument(
+        f"cannot copy to {target} in the container: {why}; copy to a path whose parents are "
+        "directories (or remove that file first)"
+    )
+
+
 class EngineBase(Engine, Generic[C]):
     """The shared half of an engine; a subclass says how to fetch and how to remove."""
 

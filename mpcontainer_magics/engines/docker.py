@@ -52,7 +52,7 @@ from .base import (
     owner_is_gone,
     owner_labels,
 )
-from .common import EngineBase, PullProgress, missing_path
+from .common import EngineBase, PullProgress, missing_path, not_a_directory
 from .docker_errors import (
     DockerAPIError,
     DockerNotFound,
@@ -458,7 +458,10 @@ class DockerEngine(EngineBase[Platform]):
                 archive.seek(0)
                 self._api.put_archive(container_id, "/", archive)
 
-        await self._docker(f"copy {source} to {target}", put)
+        def refine(text: str) -> MPCError | None:
+            return not_a_directory(target, text) if "not a directory" in text else None
+
+        await self._docker(f"copy {source} to {target}", put, refine=refine)
 
     async def copy_from(self, container_id: str, path: str, dest: Path) -> bool:
         def get() -> bool:

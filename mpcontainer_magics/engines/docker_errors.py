@@ -52,10 +52,10 @@ def explanation(exc: BaseException) -> str:
 
 
 def _fix(status: int | None) -> str:
-    if status is not None and status >= 500:
+    if status is not None and status >= 500:  # Docker answers 500 for many bad requests too
         return (
-            "the Docker engine itself failed: its log says why (`journalctl -u docker`, or "
-            "dockerd's output); retry once it is healthy"
+            "change what Docker's reason names; if it names nothing of yours, the Docker "
+            "engine failed and its log says why (`journalctl -u docker`, or dockerd's output)"
         )
     if status == 404:
         return "it is gone (removed meanwhile, e.g. by `docker rm` or a prune): run it again"

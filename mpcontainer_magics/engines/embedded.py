@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -60,7 +61,7 @@ from .base import (
     owner_is_gone,
     owner_labels,
 )
-from .common import EngineBase, missing_path
+from .common import EngineBase, missing_path, not_a_directory
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .image_users import home_of, proot_user
 from .layers import extract_archive
@@ -590,7 +591,17 @@ def _copy_into(source: Path, rootfs: Path, target: str) -> None:
 
     Through a tar and the layer unpacker: whatever symlinks the container planted, nothing
     is written outside ``rootfs`` (a link to /etc is the container's /etc, not the host's).
+    Unlike a layer, a copy never replaces a file by a directory: Docker refuses that too.
     """
+    above = posixpath.normpath("/" + target)
+    if not (source.is_dir() and not source.is_symlink()):
+        above = posixpath.dirname(above)  # a file may replace a file
+    path = "/"
+    for part in (p for p in above.split("/") if p):
+        path = posixpath.join(path, part)
+        found = resolve_in_root(rootfs, path)
+        if os.path.lexists(found) and not found.is_dir():
+            raise not_a_directory(target, f"{path} is not a directory")
     with tempfile.TemporaryFile() as archive:
         write_copy(archive, source, target)
         archive.seek(0)
