@@ -154,6 +154,27 @@ def test_a_pull_reports_its_bytes_as_they_arrive(
     assert other.calls == {"linux/amd64": [(size, size)]}
 
 
+def test_concurrent_pulls_of_one_image_share_it_and_each_follows_its_bytes(
+    engine_kind: str, probe: tuple[str, int], probe_absent: None
+) -> None:
+    """A cell and the widget, say, pulling the same image at once: one pull, two bars."""
+    reference, size = probe
+
+    async def main() -> tuple[list[Any], Recorder, Recorder]:
+        first, second = Recorder(), Recorder()
+        async with mpc.connect(engine=engine_kind) as client:
+            images = await asyncio.gather(
+                client.engine.pull(reference, AMD64, on_progress=lambda d, t: first(AMD64, d, t)),
+                client.engine.pull(reference, AMD64, on_progress=lambda d, t: second(AMD64, d, t)),
+            )
+        return images, first, second
+
+    images, first, second = asyncio.run(main())
+    assert images[0] is images[1]  # one pull, shared
+    assert_counts_up(first.calls["linux/amd64"], size)
+    assert_counts_up(second.calls["linux/amd64"], size)
+
+
 def test_a_session_reports_each_platforms_pull(
     engine_kind: str, test_image: str, no_leaks: None
 ) -> None:
