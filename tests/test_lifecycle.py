@@ -137,3 +137,18 @@ def test_loading_the_extension_leaves_this_process_containers_alone(ip, test_ima
 
     assert asyncio.run(main()) == "alive\n"
     assert containers.mine() == []
+
+
+def test_closing_one_client_leaves_another_clients_containers_alone(test_image, containers):
+    # A notebook may hold its own client beside the magics' one (`%unload_ext` closes that):
+    # each client removes what it made, never what another client of the process made.
+    async def main() -> tuple[str, int]:
+        async with mpc.connect() as mine:
+            session = await mine.session("kept", image=test_image)
+            async with mpc.connect() as other:
+                await other.session("gone", image=test_image)
+            left = len(containers.mine())
+            return (await session.run("echo alive"))[0].stdout, left
+
+    assert asyncio.run(main()) == ("alive\n", 1)
+    assert containers.mine() == []

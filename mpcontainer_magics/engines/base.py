@@ -90,6 +90,9 @@ LABEL_HOST = "io.mpcontainer-magics.host"
 LABEL_PID = "io.mpcontainer-magics.pid"
 LABEL_PID_START = "io.mpcontainer-magics.pid-start"
 LABEL_SESSION = "io.mpcontainer-magics.session"
+#: Which engine object (client) of its process made a container: closing one client
+#: removes its own containers, never those of another client in the same kernel.
+LABEL_ENGINE = "io.mpcontainer-magics.engine"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -42,6 +43,7 @@ from . import binfmt, docker_images
 from .archives import write_copy
 from .base import (
     EMULATION_CANDIDATES,
+    LABEL_ENGINE,
     LABEL_MANAGED,
     AttachedProcess,
     ContainerSpec,
@@ -94,6 +96,7 @@ class DockerEngine(EngineBase[Platform]):
         self._api = api
         self._where = where or api.base_url  # for messages: the address the user gave
         self._native: Platform | None = None
+        self._instance = secrets.token_hex(8)  # LABEL_ENGINE of what this engine creates
 
     @classmethod
     async def connect(
@@ -282,7 +285,7 @@ class DockerEngine(EngineBase[Platform]):
             entrypoint=list(spec.argv or ["/mpc-never-started"]),
             environment=dict(spec.env),
             working_dir=spec.workdir or None,
-            labels={**owner_labels(), **spec.labels},
+            labels={**owner_labels(), LABEL_ENGINE: self._instance, **spec.labels},
             host_config=self._api.create_host_config(binds=binds) if binds else None,
             detach=True,
         )
@@ -552,9 +555,9 @@ class DockerEngine(EngineBase[Platform]):
 
     def _remove_containers_now(self) -> None:
         # Also those whose creation was cancelled before we learnt their IDs: by label.
-        mine = [f"{key}={value}" for key, value in owner_labels().items()]
+        mine = {"label": f"{LABEL_ENGINE}={self._instance}"}
         with contextlib.suppress(EngineError), docker_errors("list containers"):
-            listed = self._api.containers(all=True, filters={"label": mine})
+            listed = self._api.containers(all=True, filters=mine)
             for container_id in {*self._live, *(c["Id"] for c in listed)}:
                 with contextlib.suppress(EngineError):
                     self._remove_now(container_id)
