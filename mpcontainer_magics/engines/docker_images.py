@@ -19,7 +19,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import EngineError, ImageError, ImageNotFound, RegistryError
 from ..platforms import Platform
-from ..registry import Reference, check_digest
+from ..registry import Reference
+from ..registry.manifests import image_manifest_blobs
 from .archives import stream_digest, write_layer
 from .base import ImageConfig, ProgressCallback, owner_labels
 from .docker_errors import docker_errors
@@ -120,15 +121,11 @@ async def blob_sizes(
     """The compressed size of the config and of each layer (by the short ID Docker's
     progress stream names layers with) of manifest ``pinned``; None if unknown."""
     try:
-        body, _, _ = await registry.get_manifest(pinned)
-        manifest = json.loads(body)
-        layers = {
-            check_digest(layer["digest"]).partition(":")[2][:12]: int(layer["size"])
-            for layer in manifest["layers"]
-        }
-        return int(manifest["config"]["size"]), layers
-    except (RegistryError, ValueError, KeyError, TypeError, AttributeError):
+        body, media_type, _ = await registry.get_manifest(pinned)
+        config, layers = image_manifest_blobs(body, media_type, pinned.familiar)
+    except RegistryError:
         return None  # progress then counts what the stream says
+    return config.size, {layer.digest.partition(":")[2][:12]: layer.size for layer in layers}
 
 
 def _pull_error(pinned: str, platform: Platform, text: str) -> ImageError:
