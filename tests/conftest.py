@@ -49,7 +49,7 @@ def no_stray_proot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if ours in f.read():
                     stray.append(pid)
-                    os.kill(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)  # proot leads its guests' group
         except OSError:
             continue
     assert stray == [], "proot processes of the embedded engine outlived the suite"

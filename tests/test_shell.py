@@ -6,11 +6,13 @@ Unit tests of the parser, then real shells under emulation fed awkward cells.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
 
-from mpcontainer_magics.shell import _Marks
+from mpcontainer_magics.engines.base import AttachedProcess
+from mpcontainer_magics.shell import Shell, _Marks
 
 TOKEN = "0123456789abcdef01234567"
 
@@ -71,6 +73,63 @@ def test_output_after_the_marks_is_not_this_cells():
     stdout = TOKEN.encode() + b":0\nbackground job\n"
     seen, status, _ = parse([("stderr", TOKEN.encode() + b"\n"), ("stdout", stdout)])
     assert (seen["stdout"], status) == (b"", 0)
+
+
+class ScriptedShell(AttachedProcess):
+    """A shell that answers START with the marks the protocol expects, cells when told."""
+
+    def __init__(self, on_output: Any, pid: int) -> None:
+        self.on_output = on_output
+        self.pid = pid
+        self.exited = asyncio.get_running_loop().create_future()
+        self.tokens: list[str] = []
+
+    async def write(self, data: bytes) -> None:
+        token = re.search(rb"mpc_token=([0-9a-f]{24})", data).group(1).decode()  # type: ignore[union-attr]
+        self.tokens.append(token)
+        if len(self.tokens) == 1:  # START: the shell reports its PID; cells: the test answers
+            self.answer(token, f"{self.pid}")
+
+    def answer(self, token: str, status: str) -> None:
+        self.on_output("stdout", f"{token}:{status}\n".encode())
+        self.on_output("stderr", f"{token}\n".encode())
+
+    async def interrupt(self, group: int) -> None:
+        raise AssertionError("not interrupted here")
+
+
+class ScriptedEngine:
+    def __init__(self) -> None:
+        self.shells: list[ScriptedShell] = []
+
+    async def attach_exec(self, container_id: str, argv: Any, on_output: Any) -> ScriptedShell:
+        self.shells.append(ScriptedShell(on_output, pid=11 + len(self.shells)))
+        return self.shells[-1]
+
+
+def test_a_replaced_shells_late_marks_never_show_in_a_later_cell():
+    async def main() -> list[tuple[str, bytes]]:
+        engine = ScriptedEngine()
+        shell = Shell(engine, "c")  # type: ignore[arg-type]
+        first = asyncio.ensure_future(shell.run("sleep 60"))
+        while len(engine.shells) < 1 or len(engine.shells[0].tokens) < 2:
+            await asyncio.sleep(0)
+        engine.shells[0].exited.set_result(137)  # killed before it could end the cell
+        assert (await first).exit_code == 137 and shell.lost
+        seen: list[tuple[str, bytes]] = []
+        second = asyncio.ensure_future(shell.run("echo hi", on_output=lambda *o: seen.append(o)))
+        while len(engine.shells) < 2 or len(engine.shells[1].tokens) < 2:
+            await asyncio.sleep(0)
+        # The first shell's end marks arrive late, as its output is drained.
+        old, new = engine.shells
+        old.answer(old.tokens[1], "130:exit")
+        new.on_output("stdout", b"from the new shell\n")
+        new.answer(new.tokens[1], "0")
+        assert (await second).exit_code == 0 and not shell.lost
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen == [("stdout", b"from the new shell\n")]
 
 
 # -- real shells --------------------------------------------------------------------------
