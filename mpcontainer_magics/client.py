@@ -443,9 +443,8 @@ async def reap_orphans(using: Engine | None = None) -> int:
     the embedded engine when its cache directory exists. Whichever engine this process
     uses: a dead kernel may have used the other (``%config ContainerMagics.engine``).
 
-    ``using`` (the engine this process works with) reaps its own kind. Other kinds are
-    opened just for this and closed after; a Docker engine's close also removes containers
-    this process made through another client of Docker, so give that client as ``using``."""
+    ``using`` (the engine this process works with) reaps its own kind, so it is not opened
+    a second time; the other kinds are opened just for this and closed after."""
     from .engines.docker import DockerEngine
     from .engines.embedded import EmbeddedEngine
     from .engines.store import default_cache_dir
