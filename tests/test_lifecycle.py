@@ -8,10 +8,17 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import mpcontainer_magics as mpc
-from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
+from mpcontainer_magics.engines.base import (
+    LABEL_PID,
+    LABEL_PID_START,
+    owner_is_gone,
+    owner_labels,
+    process_start_ticks,
+)
 from mpcontainer_magics.workspace import reap_workspaces, workspace_prefix
 
 KERNEL_THAT_HANGS = """
@@ -152,3 +159,25 @@ def test_closing_one_client_leaves_another_clients_containers_alone(test_image, 
 
     assert asyncio.run(main()) == ("alive\n", 1)
     assert containers.mine() == []
+
+
+def test_a_killed_kernel_its_parent_has_not_waited_for_yet_is_gone():
+    # A SIGKILLed kernel stays a zombie until its parent (Jupyter) collects it: its
+    # containers are orphans already, and the next kernel must reap them.
+    kernel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    labels = {
+        **owner_labels(),
+        LABEL_PID: str(kernel.pid),
+        LABEL_PID_START: process_start_ticks(kernel.pid),
+    }
+    try:
+        assert not owner_is_gone(labels)
+        kernel.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{kernel.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed process never became a zombie"
+            time.sleep(0.01)
+        assert owner_is_gone(labels)
+    finally:
+        kernel.kill()
+        kernel.wait()

@@ -427,18 +427,24 @@ def file_digest(path: Path) -> str:
         return stream_digest(f)
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name ([] if unknown): [0] is
+    the state, [19] the start time in clock ticks since boot."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            # The command name (field 2) may contain spaces; fields after ")" are fixed.
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def process_start_ticks(pid: int) -> str:
     """The start time of ``pid`` in clock ticks since boot ("" if unknown).
 
     Together with the PID it identifies a process even after the PID is reused.
     """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            # The command name (field 2) may contain spaces; fields after ")" are fixed.
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return ""
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def owner_labels() -> dict[str, str]:
@@ -471,5 +477,7 @@ def owner_is_gone(labels: Mapping[str, str]) -> bool:
         return True
     except PermissionError:
         pass  # exists, owned by another user
+    if _stat_fields(pid)[:1] == ["Z"]:
+        return True  # it has exited; only its parent has not collected its status yet
     recorded = labels.get(LABEL_PID_START, "")
     return bool(recorded) and recorded != process_start_ticks(pid)
