@@ -56,6 +56,19 @@ _LINGER_S = 0.05
 # How long output may still arrive once proot is gone and its guests are killed: a process
 # outside our reach (double-forked away) may hold the pipes open for ever.
 _DRAIN_S = 2.0
+# How long the command's own report may trail those of its children, once it has ended.
+_REPORT_S = 0.2
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22  # Linux's largest
+
+
+_PID_MAX = _pid_max()
 
 
 def find_proot() -> str:
@@ -142,6 +155,7 @@ class ProotProcess:
         self._on_output = on_output
         self._end_with_command = end_with_command
         self._main: int | None = None
+        self._deciding: asyncio.TimerHandle | None = None  # see _main_ended_unseen
         self._statuses: dict[int, int] = {}
         self._held = b""  # stderr that may be the start of one of proot's messages
         self._argv_newlines = argv_newlines
@@ -254,8 +268,7 @@ class ProotProcess:
                 code if ended.group(2) == b"exited with status" else 128 + code
             )
             if self._main is None and not _children(self.pid):
-                # It ended before we saw it: proot forked it first, so it has the lowest PID.
-                self._main = min(self._statuses)
+                self._main_ended_unseen()
             self._check_ended()
         elif text.startswith(b"proot info: argv = "):
             self._continued = self._argv_newlines  # proot prints the argv as it is
@@ -276,6 +289,25 @@ class ProotProcess:
                 self._on_output("stderr", f"proot: {error}\n".encode())
         elif not text.startswith(b"proot info: "):
             log.debug("%s", text.decode(errors="replace"))
+
+    def _main_ended_unseen(self) -> None:
+        """The command ended before we saw it run (a busy machine), and its report may still
+        be on its way behind those of its children: it is the first process proot forked,
+        so decide once that one is sure (the PID right after proot's), else shortly."""
+        first = self._first_forked()
+        if (first - self.pid) % _PID_MAX == 1:
+            self._main = first
+        elif self._deciding is None:
+            self._deciding = asyncio.get_running_loop().call_later(_REPORT_S, self._decide_main)
+
+    def _first_forked(self) -> int:
+        # PIDs grow from proot's, wrapping around at pid_max: the nearest after it came first.
+        return min(self._statuses, key=lambda pid: (pid - self.pid) % _PID_MAX)
+
+    def _decide_main(self) -> None:
+        if self._main is None and self._statuses:
+            self._main = self._first_forked()
+            self._check_ended()
 
     def _check_ended(self) -> None:
         if self._main is not None and self._main in self._statuses and not self.exited.done():
@@ -301,6 +333,8 @@ class ProotProcess:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._tasks[1:]), _DRAIN_S)
         self._tasks[0].cancel()
+        if self._process.returncode >= 0:  # proot ended by itself: every report is in
+            self._decide_main()
         if self.exited.done():
             return
         if self._refused is not None:
