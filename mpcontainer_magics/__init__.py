@@ -17,12 +17,10 @@ Importing this package stays cheap: pandas, docker-py and httpx load on first us
 from __future__ import annotations
 
 import atexit
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .client import DEFAULT_IMAGE, Client, PlatformReport, connect
-from .container import Container
-from .directory import Directory, File, GitRef, GitRepository, Host
-from .engines.base import Mount
+from .defaults import DEFAULT_IMAGE
 from .errors import (
     DigestMismatch,
     EmulationUnavailable,
@@ -44,14 +42,38 @@ from .errors import (
     SessionError,
     UnsafeLayer,
 )
-from .evaluate import ExecResult
 from .platforms import Platform, cross_env, host_platform, parse_platforms
-from .publish import Published
-from .results import PlatformResult, RunResult
-from .session import Session
+
+# The rest loads on first use (PEP 562): `%load_ext` must not wait for the client, the
+# engines and pandas' friends; the background start-up imports them on its own thread.
+_LAZY = {
+    "Client": "client",
+    "PlatformReport": "client",
+    "connect": "client",
+    "Container": "container",
+    "Directory": "directory",
+    "File": "directory",
+    "GitRef": "directory",
+    "GitRepository": "directory",
+    "Host": "directory",
+    "Mount": "engines.base",
+    "ExecResult": "evaluate",
+    "Published": "publish",
+    "PlatformResult": "results",
+    "RunResult": "results",
+    "Session": "session",
+}
 
 if TYPE_CHECKING:
+    from .client import Client, PlatformReport, connect
+    from .container import Container
+    from .directory import Directory, File, GitRef, GitRepository, Host
+    from .engines.base import Mount
+    from .evaluate import ExecResult
     from .magics import ContainerMagics
+    from .publish import Published
+    from .results import PlatformResult, RunResult
+    from .session import Session
     from .widgets import ContainerApp
 
 __all__ = [
@@ -100,6 +122,19 @@ __all__ = [
 ]
 
 _loaded: dict[int, ContainerMagics] = {}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def ui(image: str | None = None, **options: Any) -> ContainerApp:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._aio import finish_despite_cancel, gather_or_cancel
 from .container import Container
+from .defaults import DEFAULT_IMAGE, ENGINES
 from .directory import Directory, GitRepository, Host
 from .doctor import DoctorReport, diagnose
 from .engines.base import (
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = "alpine:3.16"
-ENGINES = ("auto", "docker", "embedded")
 
 #: What ``mounts=`` accepts: "HOST:CONTAINER[:ro]" strings or Mount objects.
 MountsSpec = Sequence[str | Mount]

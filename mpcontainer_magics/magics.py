@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -33,14 +33,18 @@ from IPython.display import display
 from traitlets import Enum, List, Unicode
 
 from ._loop import LoopThread
-from .client import DEFAULT_IMAGE, ENGINES, Client, open_engine, reap_orphans
-from .container import Container
+from .defaults import DEFAULT_IMAGE, ENGINES
 from .errors import MPCError
 from .platforms import Platform
-from .results import RunResult
-from .session import Session
-from .targets import Target, parse_one
-from .workspace import reap_workspaces
+
+# The client and everything it needs load where they are first used: on the loop thread's
+# start-up connect, so that `%load_ext` returns at once.
+if TYPE_CHECKING:
+    from .client import Client
+    from .container import Container
+    from .results import RunResult
+    from .session import Session
+    from .targets import Target
 
 T = TypeVar("T")
 P = TypeVar("P", bound=argparse.ArgumentParser)
@@ -226,6 +230,9 @@ class ContainerMagics(Magics):
         self.startup = self._bridge.submit(self._reap_orphans())
 
     async def _reap_orphans(self) -> int:
+        from .client import reap_orphans
+        from .workspace import reap_workspaces
+
         reaped = await asyncio.to_thread(reap_workspaces)
         engine = None
         with contextlib.suppress(MPCError):  # no engine yet: the first cell will say so
@@ -242,6 +249,8 @@ class ContainerMagics(Magics):
         self._bridge.close()
 
     async def _connected(self) -> Client:
+        from .client import Client, open_engine
+
         async with self._connecting:
             kind = self.engine  # read once: %config may change it while we connect
             if self._client is None or self._client_engine != kind:
@@ -490,6 +499,8 @@ class ContainerMagics(Magics):
             print(f"copied to {target}")
 
     def _image_container(self, args: Any) -> Callable[[Client], Container]:
+        from .targets import parse_one
+
         try:
             platform = parse_one(args.platform)
         except MPCError as exc:
@@ -520,6 +531,10 @@ class ContainerMagics(Magics):
 
     def _variants(self, client: Client, name: str) -> Session | list[Container]:
         """A session by name, or a variable holding a Session, a Container or Containers."""
+        from .container import Container
+        from .results import RunResult
+        from .session import Session
+
         if name in client.session_names:
             return client.get_session(name)
         if name not in self.shell.user_ns:

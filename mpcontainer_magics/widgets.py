@@ -35,7 +35,8 @@ from typing import Any
 import ipywidgets as w
 
 from ._loop import CLEANUP_SECONDS, LoopThread
-from .client import DEFAULT_IMAGE, Client, PlatformReport, open_engine
+from .client import Client, PlatformReport, open_engine
+from .defaults import DEFAULT_IMAGE
 from .errors import InvalidArgument, MPCError
 from .platforms import Platform
 from .publish import Published

@@ -277,8 +277,9 @@ def test_all_is_complete():  # (ruff's RUF022 keeps it sorted)
         name
         for name, value in vars(mpc).items()
         if not name.startswith("_") and not inspect.ismodule(value)
-    }
+    } | set(mpc._LAZY)  # loaded on first use
     assert public - {"annotations", "TYPE_CHECKING", "Any"} == set(mpc.__all__)
+    assert all(getattr(mpc, name) is not None for name in mpc.__all__)
 
 
 def test_loading_the_magics_imports_nothing_heavy():
@@ -288,6 +289,24 @@ def test_loading_the_magics_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_loading_the_extension_imports_only_the_magics():
+    # %load_ext returns at once: the client and all it needs (engines, builders, publish,
+    # the registry) load on the background start-up's thread, not in the user's cell.
+    code = (
+        "import sys, mpcontainer_magics.magics;"
+        "print(sorted(m for m in sys.modules if m.startswith('mpcontainer_magics.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(eval(out.stdout))
+    assert loaded <= {
+        "mpcontainer_magics._loop",
+        "mpcontainer_magics.defaults",
+        "mpcontainer_magics.errors",
+        "mpcontainer_magics.magics",
+        "mpcontainer_magics.platforms",
+    }
 
 
 def test_cleanup_finishes_even_when_cancelled_twice():

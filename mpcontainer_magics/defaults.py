@@ -1,0 +1,8 @@
+"""What every front-end falls back on when the user names nothing: kept apart from the
+client so that `%load_ext` (the magics' traitlets) can read them without loading it."""
+
+#: The image a cell, session or run uses when none is given.
+DEFAULT_IMAGE = "alpine:3.16"
+#: The engine kinds ``connect(engine=)``, ``%config ContainerMagics.engine`` and
+#: ``MPC_ENGINE`` accept; "auto" is Docker when a daemon answers, else embedded.
+ENGINES = ("auto", "docker", "embedded")
