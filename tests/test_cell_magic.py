@@ -252,20 +252,23 @@ def test_ctrl_c_stops_and_removes_the_cells_containers(shell, containers):
     main = threading.main_thread().ident
     assert main == threading.get_ident()
 
+    interrupted = []
+
     def interrupt_once_running() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             running = [c for c in containers.mine() if c["State"] == "running"]
             if len(running) == 2:
+                interrupted.append(time.monotonic())
                 signal.pthread_kill(main, signal.SIGINT)
                 return
             time.sleep(0.05)
 
     threading.Thread(target=interrupt_once_running, daemon=True).start()
-    started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run(shell, "--platform linux/amd64,linux/arm64", "sleep 120")
-    assert time.monotonic() - started < 30
+    # Stopped soon after Ctrl-C (the start-up before it may be slow on a busy machine).
+    assert time.monotonic() - interrupted[0] < 30
     assert containers.mine() == []
     # The extension still works after an interrupt.
     run(shell, "--platform linux/arm64 --out res", "echo alive")
