@@ -113,6 +113,20 @@ def test_leftover_processes_die_with_the_command(embedded, test_image, tmp_path)
     assert not alive(pid)
 
 
+def test_proot_leaves_no_temporary_directory_when_it_is_killed(embedded, test_image):
+    # proot removes its /tmp/proot-PID-* directory only when it ends by itself; ending a
+    # command's leftovers, or stopping a session, kills it.
+    before = set(Path("/tmp").glob("proot-*"))
+
+    async def main(client: mpc.Client) -> None:
+        await client.run("sleep 30 & exit 4", image=test_image, platforms=ARM64)
+        session = await client.session("tmp", image=test_image, platforms=ARM64)
+        await session.run("true")
+
+    run(main)
+    assert set(Path("/tmp").glob("proot-*")) - before == set()
+
+
 # -- private rootfs copies ---------------------------------------------------------------------
 
 

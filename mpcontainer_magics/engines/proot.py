@@ -330,6 +330,7 @@ class ProotProcess:
         # Normally a no-op (proot ends after its last tracee); after a SIGKILL from outside,
         # its guests would run on untraced, holding our pipes open.
         kill_processes(_left_by(self.pid))
+        remove_temporary_files(self.pid)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._tasks[1:]), _DRAIN_S)
         self._tasks[0].cancel()
@@ -374,6 +375,7 @@ class ProotProcess:
         kill_processes(
             [*_left_by(self.pid), *([self.pid] if self._process.returncode is None else [])]
         )
+        remove_temporary_files(self.pid)  # also at interpreter exit, when _finish never runs
 
     async def kill(self) -> None:
         """Kill everything and wait until proot is gone and its output read."""
@@ -561,6 +563,16 @@ def kill_processes(pids: Sequence[int]) -> None:
 def kill_proot(proot: int) -> None:
     """Kill a proot that is not ours to wait for (a dead kernel's) and everything it runs."""
     kill_processes([*_left_by(proot), proot])
+    remove_temporary_files(proot)
+
+
+def remove_temporary_files(proot: int) -> None:
+    """Remove the directories proot ``proot`` made under /tmp (5.1 always uses /tmp and
+    reads no variable for it), which it removes itself only when it is not killed."""
+    for path in Path("/tmp").glob(f"proot-{proot}-*"):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+                shutil.rmtree(path)
 
 
 def processes_using(path: Path) -> list[int]:
