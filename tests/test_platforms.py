@@ -220,7 +220,13 @@ def test_unrelated_input_gets_no_suggestion() -> None:
         ("linux /arm", "must be non-empty letters"),  # containerd: spaces
         ("linux/&arm", "must be non-empty letters"),  # containerd: invalid character
         ("linux/*", "must be non-empty letters"),  # containerd: no wildcards
-        ("windows(10.0.17763)/amd64", "must be non-empty letters"),  # no OS versions here
+        ("windows(10.0.17763/amd64", "is not os(version[+feature]...)"),  # containerd
+        ("windows(10.0.17763)x/amd64", "is not os(version[+feature]...)"),
+        ("windows(10 0)/amd64", "is not os(version[+feature]...)"),
+        ("windows(+)/amd64", "is not os(version[+feature]...)"),  # an empty feature
+        ("windows(10.0%zz)/amd64", "must start a %XX escape"),
+        ("amd64(10.0)", "OS options need an OS and an architecture"),
+        ("windows(10.0.20348)", "names only an OS"),
         ("linux/arm/foo/bar", "too many '/'-separated parts"),  # containerd
         ("linux/arm/v7/x", "too many '/'-separated parts"),
         ("linux/s390x/v7", "s390x has no variants; try linux/s390x"),

@@ -8,11 +8,11 @@ and stays what it is.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ImageError, InvalidArgument, PlatformNotOffered, RegistryError
-from ..platforms import Platform
+from ..platforms import Matcher, Platform
 from .mediatypes import DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES
 from .reference import Reference, check_digest, display_host
 
@@ -38,11 +38,26 @@ class ResolvedImage:
     def platforms(self) -> list[Platform]:
         return [p for p, _ in self.manifests if _is_real(p)]
 
-    def manifest_digest(self, platform: Platform) -> str:
-        for offered, digest in self.manifests:
-            if _is_real(offered) and offered.matches(platform):
-                return digest
-        raise PlatformNotOffered(self.reference.familiar, platform, self.platforms())
+    def select(self, platform: Platform, *, arm32: bool = False) -> tuple[Platform, str]:
+        """The best entry for ``platform`` as containerd picks one (``platforms.Only``):
+        (the platform the entry offers, its manifest digest).
+
+        Best is the first of ``compatible(platform, arm32=arm32)`` offered (amd64/v2 takes
+        amd64/v2, else amd64, else 386; arm/v7 takes v7, v6, v5), then the entry with more OS
+        features, then the higher Windows OS version; equal entries go by index order. A
+        Windows request with an OS version takes only builds a host of that version runs
+        (``windows(10.0.20348)/amd64`` takes 10.0.20348.x, not 10.0.17763.x); without one, any.
+        ``arm32`` lets an arm64 request take 32-bit arm entries: only when the CPU that runs
+        them has a 32-bit mode (qemu-aarch64 has none).
+        """
+        ranked = Matcher.only(platform, arm32=arm32).ranked(self.platforms())
+        if not ranked:
+            raise PlatformNotOffered(self.reference.familiar, platform, self.platforms())
+        return next((offered, digest) for offered, digest in self.manifests if offered == ranked[0])
+
+    def manifest_digest(self, platform: Platform, *, arm32: bool = False) -> str:
+        """The manifest digest of :meth:`select`'s entry."""
+        return self.select(platform, arm32=arm32)[1]
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
@@ -184,7 +199,7 @@ def image_manifest_blobs(
 def checked_image_config(
     data: bytes, image: str, platform: Platform, layers: int
 ) -> dict[str, Any]:
-    """The image config, checked: its platform is ``platform``, one diff ID per layer."""
+    """The image config, checked: its platform is one ``platform`` runs, one diff ID per layer."""
     config = _json_object(data, image, "config")
     architecture, os_name = config.get("architecture"), config.get("os")
     if not (isinstance(architecture, str) and architecture and isinstance(os_name, str)):
@@ -202,9 +217,13 @@ def checked_image_config(
             image, "config", "its rootfs.diff_ids holds something not a digest"
         )
     offered = Platform.from_oci(config)
+    # The entry chosen for `platform` may be one it runs (arm/v6 for arm/v7, 386 for amd64).
     # Older arm images omit the variant from their config; the index entry then decides it.
-    if (offered.os, offered.architecture) != (platform.os, platform.architecture) or (
-        config.get("variant") and offered.variant != platform.variant
+    # OS features are the index entry's to declare (selection used them), not the config's.
+    runs, described = Matcher.only(platform), replace(offered, os_features=())
+    if not (
+        runs.match(described)
+        or (not config.get("variant") and runs.match(replace(described, variant=platform.variant)))
     ):
         raise ImageError(
             f"the manifest of {image} describes an image for {offered}; the index is "
