@@ -211,15 +211,14 @@ class Platform:
         if spec.lower() == "all":
             raise _invalid(text, '"all" is not one platform', "the caller must expand it")
         if len(parts) == 1:
+            if os_name in {*_GO_PORTS, "macos"}:
+                example = f"{parts[0]}/amd64"
+                raise _invalid(text, "names only an OS", f"add an architecture, e.g. {example}")
             if os_name != parts[0]:
                 raise _invalid(
                     text,
                     "OS options need an OS and an architecture",
                     "e.g. windows(10.0.20348)/amd64",
-                )
-            if os_name in {*_GO_PORTS, "macos"}:
-                raise _invalid(
-                    text, "names only an OS", f"add an architecture, e.g. {os_name}/amd64"
                 )
             os_name, parts = "linux", ["linux", *parts]
         os, arch, variant = _normalise(os_name, parts[1], parts[2] if len(parts) == 3 else "")
@@ -459,7 +458,8 @@ class Matcher:
 
     def less(self, a: Platform, b: Platform) -> bool:
         """Is ``a`` preferred to ``b``: it matches an earlier wanted platform, or the same one
-        with more OS features or a higher OS version; a match beats a non-match."""
+        with more OS features or (when the wanted one has an OS version) a higher OS version;
+        a match beats a non-match."""
         rank_a, rank_b = self._rank(a), self._rank(b)
         return rank_a is not None and (rank_b is None or rank_a < rank_b)
 
@@ -472,8 +472,13 @@ class Matcher:
         position = next((n for n, w in enumerate(self.wanted) if _runs(w, offered)), None)
         if position is None:
             return None
-        version = tuple(int(p) if p.isdigit() else -1 for p in offered.os_version.split("."))
-        return position, -len(offered.os_features), tuple(-n for n in version)
+        # A host's OS version prefers the newest build it runs (containerd's Windows comparer);
+        # a request without one keeps index order, as containerd's Ordered does.
+        newest: tuple[int, ...] = ()
+        if self.wanted[position].os_version:
+            parts = offered.os_version.split(".")
+            newest = tuple(-int(p) if p.isdigit() else 1 for p in parts)
+        return position, -len(offered.os_features), newest
 
 
 # `uname -m` spellings beyond the aliases above (32-bit arm kernels name their ISA level).

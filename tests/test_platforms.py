@@ -1,8 +1,10 @@
 """Tests for mpcontainer_magics.platforms: containerd's normalisation rules, ported table by table.
 
 Rows marked "containerd" come from containerd/platforms' platforms_test.go (TestParseSelector,
-TestParseSelectorInvalid) with the OS defaulting to linux and the normalised canonical form
-(plain arm carries v7, arm64/v8 drops the variant).
+TestParseSelectorInvalid, TestFormatAll), compare_test.go (TestOnly, TestOnlyStrict) and
+platform_windows_compat_test.go (Test_PlatformCompat, Test_PlatformOrder), with the OS
+defaulting to linux and the normalised canonical form (plain arm carries v7, arm64/v8 drops
+the variant).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import pytest
 from mpcontainer_magics.errors import InvalidPlatform, MPCError
 from mpcontainer_magics.platforms import (
     KNOWN_PLATFORMS,
+    Matcher,
     Platform,
+    compatible,
+    cross_env,
     host_platform,
     parse_platforms,
 )
@@ -475,3 +480,340 @@ def test_known_platforms_is_go_dist_list() -> None:
     assert ("windows", "s390x") not in KNOWN_PLATFORMS
     assert isinstance(KNOWN_PLATFORMS, frozenset)
     assert len(KNOWN_PLATFORMS) == 49
+
+
+# -- the full syntax: OS versions and features ------------------------------------------------
+
+FULL_SYNTAX = [
+    # (input, the platform it means, its canonical text)
+    (
+        "windows(10.0.17763)/amd64",  # containerd
+        Platform("windows", "amd64", os_version="10.0.17763"),
+        "windows(10.0.17763)/amd64",
+    ),
+    (
+        "windows(10.0.20348.2340)/amd64",
+        Platform("windows", "amd64", "", "10.0.20348.2340"),
+        "windows(10.0.20348.2340)/amd64",
+    ),
+    (
+        "Windows(10.0.17763+win32k)/x86_64",  # containerd, OS and arch normalised
+        Platform("windows", "amd64", os_version="10.0.17763", os_features=("win32k",)),
+        "windows(10.0.17763+win32k)/amd64",
+    ),
+    (  # features come out sorted and unique, as containerd's Normalize keeps them
+        "windows(10.0.17763+zz+win32k+zz)/arm64",
+        Platform("windows", "arm64", os_version="10.0.17763", os_features=("win32k", "zz")),
+        "windows(10.0.17763+win32k+zz)/arm64",
+    ),
+    (
+        "windows(+win32k)/amd64",  # features without a version
+        Platform("windows", "amd64", os_features=("win32k",)),
+        "windows(+win32k)/amd64",
+    ),
+    ("windows()/amd64", Platform("windows", "amd64"), "windows/amd64"),  # empty options
+    (  # FormatAll's %-encoding of the syntax's own characters
+        "windows(1%2B2%28x%29%2Fy%25+a%2Bb)/amd64",
+        Platform("windows", "amd64", os_version="1+2(x)/y%", os_features=("a+b",)),
+        "windows(1%2B2%28x%29%2Fy%25+a%2Bb)/amd64",
+    ),
+    ("linux(5.15)/arm64/v8", Platform("linux", "arm64", os_version="5.15"), "linux(5.15)/arm64"),
+    ("linux/arm64/v8", Platform("linux", "arm64"), "linux/arm64"),
+    ("linux/amd64/v3", Platform("linux", "amd64", "v3"), "linux/amd64/v3"),
+]
+
+
+@pytest.mark.parametrize(("text", "platform", "canonical"), FULL_SYNTAX)
+def test_full_syntax_parses_formats_and_round_trips(
+    text: str, platform: Platform, canonical: str
+) -> None:
+    assert Platform.parse(text) == platform
+    assert str(platform) == canonical
+    assert Platform.parse(canonical) == platform
+    assert Platform.from_oci(platform.to_oci()) == platform
+
+
+def test_os_version_and_features_keep_their_case() -> None:
+    p = Platform.parse("Windows(10.0.17763-RC+Win32k)/AMD64")
+    assert (p.os, p.architecture, p.os_version, p.os_features) == (
+        "windows",
+        "amd64",
+        "10.0.17763-RC",
+        ("Win32k",),
+    )
+
+
+def test_base_drops_os_version_and_features() -> None:
+    p = Platform.parse("windows(10.0.20348+win32k)/amd64")
+    assert p.base == Platform("windows", "amd64") and str(p.base) == "windows/amd64"
+    assert Platform.parse("linux/arm/v6").base == Platform("linux", "arm", "v6")
+
+
+def test_cross_env_names_platforms_as_buildkit_does() -> None:
+    env = cross_env(Platform.parse("windows(10.0.20348)/amd64"), Platform.parse("linux/amd64"))
+    assert env["TARGETPLATFORM"] == "windows/amd64" and env["BUILDPLATFORM"] == "linux/amd64"
+
+
+def test_os_version_and_features_take_part_in_equality_hashing_and_sorting() -> None:
+    ltsc2019 = Platform.parse("windows(10.0.17763)/amd64")
+    ltsc2022 = Platform.parse("windows(10.0.20348)/amd64")
+    plain = Platform("windows", "amd64")
+    assert len({ltsc2019, ltsc2022, plain, Platform("windows", "amd64", "", "10.0.17763")}) == 3
+    assert sorted([ltsc2022, ltsc2019, plain]) == [plain, ltsc2019, ltsc2022]
+    assert Platform("windows", "amd64", os_features=["b", "a"]) == Platform(
+        "windows", "amd64", os_features=("a", "b", "a")
+    )
+    # matches() stays normalised equality: an OS version is part of what is compared.
+    assert not plain.matches(ltsc2019) and ltsc2019.matches("windows(10.0.17763)/amd64")
+
+
+def test_os_features_must_not_be_a_string() -> None:
+    with pytest.raises(TypeError, match="sequence of strings"):
+        Platform("windows", "amd64", os_features="win32k")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        # An index entry of a Windows image (mcr.microsoft.com's shape).
+        ({"architecture": "amd64", "os": "windows", "os.version": "10.0.20348.2340"},
+         Platform("windows", "amd64", "", "10.0.20348.2340")),
+        ({"architecture": "amd64", "os": "windows", "os.features": ["win32k"]},
+         Platform("windows", "amd64", os_features=("win32k",))),
+        # docker image inspect spells them OsVersion / OsFeatures.
+        ({"Architecture": "amd64", "Os": "windows", "OsVersion": "10.0.17763.1",
+          "OsFeatures": None}, Platform("windows", "amd64", "", "10.0.17763.1")),
+        ({"architecture": "arm64", "os": "linux", "os.version": ""}, Platform("linux", "arm64")),
+    ],
+)  # fmt: skip
+def test_from_oci_reads_os_version_and_features(obj: dict[str, object], expected: Platform) -> None:
+    assert Platform.from_oci(obj) == expected
+
+
+@pytest.mark.parametrize(
+    ("obj", "problem"),
+    [
+        ({"architecture": "amd64", "os.version": 10}, "'os.version' is 10, not a string"),
+        ({"architecture": "amd64", "os.features": "win32k"},
+         "'os.features' is 'win32k', not a list"),
+        ({"architecture": "amd64", "os.features": [1]}, "not a list of strings"),
+    ],
+)  # fmt: skip
+def test_from_oci_refuses_malformed_os_options(obj: dict[str, object], problem: str) -> None:
+    with pytest.raises(InvalidPlatform, match=problem):
+        Platform.from_oci(obj)
+
+
+def test_to_oci_writes_os_version_and_features() -> None:
+    p = Platform.parse("windows(10.0.20348.2340+win32k)/amd64")
+    assert p.to_oci() == {
+        "os": "windows",
+        "architecture": "amd64",
+        "os.version": "10.0.20348.2340",
+        "os.features": ["win32k"],
+    }
+
+
+# -- what runs on what: containerd's Only and OnlyStrict ---------------------------------------
+
+# containerd's TestOnly, row for row: a host, what it runs, what it does not.
+ONLY = [
+    ("linux/amd64", ["linux/amd64", "linux/386"],
+     ["linux/amd64/v2", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"]),
+    ("linux/amd64/v2", ["linux/amd64", "linux/amd64/v1", "linux/amd64/v2", "linux/386"],
+     ["linux/amd64/v3", "linux/amd64/v4", "linux/arm/v7", "linux/arm64", "windows/amd64"]),
+    ("linux/386", ["linux/386"], ["linux/amd64", "linux/arm/v7", "linux/arm64", "windows/amd64"]),
+    ("windows/amd64", ["windows/amd64", "windows(10.0.17763)/amd64"],
+     ["linux/amd64", "linux/arm/v7", "linux/arm64", "windows/arm"]),
+    ("linux/arm/v8", ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8"],
+     ["linux/amd64", "linux/arm64", "windows/amd64", "windows/arm"]),
+    ("linux/arm/v7", ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7"],
+     ["linux/amd64", "linux/arm/v8", "linux/arm64", "windows/amd64", "windows/arm"]),
+    ("linux/arm/v6", ["linux/arm/v5", "linux/arm/v6"],
+     ["linux/amd64", "linux/arm", "linux/arm/v7", "linux/arm/v8", "linux/arm64"]),
+    ("linux/arm/v5", ["linux/arm/v5"],
+     ["linux/amd64", "linux/arm", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64"]),
+    ("linux/arm64/v9",
+     ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
+      "linux/arm64/v8", "linux/arm64/v8.1", "linux/arm64/v8.2", "linux/arm64/v8.3",
+      "linux/arm64/v8.4", "linux/arm64/v8.5", "linux/arm64/v9", "linux/arm64/v9.0"],
+     ["linux/amd64", "windows/amd64", "windows/arm", "linux/arm64/v8.6"]),
+    ("linux/arm64/v8.1",
+     ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
+      "linux/arm64/v8", "linux/arm64/v8.1"],
+     ["linux/amd64", "linux/arm64/v9", "linux/arm64/v8.2", "windows/amd64", "windows/arm"]),
+    ("linux/arm64",
+     ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8", "linux/arm64",
+      "linux/arm64/v8"],
+     ["linux/amd64", "linux/arm64/v9", "linux/arm64/v8.1", "windows/amd64", "windows/arm"]),
+    # Beyond containerd's table: v9.x reaches v8.(x+5), capped at v8.9.
+    ("linux/arm64/v9.5", ["linux/arm64/v9.4", "linux/arm64/v8.9", "linux/arm64/v8"],
+     ["linux/arm64/v9.6", "linux/s390x"]),
+    ("linux/s390x", ["linux/s390x"], ["linux/ppc64le", "linux/amd64"]),
+]  # fmt: skip
+
+# containerd's TestOnlyStrict: the platform itself only (in any spelling).
+ONLY_STRICT = [
+    ("linux/amd64", ["linux/amd64", "x86_64"], ["linux/386", "linux/arm/v7", "windows/amd64"]),
+    ("linux/386", ["linux/386"], ["linux/amd64", "linux/arm/v7", "linux/arm64"]),
+    ("windows/amd64", ["windows/amd64", "windows(10.0.17763)/amd64"],
+     ["linux/amd64", "windows/arm"]),
+    ("windows(10.0.17763)/amd64", ["windows/amd64", "windows(10.0.17763)/amd64"],
+     ["linux/amd64", "windows/arm", "windows(10.0.20348)/amd64"]),
+    ("linux/arm/v8", ["linux/arm/v8"],
+     ["linux/arm", "linux/arm/v5", "linux/arm/v7", "linux/arm64"]),
+    ("linux/arm/v7", ["linux/arm", "linux/arm/v7"],
+     ["linux/arm/v5", "linux/arm/v6", "linux/arm/v8"]),
+    ("linux/arm64/v9", ["linux/arm64/v9", "linux/arm64/v9.0"],
+     ["linux/arm/v8", "linux/arm64/v8", "linux/arm64/v8.1"]),
+    ("linux/arm64/v8.1", ["linux/arm64/v8.1"], ["linux/arm64/v8", "linux/arm64/v9"]),
+    ("linux/arm64", ["linux/arm64", "linux/arm64/v8"],
+     ["linux/arm", "linux/arm/v8", "linux/arm64/v9"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("host", "runs", "does_not"), ONLY)
+def test_only(host: str, runs: list[str], does_not: list[str]) -> None:
+    matcher = Matcher.only(Platform.parse(host))
+    assert [p for p in runs if not matcher.match(Platform.parse(p))] == []
+    assert [p for p in does_not if matcher.match(Platform.parse(p))] == []
+
+
+@pytest.mark.parametrize(("platform", "runs", "does_not"), ONLY_STRICT)
+def test_only_strict(platform: str, runs: list[str], does_not: list[str]) -> None:
+    matcher = Matcher.only_strict(Platform.parse(platform))
+    assert [p for p in runs if not matcher.match(Platform.parse(p))] == []
+    assert [p for p in does_not if matcher.match(Platform.parse(p))] == []
+
+
+@pytest.mark.parametrize(
+    ("host", "best_first"),
+    [
+        ("linux/amd64", ["linux/amd64", "linux/386"]),
+        ("linux/amd64/v3", ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]),
+        ("linux/386", ["linux/386"]),
+        ("linux/arm/v7", ["linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+        ("linux/arm/v5", ["linux/arm/v5"]),
+        ("linux/arm64", ["linux/arm64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6",
+                         "linux/arm/v5"]),
+        ("linux/arm64/v8.2", ["linux/arm64/v8.2", "linux/arm64/v8.1", "linux/arm64",
+                              "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+        ("linux/arm64/v9.1", ["linux/arm64/v9.1", "linux/arm64/v9", "linux/arm64/v8.6",
+                              "linux/arm64/v8.5", "linux/arm64/v8.4", "linux/arm64/v8.3",
+                              "linux/arm64/v8.2", "linux/arm64/v8.1", "linux/arm64",
+                              "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+        ("linux/ppc64le", ["linux/ppc64le"]),
+        ("windows(10.0.20348)/amd64", ["windows(10.0.20348)/amd64", "windows(10.0.20348)/386"]),
+    ],
+)  # fmt: skip
+def test_compatible_lists_what_a_host_runs_best_first(host: str, best_first: list[str]) -> None:
+    assert [str(p) for p in compatible(Platform.parse(host))] == best_first
+
+
+@pytest.mark.parametrize("host", ["linux/arm64", "linux/arm64/v8.2", "linux/arm64/v9"])
+def test_an_arm64_cpu_without_a_32_bit_mode_runs_no_arm_images(host: str) -> None:
+    runs = compatible(Platform.parse(host), arm32=False)
+    assert runs and all(p.architecture == "arm64" for p in runs)
+    assert not Matcher.only(Platform.parse(host), arm32=False).match(Platform.parse("linux/arm/v7"))
+    assert Matcher.only(Platform.parse(host)).match(Platform.parse("linux/arm/v7"))
+
+
+def test_os_features_must_be_a_subset_of_the_hosts() -> None:
+    host = Matcher.only(Platform.parse("windows(10.0.20348+win32k)/amd64"))
+    assert host.match(Platform.parse("windows(10.0.20348+win32k)/amd64"))
+    assert host.match(Platform.parse("windows(10.0.20348)/amd64"))
+    assert not host.match(Platform.parse("windows(10.0.20348+win32k+other)/amd64"))
+    assert not Matcher.only(Platform.parse("windows/amd64")).match(
+        Platform.parse("windows(+win32k)/amd64")
+    )
+
+
+# containerd's Test_PlatformCompat: (host build, image build, runs). From Windows Server 2022
+# (20348) on, a host runs images of builds 20348 up to its own; an older host its own only.
+RS5, WS2022, WIN11_22H2, WS2025 = 17763, 20348, 22621, 26100
+WINDOWS_COMPAT = [
+    (RS5, RS5, True),
+    (RS5, WS2022, False),
+    (WS2022, RS5, False),
+    (WS2022, WS2022, True),
+    (WIN11_22H2, RS5, False),
+    (WIN11_22H2, WS2022, True),
+    (WS2022, WIN11_22H2, False),  # never a newer build than the host's
+    (WS2025, WS2022, True),
+]
+
+
+@pytest.mark.parametrize(("host", "image", "runs"), WINDOWS_COMPAT)
+def test_windows_hosts_run_the_builds_containerd_says(host: int, image: int, runs: bool) -> None:
+    matcher = Matcher.only(Platform.parse(f"windows(10.0.{host})/amd64"))
+    assert matcher.match(Platform("windows", "amd64", os_version=f"10.0.{image}.1")) is runs
+
+
+@pytest.mark.parametrize(
+    ("host_version", "image_version", "runs"),
+    [
+        ("10.0.17763", "10.0.17763.1234", True),  # the revision does not count
+        ("10.0.17763.5", "10.0.17763.1234", True),
+        ("10.0.17763", "", True),  # an image without a version runs anywhere
+        ("", "10.0.17763.1", True),  # so does any image on a host of unknown version
+        ("10", "10.0.17763.1", True),  # not major.minor.build: no version to match
+        ("10.0.17763", "6.3.17763.1", False),  # another major.minor
+        ("10.0.17763", "ltsc2019", False),  # a version that is not one
+    ],
+)
+def test_windows_version_matching_edges(host_version: str, image_version: str, runs: bool) -> None:
+    matcher = Matcher.only_strict(Platform("windows", "amd64", os_version=host_version))
+    assert matcher.match(Platform("windows", "amd64", os_version=image_version)) is runs
+
+
+def test_linux_os_versions_do_not_restrict_matching() -> None:
+    # containerd applies a version matcher to Windows only.
+    assert Matcher.only(Platform.parse("linux(5.15)/amd64")).match(
+        Platform.parse("linux(6.1)/amd64")
+    )
+
+
+LINUX = Platform.parse("linux/amd64")
+WS2022_IMAGE = Platform("windows", "amd64", os_version="10.0.20348.3091")
+WS2025_IMAGE = Platform("windows", "amd64", os_version="10.0.26100.2894")
+WS2025_REV3000 = Platform("windows", "amd64", os_version="10.0.26100.3000")
+
+
+# containerd's Test_PlatformOrder: a Windows host picks the newest build it runs.
+@pytest.mark.parametrize(
+    ("host", "offered", "best"),
+    [
+        (WS2022_IMAGE, [LINUX, WS2022_IMAGE, WS2025_IMAGE], WS2022_IMAGE),
+        (WS2025_IMAGE, [LINUX, WS2022_IMAGE, WS2025_IMAGE], WS2025_IMAGE),
+        (WS2025_IMAGE, [LINUX, WS2022_IMAGE, WS2025_REV3000], WS2025_REV3000),
+    ],
+)
+def test_windows_hosts_prefer_the_newest_build_they_run(
+    host: Platform, offered: list[Platform], best: Platform
+) -> None:
+    assert Matcher.only(host).ranked(offered)[0] == best
+
+
+def test_ranked_orders_by_the_hosts_preference_and_drops_what_does_not_run() -> None:
+    offered = [
+        Platform.parse(f"linux/{p}") for p in ["386", "amd64/v2", "arm64", "amd64", "amd64/v4"]
+    ]
+    ranked = Matcher.only(Platform.parse("linux/amd64/v3")).ranked(offered)
+    assert [str(p) for p in ranked] == ["linux/amd64/v2", "linux/amd64", "linux/386"]
+
+
+def test_ranked_prefers_more_os_features_then_keeps_index_order() -> None:
+    host = Matcher.only(Platform.parse("windows(+win32k)/amd64"))
+    first, second = Platform("windows", "amd64", "", "10.0.17763.1"), Platform("windows", "amd64")
+    featured = Platform("windows", "amd64", os_features=("win32k",))
+    assert host.ranked([first, featured, second]) == [featured, first, second]
+    assert host.ranked([second, first]) == [second, first]  # no host version: index order
+
+
+def test_less_is_containerds_preference() -> None:
+    host = Matcher.only(Platform.parse("linux/arm/v7"))
+    v7, v6, v5 = (Platform.parse(f"linux/arm/v{n}") for n in (7, 6, 5))
+    s390x = Platform.parse("linux/s390x")
+    assert host.less(v7, v6) and host.less(v6, v5) and host.less(v5, s390x)
+    assert not host.less(v6, v7) and not host.less(v7, v7)
+    assert not host.less(s390x, v5) and not host.less(s390x, s390x)

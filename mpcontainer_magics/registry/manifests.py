@@ -44,9 +44,10 @@ class ResolvedImage:
 
         Best is the first of ``compatible(platform, arm32=arm32)`` offered (amd64/v2 takes
         amd64/v2, else amd64, else 386; arm/v7 takes v7, v6, v5), then the entry with more OS
-        features, then the higher Windows OS version; equal entries go by index order. A
-        Windows request with an OS version takes only builds a host of that version runs
-        (``windows(10.0.20348)/amd64`` takes 10.0.20348.x, not 10.0.17763.x); without one, any.
+        features, then (for a request with an OS version) the higher OS version; equal
+        entries go by index order. A Windows request with an OS version takes only builds a
+        host of that version runs (``windows(10.0.20348)/amd64`` takes 10.0.20348.x, not
+        10.0.17763.x); without one, any.
         ``arm32`` lets an arm64 request take 32-bit arm entries: only when the CPU that runs
         them has a 32-bit mode (qemu-aarch64 has none).
         """
