@@ -23,6 +23,7 @@ import pytest
 
 from mpcontainer_magics.errors import (
     DigestMismatch,
+    ImageError,
     ImageNotFound,
     PlatformNotOffered,
     RegistryError,
@@ -30,6 +31,7 @@ from mpcontainer_magics.errors import (
 from mpcontainer_magics.platforms import Platform
 from mpcontainer_magics.registry import Reference, RegistryClient
 from mpcontainer_magics.registry.auth import parse_challenge
+from mpcontainer_magics.registry.manifests import checked_image_config
 from mpcontainer_magics.registry.mediatypes import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -436,6 +438,103 @@ def test_index_skips_attestations_and_matches_normalised(cfg):
     message = str(info.value)
     assert "reg.example.com/o/r:1" in message and "linux/s390x" in message
     assert "linux/amd64, linux/arm64" in message and "unknown" not in message
+
+
+LTSC2019 = {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.5820"}
+LTSC2022 = {"os": "windows", "architecture": "amd64", "os.version": "10.0.20348.2340"}
+
+
+def served_index(cfg: Path, *platforms: dict):
+    """What the client resolves from a registry serving an index of ``platforms``."""
+    raw = index_bytes(*platforms)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return manifest_response(raw, OCI_INDEX)
+
+    return resolve(handler, "reg.example.com/o/r:1", cfg)
+
+
+@pytest.mark.parametrize(
+    ("offered", "request_", "chosen"),
+    [
+        # The best entry the request runs, as containerd's platforms.Only ranks them.
+        ([{"os": "linux", "architecture": "386"}, {"os": "linux", "architecture": "amd64"}],
+         "linux/amd64", 1),
+        ([{"os": "linux", "architecture": "amd64"},
+          {"os": "linux", "architecture": "amd64", "variant": "v2"}], "linux/amd64/v3", 1),
+        ([{"os": "linux", "architecture": "386"}], "linux/amd64", 0),
+        ([{"os": "linux", "architecture": "arm", "variant": "v5"},
+          {"os": "linux", "architecture": "arm", "variant": "v6"}], "linux/arm/v7", 1),
+        ([{"os": "linux", "architecture": "arm64"},
+          {"os": "linux", "architecture": "arm64", "variant": "v8.2"}], "linux/arm64/v8.2", 1),
+        # Windows: a request with an OS version takes the build a host of that version runs.
+        ([LTSC2019, LTSC2022], "windows(10.0.20348)/amd64", 1),
+        ([LTSC2022, LTSC2019], "windows(10.0.17763)/amd64", 1),
+        ([LTSC2019, LTSC2022], "windows(10.0.26100)/amd64", 1),  # stable ABI: 2025 runs 2022
+        # Without an OS version: the first entry, as before.
+        ([LTSC2019, LTSC2022], "windows/amd64", 0),
+        ([LTSC2022, LTSC2019], "windows/amd64", 0),
+    ],
+)  # fmt: skip
+def test_index_selection_picks_the_best_compatible_entry(cfg, offered, request_, chosen):
+    resolved = served_index(cfg, *offered)
+    assert resolved.manifest_digest(Platform.parse(request_)) == sha(
+        json.dumps(offered[chosen]).encode()
+    )
+    assert resolved.select(Platform.parse(request_))[0] == Platform.from_oci(offered[chosen])
+
+
+def test_index_entries_keep_their_os_version(cfg):
+    resolved = served_index(cfg, LTSC2019, LTSC2022)
+    assert [str(p) for p in resolved.platforms()] == [
+        "windows(10.0.17763.5820)/amd64",
+        "windows(10.0.20348.2340)/amd64",
+    ]
+
+
+def test_index_selection_refuses_what_the_request_does_not_run(cfg):
+    resolved = served_index(cfg, LTSC2019, {"os": "linux", "architecture": "arm", "variant": "v7"})
+    with pytest.raises(PlatformNotOffered) as info:
+        resolved.manifest_digest(Platform.parse("windows(10.0.20348)/amd64"))
+    message = str(info.value)
+    assert "windows(10.0.20348)/amd64" in message
+    assert "windows(10.0.17763.5820)/amd64, linux/arm/v7" in message
+    # 32-bit arm images run on an arm64 CPU only if it has a 32-bit mode: the caller knows.
+    with pytest.raises(PlatformNotOffered):
+        resolved.manifest_digest(Platform.parse("linux/arm64"))
+    arm64 = Platform.parse("linux/arm64")
+    assert resolved.select(arm64, arm32=True)[0] == Platform.parse("linux/arm/v7")
+
+
+def image_config(platform: dict) -> bytes:
+    return json.dumps({**platform, "rootfs": {"type": "layers", "diff_ids": [D]}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("config", "request_"),
+    [
+        ({"os": "linux", "architecture": "arm", "variant": "v6"}, "linux/arm/v7"),
+        ({"os": "linux", "architecture": "arm"}, "linux/arm/v6"),  # old configs lack variants
+        ({"os": "linux", "architecture": "386"}, "linux/amd64"),
+        ({**LTSC2022, "os.features": ["win32k"]}, "windows(10.0.20348)/amd64"),
+    ],
+)
+def test_a_config_of_a_platform_the_request_runs_is_consistent(config, request_):
+    checked = checked_image_config(image_config(config), "img", Platform.parse(request_), 1)
+    assert checked["architecture"] == config["architecture"]
+
+
+@pytest.mark.parametrize(
+    ("config", "request_"),
+    [
+        ({"os": "linux", "architecture": "s390x"}, "linux/arm64"),
+        ({"os": "linux", "architecture": "arm", "variant": "v7"}, "linux/arm/v6"),
+        (LTSC2019, "windows(10.0.20348)/amd64"),
+    ],
+)
+def test_a_config_of_another_platform_is_an_inconsistent_index(config, request_):
+    with pytest.raises(ImageError, match=r"describes an image for .*; the index is inconsistent"):
+        checked_image_config(image_config(config), "img", Platform.parse(request_), 1)
 
 
 # --- against the real local registry --------------------------------------------------------
