@@ -65,6 +65,7 @@ from .docker_errors import (
     refused_start,
 )
 from .layers import apply_layer, extract_archive
+from .probe import ProbeCache, ProbeReport, run_probe
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
@@ -97,6 +98,7 @@ class DockerEngine(EngineBase[Platform]):
         self._where = where or api.base_url  # for messages: the address the user gave
         self._native: Platform | None = None
         self._instance = secrets.token_hex(8)  # LABEL_ENGINE of what this engine creates
+        self._probe = ProbeCache(self._run_probe)
 
     @classmethod
     async def connect(
@@ -178,19 +180,28 @@ class DockerEngine(EngineBase[Platform]):
         info = await self._docker("say its version", self._api.version)
         return f"Docker {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
 
-    async def emulated_platforms(self, binfmt_dir: Path = binfmt.BINFMT_DIR) -> list[Platform]:
-        """Foreign platforms this daemon's containers can run: those with a binfmt_misc QEMU
-        handler usable in containers (enabled, flag F), and those the kernel runs itself
-        (386 on amd64); the rules are :func:`.binfmt.check`'s, which the doctor shows.
+    async def emulated_platforms(self, binfmt_dir: Path | None = None) -> list[Platform]:
+        """Foreign platforms this daemon's containers run: those of another architecture
+        whose probe program ran there (emulated, or run by the kernel itself as 386 on
+        amd64; see :meth:`probe`). Right for remote daemons and Docker Desktop's VM too.
 
-        binfmt_misc is only visible when the daemon runs on this machine (a unix socket);
-        for a remote daemon nothing can be claimed, so the list is empty.
+        With ``binfmt_dir``, what the QEMU handlers there would let a daemon on this machine
+        run instead (the rules of :func:`.binfmt.check`, which the doctor explains).
         """
-        if not self.is_local:
-            return []
-        return binfmt.runnable_foreign(
-            EMULATION_CANDIDATES, await self.native_platform(), binfmt_dir
-        )
+        if binfmt_dir is not None:
+            return binfmt.runnable_foreign(
+                EMULATION_CANDIDATES, await self.native_platform(), binfmt_dir
+            )
+        return list((await self.probe()).foreign)
+
+    async def probe(self, *, refresh: bool = False) -> ProbeReport:
+        """What this daemon's containers run, learnt by running a tiny program of each
+        architecture there (:mod:`.probe`); kept, ``refresh=True`` probes again."""
+        return await self._probe.get(refresh=refresh)
+
+    async def _run_probe(self) -> ProbeReport:
+        labels = {**owner_labels(), LABEL_ENGINE: self._instance}
+        return await run_probe(self._api, self._docker, await self.native_platform(), labels)
 
     @property
     def is_local(self) -> bool:
