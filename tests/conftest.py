@@ -306,3 +306,6 @@ def assert_says_what_and_how(message: str, why: str) -> None:
     """A bad destination's one-line message names the problem and the fix."""
     problem, fix = BAD_DESTINATION_MESSAGES[why]
     assert problem in message and fix in message and "\n" not in message, message
+
+
+from node_fixtures import test_nodes  # noqa: E402, F401  (the extra nodes; see node_fixtures)
