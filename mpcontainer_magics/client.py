@@ -39,15 +39,24 @@ from .engines.base import (
     PullProgressCallback,
     per_platform,
 )
+from .engines.endpoints import CONNECT_TIMEOUT_S, Node, nodes_from
+from .engines.fleet import Fleet, NodesReport, NodesSpec
 from .errors import EngineUnavailable, InvalidArgument, MPCError, SessionError
 from .evaluate import BuildContext, Evaluator
-from .platforms import Platform
+from .platforms import Platform, parse_platforms
 from .publish import Published, Snapshot
 from .recipes import ContainerRecipe, Empty
 from .results import RunResult
 from .runs import LineCallback, checked_env, checked_workdir, run_on_platforms
 from .session import Session, check_name, sessions_frame
-from .targets import PlatformsSpec, Target, how_it_runs, requested_platforms, resolve
+from .targets import (
+    PlatformsSpec,
+    Target,
+    engine_for,
+    how_it_runs,
+    requested_platforms,
+    resolve,
+)
 from .workspace import Workspace
 
 if TYPE_CHECKING:
@@ -106,13 +115,33 @@ class PlatformReport:
 
 
 class Client:
-    """A connection to one engine. ``aclose()`` removes all it created."""
+    """A connection to one engine, and to the nodes added to it. ``aclose()`` removes all
+    it created, on every node."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, *, node_timeout: float = CONNECT_TIMEOUT_S) -> None:
+        self.engine = engine  # the local one: always the node "local"
+        self._node_timeout = node_timeout
+        self._fleet: Fleet | None = None
         # What the builders (containers, directories) hold instead of this client.
         self._ctx = BuildContext(engine, Evaluator(engine, Workspace()))
         self._sessions: dict[str, Session] = {}
+
+    @property
+    def fleet(self) -> Fleet:
+        """The local engine and the nodes added to it (made on first use)."""
+        if self._fleet is None:
+            self._fleet = Fleet(
+                self.engine,
+                connect_timeout=self._node_timeout,
+                insecure_registries=self.engine.registry.insecure_registries,
+            )
+        return self._fleet
+
+    @property
+    def _runs_on(self) -> Engine:
+        """Where work goes: the fleet once there are nodes, else the engine itself (whose
+        foreign platforms are tried under emulation, never refused on a guess)."""
+        return self._fleet if self._fleet is not None and self._fleet.has_nodes else self.engine
 
     async def __aenter__(self) -> Client:
         return self
@@ -124,7 +153,7 @@ class Client:
         """Remove every container, session, snapshot and temporary directory of this client."""
         self._sessions.clear()
         try:
-            await self.engine.aclose()
+            await (self._fleet or self.engine).aclose()
         finally:
             self._ctx.evaluator.close()
 
@@ -203,7 +232,7 @@ class Client:
         session = self._sessions.get(check_name(name))
         wanted_mounts = mounts_arg(mounts)
         if session is None:
-            return Session(self.engine, name, image or DEFAULT_IMAGE, wanted_mounts)
+            return Session(self._runs_on, name, image or DEFAULT_IMAGE, wanted_mounts)
         if (image and image != session.image) or (
             mounts is not None and tuple(wanted_mounts) != session.mounts
         ):
@@ -215,11 +244,63 @@ class Client:
         return session
 
     async def targets(
-        self, image: str, platforms: PlatformsSpec, *, cross: bool = False
+        self,
+        image: str,
+        platforms: PlatformsSpec,
+        *,
+        cross: bool = False,
+        node: str | None = None,
     ) -> list[Target]:
         """What a ``platforms=`` value means for ``image`` on this engine: each platform and
-        how it runs (natively, emulated, or ``cross``-built on the native platform)."""
-        return await resolve(self.engine, image, platforms, cross=cross)
+        how it runs (natively, emulated, or ``cross``-built on the native platform), and
+        with nodes, on which one (``node`` for all; ``linux/arm64@NAME`` for one)."""
+        return await resolve(self._runs_on, image, platforms, cross=cross, node=node)
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    async def add_node(
+        self,
+        node: Node | str,
+        endpoint: str | None = None,
+        *,
+        platforms: PlatformsSpec = None,
+        tls: str | None = None,
+    ) -> NodesReport:
+        """Add a node: ``add_node("pi", "ssh://me@pi.local", platforms="linux/arm64")`` or
+        ``add_node(Node(...))``. One that does not answer is kept, marked unreachable (the
+        report says why); its platforms go elsewhere until it answers."""
+        if isinstance(node, str):
+            if endpoint is None:
+                raise InvalidArgument(
+                    f"node {node}: give its endpoint too, e.g. add_node({node!r}, "
+                    "'ssh://me@host') or a Docker context name"
+                )
+            claimed = parse_platforms(platforms) if isinstance(platforms, str) else platforms
+            node = Node(node, endpoint, tuple(claimed or ()), tls)  # type: ignore[arg-type]
+        member = await self.fleet.add(node)
+        self._use_fleet_for_builds()
+        return NodesReport([member])
+
+    async def remove_node(self, name: str) -> None:
+        """Forget node ``name``, removing this client's containers there; sessions with a
+        member there are stopped."""
+        self.fleet.member(name)
+        on_it = [n for n, s in self._sessions.items() if name in s.nodes]
+        await self.stop_all(on_it)
+        await self.fleet.remove_node(name)
+        self._use_fleet_for_builds()
+
+    async def nodes(self, *, refresh: bool = False) -> NodesReport:
+        """Every node, the local one first: endpoint, engine and version, native, emulated
+        and claimed platforms, reachable or why not, round-trip latency. ``refresh`` tries
+        unreachable nodes again and re-reads what each runs."""
+        await self.fleet.refresh(probe=refresh)
+        return NodesReport(self.fleet.members)
+
+    def _use_fleet_for_builds(self) -> None:
+        # Images built before keep working: an image of no node is the local engine's.
+        self._ctx.evaluator.engine = self._runs_on
+        self._ctx = BuildContext(self._runs_on, self._ctx.evaluator, self._ctx.blob_homes)
 
     @property
     def session_names(self) -> list[str]:
@@ -244,7 +325,9 @@ class Client:
 
     async def stop(self, name: str | None = None) -> list[str]:
         """Remove session ``name`` (or every session); returns the names stopped."""
-        names = [name] if name is not None else list(self._sessions)
+        return await self.stop_all([name] if name is not None else list(self._sessions))
+
+    async def stop_all(self, names: Sequence[str]) -> list[str]:
         stopping = [self.get_session(n) for n in names]
         for n in names:
             del self._sessions[n]
@@ -268,6 +351,7 @@ class Client:
         session: str | None = None,
         on_targets: Callable[[list[Target]], None] | None = None,
         on_progress: PullProgressCallback | None = None,
+        node: str | None = None,
     ) -> RunResult:
         """Run ``command`` on each platform concurrently, in a fresh container each.
 
@@ -283,6 +367,8 @@ class Client:
         platform's pull (as in :meth:`pull`); ``on_line(platform, stream, line)`` gets the
         output as it comes. Non-zero exits, timeouts and platforms without emulation are
         recorded in the result; call ``result.check()`` to turn them into exceptions.
+        With nodes, each platform runs where the fleet places it (see :mod:`.engines.fleet`);
+        ``node="NAME"`` runs them all there, ``"linux/arm64@NAME"`` pins one.
         """
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
             raise InvalidArgument(
@@ -304,15 +390,15 @@ class Client:
                 )
             script = command if isinstance(command, str) else shlex.join(argv)
             return await self._run_in_session(
-                session, script, platforms, image, mounts, on_targets, on_progress,
+                session, script, platforms, image, mounts, on_targets, on_progress, node,
                 env=env, workdir=workdir, timeout=timeout, on_line=on_line,
             )  # fmt: skip
         image = image or DEFAULT_IMAGE
-        targets = await self.targets(image, platforms, cross=cross)
+        targets = await self.targets(image, platforms, cross=cross, node=node)
         if on_targets is not None:
             on_targets(targets)
         return await run_on_platforms(
-            self.engine,
+            self._runs_on,
             image,
             argv,
             targets,
@@ -334,20 +420,22 @@ class Client:
         mounts: MountsSpec | None,
         on_targets: Callable[[list[Target]], None] | None,
         on_progress: PullProgressCallback | None,
+        node: str | None,
         **run: Any,
     ) -> RunResult:
         known = self._session_for(name, image, mounts)
         if platforms is None and known.platforms:
             platforms = known.platforms  # where it runs already
-        targets = await self.targets(known.image, platforms)
+        targets = known.placed(await self.targets(known.image, platforms, node=node))
         if on_targets is not None:
             on_targets(targets)
         # Pulled first, also where the session runs already (cached: the bars fill at once).
         await gather_or_cancel(
-            self.engine.pull(
+            engine_for(self._runs_on, t).pull(
                 known.image, t.platform, on_progress=per_platform(on_progress, t.platform)
             )
             for t in targets
+            if t.runs != "no"
         )
         live = await self.session(name, platforms=targets, image=image, mounts=mounts)
         return await live.run(script, platforms=targets, **run)
@@ -479,15 +567,39 @@ async def reap_orphans(using: Engine | None = None) -> int:
 
 
 class connect:
-    """Open a :class:`Client`; use as ``async with connect() as client`` or ``await connect()``."""
+    """Open a :class:`Client`; use as ``async with connect() as client`` or ``await connect()``.
 
-    def __init__(self, engine: str = "auto", *, insecure_registries: Sequence[str] = ()) -> None:
+    ``nodes`` adds Docker-API nodes: ``{"pi": "ssh://me@pi.local", "z": {"endpoint":
+    "tcp://lnx1:2376", "tls": "~/.docker/z", "platforms": ["linux/s390x"]}}`` or a list of
+    :class:`Node`; without it, the ``MPC_NODES`` environment variable (that mapping as
+    JSON) is read. A node that does not answer within ``node_timeout`` seconds is kept,
+    marked unreachable.
+    """
+
+    def __init__(
+        self,
+        engine: str = "auto",
+        *,
+        insecure_registries: Sequence[str] = (),
+        nodes: NodesSpec | None = None,
+        node_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
         self._kind = engine
         self._insecure = tuple(insecure_registries)
+        self._nodes = nodes_from(nodes if nodes is not None else os.environ.get("MPC_NODES"))
+        self._node_timeout = node_timeout
         self._client: Client | None = None
 
     async def _open(self) -> Client:
-        return Client(await open_engine(self._kind, insecure_registries=self._insecure))
+        engine = await open_engine(self._kind, insecure_registries=self._insecure)
+        client = Client(engine, node_timeout=self._node_timeout)
+        try:
+            await asyncio.gather(*(client.fleet.add(n) for n in self._nodes))
+        except BaseException:
+            await finish_despite_cancel(client.aclose())
+            raise
+        client._use_fleet_for_builds()
+        return client
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._open().__await__()

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import os
 import queue
 import re
 import shlex
@@ -30,7 +31,7 @@ from IPython.core.magic_arguments import (
     magic_arguments,
 )
 from IPython.display import display
-from traitlets import Enum, List, Unicode
+from traitlets import Dict, Enum, Float, List, Unicode
 
 from ._loop import LoopThread
 from .defaults import DEFAULT_IMAGE, ENGINES
@@ -140,6 +141,23 @@ SUBCOMMANDS: dict[str, Subcommand] = {
             _arg("--tag", default="latest", help="the layout's reference name"),
         ),
     ),
+    "node": Subcommand(
+        "add a node (a Docker context name, or a unix://, tcp:// or ssh:// URL) whose "
+        "--platform list is routed to it first, or remove one: node add NAME ENDPOINT | "
+        "node rm NAME",
+        (
+            _arg("action", choices=["add", "rm"]),
+            _arg("name"),
+            _arg("endpoint", nargs="?"),
+            _arg("-p", "--platform", metavar="P1,P2", help="platforms the node claims"),
+            _arg("--tls", metavar="DIR", help="ca.pem, cert.pem, key.pem for a tcp:// node"),
+        ),
+    ),
+    "nodes": Subcommand(
+        "every node: endpoint, engine and version, native, emulated and claimed platforms, "
+        "reachable or why not, round-trip latency",
+        (_arg("--refresh", action="store_true", help="retry unreachable nodes, probe again"),),
+    ),
     "ui": Subcommand(
         "the widget app (also mpc.ui()): platforms, command, Run/Stop, live output, Publish",
         (_arg("image", nargs="?"),),
@@ -212,6 +230,13 @@ class ContainerMagics(Magics):
         Unicode(),
         help="Registries (host[:port]) to reach over plain HTTP; loopback ones always are.",
     ).tag(config=True)
+    nodes = Dict(
+        help='Docker-API nodes, name -> endpoint or {"endpoint": …, "platforms": […], '
+        '"tls": DIR}, e.g. {"pi": "ssh://me@pi.local"}; default: $MPC_NODES (that as JSON).',
+    ).tag(config=True)
+    node_timeout = Float(
+        3.0, help="Seconds a node may take to answer before it counts as down."
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         # Magics registers itself in shell.configurables, so `%config ContainerMagics.x` works.
@@ -219,6 +244,7 @@ class ContainerMagics(Magics):
         self._bridge = LoopThread()
         self._client: Client | None = None
         self._client_engine = ""
+        self._configured_nodes: dict[str, Any] = {}  # what of `nodes` the client has
         self._connecting = asyncio.Lock()
         #: The background start-up begun by ``start()``: connect, then reap orphans.
         self.startup: Future[int] | None = None
@@ -257,11 +283,29 @@ class ContainerMagics(Magics):
                 if self._client is not None:
                     await self._client.aclose()
                     self._client = None
-                self._client = Client(await open_engine(kind))
+                self._client = Client(await open_engine(kind), node_timeout=self.node_timeout)
                 self._client_engine = kind
+                self._configured_nodes = {}
             # Follows `%config ContainerMagics.insecure_registries` without reconnecting.
             self._client.engine.registry.insecure_registries = self.insecure_registries
+            await self._follow_nodes_config(self._client)
             return self._client
+
+    async def _follow_nodes_config(self, client: Client) -> None:
+        """Add and remove nodes as `%config ContainerMagics.nodes` (or $MPC_NODES) changes."""
+        from .engines.endpoints import nodes_from
+
+        wanted = {n.name: n for n in nodes_from(self.nodes or os.environ.get("MPC_NODES"))}
+        if wanted == self._configured_nodes:
+            return
+        for name in set(self._configured_nodes) - set(wanted):
+            with contextlib.suppress(MPCError):
+                await client.remove_node(name)
+        await asyncio.gather(
+            *(client.add_node(n) for name, n in wanted.items()
+              if self._configured_nodes.get(name) != n)
+        )  # fmt: skip
+        self._configured_nodes = wanted
 
     def _run(
         self,
@@ -315,6 +359,13 @@ class ContainerMagics(Magics):
     )
     @argument(
         "-t", "--timeout", type=float, help="Seconds each platform may run before it is stopped."
+    )
+    @argument(
+        "-n",
+        "--node",
+        metavar="NAME",
+        help="Run every platform on node NAME (see %%container nodes); PLATFORM@NAME in "
+        "--platform pins one platform instead.",
     )
     @argument("-o", "--out", metavar="VAR", help="Store the result object in this variable.")
     @argument(
@@ -392,6 +443,7 @@ class ContainerMagics(Magics):
                 session=args.session,
                 on_targets=on_targets,
                 on_line=on_line,
+                node=args.node,
             )
 
         result = self._run(run, poll=show_lines)
@@ -443,6 +495,28 @@ class ContainerMagics(Magics):
 
     def _line_doctor(self, args: Any) -> Any:
         return self._run(lambda client: client.doctor())
+
+    def _line_node(self, args: Any) -> Any:
+        if args.action == "rm":
+            if args.endpoint or args.platform or args.tls:
+                raise UsageError(f"node rm takes only a name: %container node rm {args.name}")
+            self._run(lambda client: client.remove_node(args.name))
+            print(f"removed node {args.name}")
+            return None
+        if not args.endpoint:
+            raise UsageError(
+                f"give the node's endpoint: %container node add {args.name} ssh://me@host "
+                "(or a Docker context name, unix:// or tcp:// URL)"
+            )
+        report = self._run(
+            lambda client: client.add_node(
+                args.name, args.endpoint, platforms=args.platform, tls=args.tls
+            )
+        )
+        return report.to_frame()
+
+    def _line_nodes(self, args: Any) -> Any:
+        return self._run(lambda client: client.nodes(refresh=args.refresh)).to_frame()
 
     def _line_ui(self, args: Any) -> Any:
         from .widgets import ContainerApp  # imports ipywidgets: only when asked for

@@ -27,6 +27,7 @@ COLUMNS = [
     "emulated",
     "image_digest",
     "engine",
+    "node",
     "error",
 ]
 
@@ -43,6 +44,7 @@ class PlatformResult:
     emulated: bool
     image_digest: str | None
     engine: str
+    node: str = ""  # the fleet's node it ran on; "" with a single engine
     error: str | None = None
     timed_out: bool = False
     exception: MPCError | None = field(default=None, repr=False, compare=False)
@@ -113,6 +115,7 @@ class RunResult:
                 "emulated": r.emulated,
                 "image_digest": r.image_digest,
                 "engine": r.engine,
+                "node": r.node or "local",
                 "error": r.error,
             }
             for r in self.results

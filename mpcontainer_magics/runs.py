@@ -28,10 +28,10 @@ from .engines.base import (
     Runner,
     per_platform,
 )
-from .errors import EngineError, InvalidArgument, MPCError
+from .errors import EngineError, EngineUnavailable, InvalidArgument, MPCError
 from .platforms import Platform, cross_env
 from .results import PlatformResult, RunResult
-from .targets import PlatformsSpec, resolve
+from .targets import PlatformsSpec, Target, engine_for, resolve
 
 #: ``on_line(platform, stream, line)``: one complete line (without its newline) as it arrives.
 LineCallback = Callable[[Platform, str, str], None]
@@ -118,34 +118,61 @@ async def run_on_platforms(
     env, workdir = checked_env(env), checked_workdir(workdir)
     native = await engine.native_platform()
     targets = await resolve(engine, image, platforms, cross=cross)
+    runnable = [t for t in targets if t.runs != "no"]
     if cross:  # runs natively only: the targets need not be able to run here
         pulled = [await engine.pull(image, native, on_progress=per_platform(on_progress, native))]
-        pulled *= len(targets)
+        pulled *= len(runnable)
     else:
         pulled = await gather_or_cancel(
-            engine.pull(image, t.platform, on_progress=per_platform(on_progress, t.platform))
-            for t in targets
+            engine_for(engine, t).pull(
+                image, t.platform, on_progress=per_platform(on_progress, t.platform)
+            )
+            for t in runnable
         )
+    images = dict(zip(runnable, pulled, strict=True))
 
-    def launcher(image: PulledImage, target: Platform) -> Launch:
-        run_env = {**cross_env(target, native), **env} if cross else env
-        return lambda on_output: engine.run(
+    def launcher(image: PulledImage, target: Target) -> Launch:
+        run_env = {**cross_env(target.platform, native), **env} if cross else env
+        where = engine if cross else engine_for(engine, target)
+        return lambda on_output: where.run(
             image, argv, env=run_env, workdir=workdir, mounts=mounts, on_output=on_output
         )
 
-    results = await gather_or_cancel(
-        run_streamed(
-            launcher(p, target.platform),
+    async def run_one(target: Target) -> PlatformResult:
+        if target.runs == "no":
+            return unplaced(target)
+        image = images[target]
+        return await run_streamed(
+            launcher(image, target),
             platform=target.platform,
             emulated=target.emulated,
-            image_digest=p.digest,
-            engine=engine.name,
+            image_digest=image.digest,
+            engine=engine_for(engine, target).name,
+            node=target.node,
             timeout=timeout,
             on_line=on_line,
         )
-        for p, target in zip(pulled, targets, strict=True)
-    )
+
+    results = await gather_or_cancel(run_one(t) for t in targets)
     return RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
+
+
+def unplaced(target: Target) -> PlatformResult:
+    """The row of a platform no node can run: why, and what would make it run."""
+    error = EngineUnavailable(f"{target.platform} cannot run: {target.why}")
+    return PlatformResult(
+        platform=target.platform,
+        exit_code=None,
+        stdout="",
+        stderr="",
+        duration_s=0.0,
+        emulated=False,
+        image_digest=None,
+        engine="",
+        node="",
+        error=str(error),
+        exception=error,
+    )
 
 
 #: Starts one platform's command with the given output callback (a fresh run or an exec).
@@ -159,6 +186,7 @@ async def run_streamed(
     emulated: bool,
     image_digest: str | None,
     engine: str,
+    node: str = "",
     timeout: float | None = None,
     on_line: LineCallback | None = None,
 ) -> PlatformResult:
@@ -192,6 +220,7 @@ async def run_streamed(
         emulated=emulated,
         image_digest=image_digest,
         engine=engine,
+        node=node,
         error=error,
         timed_out=error is not None and exception is None,
         exception=exception,

@@ -34,14 +34,20 @@ from .engines.base import (
     per_platform,
 )
 from .engines.tree import remove_tree
-from .errors import EmulationUnavailable, EngineError, InvalidArgument, SessionError
+from .errors import (
+    EmulationUnavailable,
+    EngineError,
+    EngineUnavailable,
+    InvalidArgument,
+    SessionError,
+)
 from .hostpaths import absolute, host_destination
 from .platforms import Platform
 from .publish import Snapshot
 from .results import RunResult
 from .runs import Launch, LineCallback, checked_env, checked_workdir, run_streamed
 from .shell import Shell
-from .targets import PlatformsSpec, Target, resolve
+from .targets import PlatformsSpec, Target, engine_for, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,6 +79,8 @@ class Member:
     shell: Shell
     emulated: bool
     started: float  # time.time()
+    node: str = ""  # the fleet's node it lives on; "" with a single engine
+    engine: str = ""  # the kind of engine it runs on
 
 
 class Session:
@@ -89,6 +97,24 @@ class Session:
     @property
     def platforms(self) -> list[Platform]:
         return list(self._members)
+
+    @property
+    def nodes(self) -> set[str]:
+        """The fleet's nodes its members live on ("local" for the client's own engine)."""
+        return {m.node or "local" for m in self._members.values()}
+
+    def placed(self, targets: Sequence[Target]) -> list[Target]:
+        """``targets`` with those of running members where they already run: a session's
+        platform stays on its node, wherever a new placement would put it."""
+        placed = []
+        for target in targets:
+            member = self._members.get(target.platform)
+            if member is not None and member.node:
+                how = "emulated" if member.emulated else "native"
+                why = f"runs in the session on node {member.node}"
+                target = Target(target.platform, how, why, member.node)
+            placed.append(target)
+        return placed
 
     def __repr__(self) -> str:
         platforms = ", ".join(map(str, self._members)) or "no platforms yet"
@@ -144,14 +170,19 @@ class Session:
 
     async def _start(self, target: Target, on_progress: ProgressCallback | None = None) -> Member:
         platform = target.platform
-        image = await self._engine.pull(self.image, platform, on_progress=on_progress)
+        if target.runs == "no":
+            raise EngineUnavailable(
+                f"cannot start session {self.name!r} on {platform}: {target.why}"
+            )
+        engine = engine_for(self._engine, target)
+        image = await engine.pull(self.image, platform, on_progress=on_progress)
         labels = {LABEL_SESSION: self.name}
-        async with self._engine.container(
+        async with engine.container(
             image, KEEP_ALIVE, mounts=self.mounts, labels=labels, keep=True
         ) as container_id:
-            shell = Shell(self._engine, container_id)
+            shell = Shell(engine, container_id)
             try:
-                await self._engine.start(container_id)
+                await engine.start(container_id)
                 await shell.start()
             except EmulationUnavailable:
                 raise
@@ -161,7 +192,10 @@ class Session:
                     f"POSIX sh, sleep and mkdir, and a writable /tmp ({exc}); pick an image "
                     "that has them, e.g. alpine or busybox"
                 ) from None
-        return Member(platform, image, container_id, shell, target.emulated, time.time())
+        return Member(
+            platform, image, container_id, shell, target.emulated, time.time(),
+            target.node, engine.name,
+        )  # fmt: skip
 
     async def run(
         self,
@@ -195,7 +229,8 @@ class Session:
                 platform=member.platform,
                 emulated=member.emulated,
                 image_digest=member.image.digest,
-                engine=self._engine.name,
+                engine=member.engine or self._engine.name,
+                node=member.node,
                 timeout=timeout,
                 on_line=on_line,
             )
@@ -339,6 +374,7 @@ class Session:
                 "image": self.image,
                 "image_digest": m.image.digest,
                 "container": m.container_id[:12],
+                "node": m.node or "local",
                 "age_s": round(now - m.started, 1),
                 "state": state,
             }
@@ -351,7 +387,9 @@ class Session:
         await asyncio.gather(*(self._engine.remove(m.container_id) for m in members))
 
 
-SESSION_COLUMNS = ["name", "platform", "image", "image_digest", "container", "age_s", "state"]
+SESSION_COLUMNS = [
+    "name", "platform", "image", "image_digest", "container", "node", "age_s", "state",
+]  # fmt: skip
 
 
 def sessions_frame(rows: list[dict[str, object]]) -> pd.DataFrame:

@@ -15,6 +15,11 @@ runs on the engine:
 * ``cross``: a cross build, run on the native platform with the target's variables;
 * ``no``: it cannot run commands at all (not Linux, or, in reports, no emulator here), and why.
 
+With nodes (a :class:`~.engines.fleet.Fleet`), each target also names the ``node`` it runs
+on, placed by the fleet's rules; ``linux/arm64@pi`` in a request pins a platform to node
+``pi``, and ``node=`` pins all of them. A platform no node can run gets ``no`` with what
+would make it run, and its row says so; the others still run.
+
 Whether an emulator is really there is only known when a run tries: a remote Docker daemon's
 handlers are not visible here, so runs never skip a platform on a guess; the engine's error
 then lands in that platform's row. Reports (``%container platforms``, the widget's picker)
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .engines import binfmt
+from .engines.fleet import Fleet
 from .errors import ExecUnsupported, InvalidArgument
 from .platforms import Platform, parse_platforms
 
@@ -46,13 +52,15 @@ class Target:
     platform: Platform
     runs: Runs
     why: str
+    node: str = ""  # the fleet's node it runs on; "" with a single engine
 
     @property
     def emulated(self) -> bool:
         return self.runs == "emulated"
 
     def __str__(self) -> str:
-        return f"{self.platform} ({self.runs}: {self.why})"
+        where = f" on {self.node}" if self.node else ""
+        return f"{self.platform}{where} ({self.runs}: {self.why})"
 
 
 #: What ``platforms=`` accepts: None (native), "all" (every platform the image offers),
@@ -62,13 +70,35 @@ PlatformsSpec = str | Sequence[str | Platform | Target] | None
 
 def parse_request(spec: PlatformsSpec) -> Request:
     """``platforms=`` as the user wrote it → explicit platforms, "all", or None."""
+    return split_pins(spec)[0]
+
+
+def split_pins(spec: PlatformsSpec) -> tuple[Request, dict[Platform, str]]:
+    """The request, and the nodes its ``PLATFORM@NODE`` entries pin platforms to."""
     if spec is None:
-        return None
+        return None, {}
     if isinstance(spec, str) and spec.strip().lower() == "all":
-        return "all"
-    if not isinstance(spec, str):
-        spec = [t.platform if isinstance(t, Target) else t for t in spec]
-    return parse_platforms(spec)
+        return "all", {}
+    if isinstance(spec, str):
+        if "@" not in spec:
+            return parse_platforms(spec), {}
+        spec = spec.split(",")
+    pins: dict[Platform, str] = {}
+    platforms: list[str | Platform] = []
+    for item in spec:
+        if isinstance(item, Target):
+            item = item.platform
+        if isinstance(item, str) and "@" in item:
+            text, _, node = item.partition("@")
+            if not node.strip():
+                raise InvalidArgument(
+                    f"{item.strip()!r} names no node after '@'; write e.g. linux/arm64@pi"
+                )
+            (platform,) = parse_platforms(text)
+            pins[platform] = node.strip()
+            item = platform
+        platforms.append(item)
+    return parse_platforms(platforms), pins
 
 
 def parse_one(spec: str | Platform | None) -> Platform | None:
@@ -119,16 +149,28 @@ async def requested_platforms(
 
 
 async def resolve(
-    engine: Engine, image: str | None, spec: PlatformsSpec, *, cross: bool = False
+    engine: Engine,
+    image: str | None,
+    spec: PlatformsSpec,
+    *,
+    cross: bool = False,
+    node: str | None = None,
 ) -> list[Target]:
     """The targets ``spec`` means for ``image`` on ``engine``.
 
     An explicit non-Linux platform raises ExecUnsupported (files only); "all" keeps the
     image's Linux platforms (and raises when it has none). ``cross`` targets need not run
     here at all: each is built on the native platform. Targets resolved before are kept.
+    On a fleet, ``node`` (and ``PLATFORM@NODE`` in ``spec``) pins where they run.
     """
     if isinstance(spec, (list, tuple)) and spec and all(isinstance(t, Target) for t in spec):
         return list(spec)  # resolved by a caller that showed them first
+    _, pins = split_pins(spec)
+    if (pins or node) and not isinstance(engine, Fleet):
+        raise InvalidArgument(
+            "no nodes to pin platforms to: add one first (%container node add NAME ENDPOINT, "
+            "or connect(nodes={...}))"
+        )
     platforms = await requested_platforms(engine, image, spec)
     native = await engine.native_platform()
     if cross:
@@ -138,12 +180,23 @@ async def resolve(
         if platforms and not linux:
             raise ExecUnsupported(platforms[0])
         platforms = linux
-    targets = []
     for platform in platforms:
         if platform.os != "linux":
             raise ExecUnsupported(platform)
+    if isinstance(engine, Fleet):
+        placed = await engine.place(platforms, node=node, pins=pins)
+        return [Target(p.platform, p.runs, p.why, p.node) for p in placed]
+    targets = []
+    for platform in platforms:
         if runs_without_emulator(engine.name, platform, native):
             targets.append(Target(platform, "native", f"runs natively on {native}"))
         else:
             targets.append(Target(platform, "emulated", "runs under QEMU user-mode emulation"))
     return targets
+
+
+def engine_for(engine: Engine, target: Target) -> Engine:
+    """Where ``target`` runs: its node's part of a fleet, or the engine itself."""
+    if isinstance(engine, Fleet) and target.node:
+        return engine.on(target.node)
+    return engine

@@ -115,8 +115,10 @@ def test_result_rows_and_summary():
         "emulated",
         "image_digest",
         "engine",
+        "node",
         "error",
     ]
+    assert frame["node"].tolist() == ["local"] * 3
     assert frame["image_digest"].tolist() == [
         "sha256:linux/amd64",
         "sha256:linux/arm64",

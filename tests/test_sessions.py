@@ -106,9 +106,11 @@ def test_sessions_table_and_stop(shell, containers, test_image):
         "image",
         "image_digest",
         "container",
+        "node",
         "age_s",
         "state",
     ]
+    assert set(frame["node"]) == {"local"}
     assert sorted(zip(frame["name"], frame["platform"], strict=True)) == [
         ("s6", "linux/arm64"),
         ("s6", "linux/s390x"),

@@ -103,6 +103,7 @@ class PulledImage:
     platform: Platform
     image_id: str  # what the engine runs; never the tag, which may be re-pointed
     digest: str | None  # the per-platform manifest digest, when known
+    node: str = ""  # the fleet's node holding it ("" for a single engine's own)
 
 
 @dataclass(frozen=True)

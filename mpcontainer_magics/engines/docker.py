@@ -92,10 +92,13 @@ class DockerEngine(EngineBase[Platform]):
 
     name = "docker"
 
-    def __init__(self, api: APIClient, registry: RegistryClient, where: str = "") -> None:
+    def __init__(
+        self, api: APIClient, registry: RegistryClient, where: str = "", *, remote: bool = False
+    ) -> None:
         super().__init__(registry)
         self._api = api
         self._where = where or api.base_url  # for messages: the address the user gave
+        self._remote = remote  # reached through a local socket (ssh) but not on this machine
         self._native: Platform | None = None
         self._instance = secrets.token_hex(8)  # LABEL_ENGINE of what this engine creates
         self._probe = ProbeCache(self._run_probe)
@@ -206,7 +209,7 @@ class DockerEngine(EngineBase[Platform]):
     @property
     def is_local(self) -> bool:
         """True when the daemon runs on this machine, so host paths mean the same to it."""
-        return self._api.base_url.startswith("http+docker://localhost")
+        return not self._remote and self._api.base_url.startswith("http+docker://localhost")
 
     # -- images ------------------------------------------------------------------------------
 
