@@ -57,6 +57,8 @@ _LAZY = {
     "GitRepository": "directory",
     "Host": "directory",
     "Mount": "engines.base",
+    "Node": "engines.endpoints",
+    "NodesReport": "engines.fleet",
     "ExecResult": "evaluate",
     "Published": "publish",
     "PlatformResult": "results",
@@ -69,6 +71,8 @@ if TYPE_CHECKING:
     from .container import Container
     from .directory import Directory, File, GitRef, GitRepository, Host
     from .engines.base import Mount
+    from .engines.endpoints import Node
+    from .engines.fleet import NodesReport
     from .evaluate import ExecResult
     from .magics import ContainerMagics
     from .publish import Published
@@ -99,6 +103,8 @@ __all__ = [
     "InvalidPlatform",
     "MPCError",
     "Mount",
+    "Node",
+    "NodesReport",
     "NonZeroExit",
     "Platform",
     "PlatformNotOffered",

@@ -424,6 +424,9 @@ class ContainerMagics(Magics):
         def on_targets(targets: list[Target]) -> None:
             nonlocal labelled
             labelled = len(targets) > 1
+            for t in targets:
+                if t.fallback:  # said before any output: where it runs instead, and why
+                    lines.put((t.platform, "stderr", f"{t.fallback}: {t.why} instead"))
 
         def on_line(*item: Any) -> None:
             lines.put(item)

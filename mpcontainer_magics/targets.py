@@ -53,6 +53,7 @@ class Target:
     runs: Runs
     why: str
     node: str = ""  # the fleet's node it runs on; "" with a single engine
+    fallback: str = ""  # why not on the node it would have gone to (unreachable)
 
     @property
     def emulated(self) -> bool:
@@ -185,7 +186,7 @@ async def resolve(
             raise ExecUnsupported(platform)
     if isinstance(engine, Fleet):
         placed = await engine.place(platforms, node=node, pins=pins)
-        return [Target(p.platform, p.runs, p.why, p.node) for p in placed]
+        return [Target(p.platform, p.runs, p.why, p.node, p.fallback) for p in placed]
     targets = []
     for platform in platforms:
         if runs_without_emulator(engine.name, platform, native):

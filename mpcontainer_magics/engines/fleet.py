@@ -76,6 +76,7 @@ class Placement:
     node: str
     runs: How
     why: str
+    fallback: str = ""  # why it is not where it would have gone (a node is unreachable)
 
 
 @dataclass
@@ -350,7 +351,7 @@ class Fleet(Engine):
                 chosen = min(tier, key=lambda m: load.get(m.name, 0))
                 how = self._how(chosen, platform)
                 assert how is not None
-                return replace(how, why=how.why + note)
+                return replace(how, fallback=note.removeprefix("; "))
         return Placement(
             platform,
             "",
