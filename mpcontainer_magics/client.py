@@ -24,14 +24,14 @@ import math
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ._aio import finish_despite_cancel, gather_or_cancel
 from .container import Container
 from .defaults import DEFAULT_IMAGE, ENGINES
 from .directory import Directory, GitRepository, Host
-from .doctor import DoctorReport, diagnose
+from .doctor import DoctorReport, Problem, diagnose
 from .engines.base import (
     Engine,
     Mount,
@@ -85,9 +85,13 @@ class PlatformReport:
     image: str | None = None
     offered: tuple[Platform, ...] = ()
     chosen: str = ""  # why this engine, when "auto" picked it
+    placed: tuple[Target, ...] = ()  # with nodes: where each platform would run
 
     def target(self, platform: Platform) -> Target:
-        """How ``platform`` runs on this engine, and why (see :mod:`.targets`)."""
+        """How ``platform`` runs (with nodes: where), and why (see :mod:`.targets`)."""
+        for target in self.placed:
+            if target.platform.matches(platform):
+                return target
         return how_it_runs(self.engine, platform, self.native, self.emulated)
 
     def runnable(self, platform: Platform) -> str:
@@ -99,8 +103,17 @@ class PlatformReport:
         import pandas as pd
 
         listed = list(self.offered) if self.image else [self.native, *self.emulated]
-        rows = [{"platform": str(p), "runs": self.runnable(p)} for p in listed]
-        return pd.DataFrame(rows, columns=["platform", "runs"])
+        if not self.placed:
+            rows = [{"platform": str(p), "runs": self.runnable(p)} for p in listed]
+            return pd.DataFrame(rows, columns=["platform", "runs"])
+        listed += [t.platform for t in self.placed if t.platform not in listed]
+        targets = [self.target(p) for p in listed]
+        rows = [
+            {"platform": str(t.platform), "runs": self.runnable(t.platform), "node": t.node,
+             "why": t.why}
+            for t in targets
+        ]  # fmt: skip
+        return pd.DataFrame(rows, columns=["platform", "runs", "node", "why"])
 
     def __repr__(self) -> str:
         lines = [
@@ -462,6 +475,14 @@ class Client:
     async def platforms(self, image: str | None = None) -> PlatformReport:
         """The engine's native and emulated platforms, and what ``image`` offers."""
         offered = await self.engine.image_platforms(image) if image else []
+        placed: list[Target] = []
+        if self._fleet is not None and self._fleet.has_nodes:
+            members = await self._fleet.known()
+            candidates = offered or [
+                p for m in members for p in (m.native, *m.emulated, *m.claimed) if p
+            ]
+            linux = list(dict.fromkeys(p for p in candidates if p.os == "linux"))
+            placed = await resolve(self._fleet, image, linux) if linux else []
         return PlatformReport(
             engine=self.engine.name,
             native=await self.engine.native_platform(),
@@ -469,13 +490,29 @@ class Client:
             image=image,
             offered=tuple(offered),
             chosen=self.engine.chosen,
+            placed=tuple(placed),
         )
 
-    async def doctor(self) -> DoctorReport:
+    async def doctor(self, node: str | None = None) -> DoctorReport:
         """What this machine can run and why not: the engine and its version, the native
         platform, each common platform (emulation present, enabled, usable in containers),
-        registries, the cache and its size, and each problem with its fix."""
-        return await diagnose(self.engine)
+        registries, the cache and its size, and each problem with its fix. ``node``: the
+        same for that node; without it, each unreachable node is a problem too."""
+        if node is not None:
+            return await diagnose(self.fleet.engine_of(node))
+        report = await diagnose(self.engine)
+        if self._fleet is None:
+            return report
+        down = [
+            Problem(
+                f"node {m.name} is unreachable ({m.error})",
+                f"check that its engine runs and answers at {m.endpoint}, then "
+                "%container nodes --refresh",
+            )
+            for m in self._fleet.members
+            if not m.reachable
+        ]
+        return replace(report, problems=(*report.problems, *down))
 
 
 async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] = ()) -> Engine:

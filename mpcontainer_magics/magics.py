@@ -105,7 +105,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "doctor": Subcommand(
         "the engine and its version, which platforms can run and why not, registries, "
-        "cache size, and each problem with its fix"
+        "cache size, and each problem with its fix (--node NAME: the same for a node)",
+        (_arg("-n", "--node", metavar="NAME", help="a node's engine instead of the local one"),),
     ),
     "sessions": Subcommand("the live sessions, one row per platform"),
     "stop": Subcommand(
@@ -497,7 +498,7 @@ class ContainerMagics(Magics):
         return self._run(lambda client: client.platforms(args.image))
 
     def _line_doctor(self, args: Any) -> Any:
-        return self._run(lambda client: client.doctor())
+        return self._run(lambda client: client.doctor(args.node))
 
     def _line_node(self, args: Any) -> Any:
         if args.action == "rm":

@@ -27,11 +27,13 @@ import asyncio
 import copy
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .._aio import finish_despite_cancel
 from ..errors import EngineError, EngineUnavailable, InvalidArgument, MPCError
 from ..platforms import Platform
 from . import binfmt
@@ -94,6 +96,7 @@ class Member:
     emulated: tuple[Platform, ...] = ()
     version: str = ""
     latency_s: float | None = None
+    node: Node | None = field(default=None, repr=False)  # how to reach it (None: local)
 
     @property
     def reachable(self) -> bool:
@@ -169,6 +172,7 @@ class Fleet(Engine):
         self._members: dict[str, Member] = {LOCAL: Member(LOCAL, local.name, engine=local)}
         self._containers: dict[str, str] = {}  # container ID -> node holding it
         self._pin: str | None = None
+        self._copied_mounts_to: set[str] = set()  # nodes told that mounts are copies
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -195,7 +199,7 @@ class Fleet(Engine):
         not answer is added all the same, marked unreachable with the reason."""
         if node.name in self._members:
             await self.remove_node(node.name)
-        member = Member(node.name, node.endpoint, node.platforms)
+        member = Member(node.name, node.endpoint, node.platforms, node=node)
         self._members[node.name] = member
         await self._connect(member, node)
         return member
@@ -216,8 +220,11 @@ class Fleet(Engine):
         stale = [m for m in self.members if m.reachable and (probe or m.native is None)]
         await asyncio.gather(*(self._learn(m) for m in stale))
 
-    def nodes(self) -> list[Node]:
-        return [Node(m.name, m.endpoint, m.claimed) for m in self.members if m.name != LOCAL]
+    async def known(self) -> list[Member]:
+        """The members, each reachable one's platforms read (once)."""
+        unknown = [m for m in self.members if m.reachable and m.native is None]
+        await asyncio.gather(*(self._learn(m) for m in unknown))
+        return self.members
 
     async def _connect(self, member: Member, node: Node) -> None:
         from .docker import DockerEngine
@@ -279,9 +286,8 @@ class Fleet(Engine):
                 await self._disconnect(member)
                 if not force:
                     return
-        if force or time.monotonic() - member.checked_at > RETRY_UNREACHABLE_S:
-            node = Node(member.name, member.endpoint, member.claimed)
-            await self._connect(member, node)
+        if member.node and (force or time.monotonic() - member.checked_at > RETRY_UNREACHABLE_S):
+            await self._connect(member, member.node)
 
     async def _disconnect(self, member: Member) -> None:
         engine, connection = member.engine, member.connection
@@ -309,8 +315,7 @@ class Fleet(Engine):
         for name in {node, *pins.values()} - {None}:
             self.member(name)  # type: ignore[arg-type]  # a typo is an error, at once
         await asyncio.gather(*(self._check(m) for m in self.members))
-        unknown = [m for m in self.members if m.reachable and m.native is None]
-        await asyncio.gather(*(self._learn(m) for m in unknown))
+        await self.known()
         load: dict[str, int] = {}
         placed = []
         for platform in platforms:
@@ -382,6 +387,10 @@ class Fleet(Engine):
 
     # -- dispatch: each call goes to the node holding what it names ---------------------------
 
+    def engine_of(self, name: str) -> Engine:
+        """The engine of node ``name``; EngineUnavailable when it does not answer."""
+        return self._engine(name)
+
     def _engine(self, name: str) -> Engine:
         member = self.member(name)
         if member.engine is None:
@@ -432,9 +441,30 @@ class Fleet(Engine):
 
     async def create(self, spec: ContainerSpec) -> str:
         node = spec.image.node or LOCAL
-        container_id = await self._engine(node).create(spec)
+        engine = self._engine(node)
+        # A daemon on another machine cannot see this machine's files: copy mounts in.
+        copy_in = bool(spec.mounts) and not getattr(engine, "is_local", True)
+        container_id = await engine.create(replace(spec, mounts=()) if copy_in else spec)
         self._containers[container_id] = node
+        if copy_in:
+            try:
+                for mount in spec.mounts:
+                    await engine.copy_to(container_id, Path(mount.source), mount.target)
+            except BaseException:
+                await finish_despite_cancel(self.remove(container_id))
+                raise
+            self._say_copied_once(node)
         return container_id
+
+    def _say_copied_once(self, node: str) -> None:
+        if node not in self._copied_mounts_to:
+            self._copied_mounts_to.add(node)
+            warnings.warn(
+                f"node {node} is another machine and cannot see this one's files: mounts were "
+                "copied in, and what the command changes there stays on the node (copy it "
+                "back with %container cp)",
+                stacklevel=2,
+            )
 
     async def start_and_wait(
         self, container_id: str, on_output: OutputCallback | None = None
