@@ -6,9 +6,11 @@ Usage: build_test_image.py OUT_DIR amd64=DEB arm64=DEB s390x=DEB ppc64el=DEB arm
 Each DEB is Debian's busybox-static for that architecture. The layout gets three references:
   1.35       -> an OCI image index with one manifest per platform
   amd64only  -> the linux/amd64 image manifest alone (no index)
-  windows    -> an OCI image index with one windows/amd64 manifest, whose layer has the
+  windows    -> an OCI image index with two windows/amd64 manifests, ltsc2019 (os.version
+                10.0.17763.1) first and ltsc2022 (10.0.20348.1), whose layers have the
                 Windows layout (Files/ = the filesystem, Hives/ = registry hives) but no
-                real Windows binaries: enough to test reading a Windows image's files
+                real Windows binaries: enough to test reading a Windows image's files and
+                choosing an entry by OS version, as containerd does
 
 The build is reproducible: fixed mtimes/owners, sorted entries, gzip without name/mtime.
 """
@@ -46,8 +48,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
-WINDOWS_PLATFORM = {"architecture": "amd64", "os": "windows", "os.version": "10.0.17763.1"}
-WINDOWS_HELLO = b"hello from windows/amd64\n"
+WINDOWS_BUILDS = {"10.0.17763.1": b"", "10.0.20348.1": b" ltsc2022"}  # os.version -> hello
 WINDOWS_HOSTS = (
     b"# hosts file of the mpcontainer_magics Windows test image\r\n127.0.0.1 localhost\r\n"
 )
@@ -111,8 +112,9 @@ def layer_tar(busybox: bytes, applets: list[str]) -> bytes:
     return tar_bytes(entries)
 
 
-def windows_layer_tar() -> bytes:
+def windows_layer_tar(build: bytes) -> bytes:
     """A layer in the Windows layout: Files/ becomes the root, Hives/ holds registry hives."""
+    hello = b"hello from windows/amd64" + build + b"\n"
     hive = b"regf\0\0\0\0"
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = [
         (_info(name, tarfile.DIRTYPE, 0o755), None)
@@ -128,7 +130,7 @@ def windows_layer_tar() -> bytes:
     entries += [
         (_info("Files/Windows/System32/drivers/etc/hosts", tarfile.REGTYPE, 0o644,
                len(WINDOWS_HOSTS)), WINDOWS_HOSTS),
-        (_info("Files/hello.txt", tarfile.REGTYPE, 0o644, len(WINDOWS_HELLO)), WINDOWS_HELLO),
+        (_info("Files/hello.txt", tarfile.REGTYPE, 0o644, len(hello)), hello),
         (_info("Hives/DefaultUser_Delta", tarfile.REGTYPE, 0o644, len(hive)), hive),
     ]  # fmt: skip
     return tar_bytes(entries)
@@ -218,10 +220,17 @@ def main(argv: list[str]) -> int:
         for arch, platform in PLATFORMS.items()
     }
     index_desc = layout.blob(dumps(image_index(descriptors.values())), MT_INDEX)
-    windows = image_manifest(
-        layout, WINDOWS_PLATFORM, windows_layer_tar(), {"Cmd": ["cmd.exe"]}, f"files ({PROG})"
-    )
-    windows_desc = layout.blob(dumps(image_index([windows])), MT_INDEX)
+    windows = [
+        image_manifest(
+            layout,
+            {"architecture": "amd64", "os": "windows", "os.version": version},
+            windows_layer_tar(hello),
+            {"Cmd": ["cmd.exe"]},
+            f"files ({PROG})",
+        )
+        for version, hello in WINDOWS_BUILDS.items()
+    ]
+    windows_desc = layout.blob(dumps(image_index(windows)), MT_INDEX)
 
     amd64_only = {k: v for k, v in descriptors["amd64"].items() if k != "platform"}
     top = {

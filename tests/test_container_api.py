@@ -601,6 +601,19 @@ def test_ls_and_cat_magics_read_a_windows_image(shell, windows_image, capsys):
     assert capsys.readouterr().out == "hosts\n"
 
 
+def test_a_windows_os_version_picks_its_build_as_containerd_does(shell, windows_image, capsys):
+    # The index has ltsc2019 (10.0.17763) first and ltsc2022 (10.0.20348): a host of build
+    # 20348 runs the ltsc2022 entry; without a version the first windows/amd64 entry is read.
+    for platform, hello in [
+        ("windows(10.0.20348)/amd64", "hello from windows/amd64 ltsc2022\n"),
+        ("windows(10.0.17763)/amd64", "hello from windows/amd64\n"),
+    ]:
+        shell.run_line_magic(
+            "container", f"cat /hello.txt --image {windows_image} --platform {platform}"
+        )
+        assert capsys.readouterr().out == hello
+
+
 def test_cell_magic_on_windows_is_a_usage_error(shell, windows_image):
     with pytest.raises(UsageError) as caught:
         shell.run_cell_magic(

@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .._aio import finish_despite_cancel
 from ..errors import EngineError, EngineUnavailable, InvalidArgument, MPCError
-from ..platforms import Platform
-from . import binfmt
+from ..platforms import Matcher, Platform
 from .base import (
     AttachedProcess,
     ContainerSpec,
@@ -96,6 +95,8 @@ class Member:
     emulated: tuple[Platform, ...] = ()
     version: str = ""
     latency_s: float | None = None
+    amd64_level: int | None = None  # x86-64 micro-architecture level, when probed
+    arm32: bool = False  # an arm64 CPU that runs 32-bit arm code (its probe says)
     node: Node | None = field(default=None, repr=False)  # how to reach it (None: local)
 
     @property
@@ -103,16 +104,17 @@ class Member:
         return self.engine is not None and self.error is None
 
     def runs_natively(self, platform: Platform) -> bool:
+        """containerd's rules (``platforms.Only``) for this node's CPU: what its probe
+        found (amd64 level, 32-bit arm mode) bounds the variants; unprobed, any variant of
+        its own architecture counts."""
         if self.native is None or platform.os != "linux":
             return False
-        if platform.architecture == self.native.architecture:
-            return True
-        # Docker's kernels run some foreign architectures themselves (386 on amd64).
-        return (
-            self.engine is not None
-            and self.engine.name == "docker"
-            and (platform.architecture in binfmt.KERNEL_RUNS.get(self.native.architecture, ()))
-        )
+        host = self.native
+        if host.architecture == "amd64" and self.amd64_level is None:
+            host = replace(host, variant="v4")  # level unknown: do not refuse on a guess
+        elif host.architecture == "amd64" and self.amd64_level > 1:
+            host = replace(host, variant=f"v{self.amd64_level}")
+        return Matcher.only(host, arm32=self.arm32).match(platform)
 
     def emulates(self, platform: Platform) -> bool:
         return any(platform.matches(p) for p in self.emulated)
