@@ -220,7 +220,7 @@ class Fleet(Engine):
         """Reconnect unreachable nodes, check the others still answer, re-read what they run."""
         await asyncio.gather(*(self._check(m, force=True) for m in self.members))
         stale = [m for m in self.members if m.reachable and (probe or m.native is None)]
-        await asyncio.gather(*(self._learn(m) for m in stale))
+        await asyncio.gather(*(self._learn(m, probe_again=probe) for m in stale))
 
     async def known(self) -> list[Member]:
         """The members, each reachable one's platforms read (once)."""
@@ -254,8 +254,9 @@ class Fleet(Engine):
         if member.reachable:
             await self._reap(member)
 
-    async def _learn(self, member: Member) -> None:
-        """What the node runs, its version and round-trip time (one ping)."""
+    async def _learn(self, member: Member, *, probe_again: bool = False) -> None:
+        """What the node runs (its probe, on Docker-API engines), its version and round-trip
+        time (one call)."""
         engine = member.engine
         assert engine is not None
         try:
@@ -263,7 +264,12 @@ class Fleet(Engine):
             member.version = await engine.version()
             member.latency_s = time.perf_counter() - started
             member.native = await engine.native_platform()
-            member.emulated = tuple(await engine.emulated_platforms())
+            probe = getattr(engine, "probe", None)
+            if probe is not None:  # what its CPU runs itself: amd64 level, 32-bit arm
+                report = await probe(refresh=probe_again)
+                member.amd64_level, member.arm32 = report.amd64_level, bool(report.arm32)
+            foreign = await engine.emulated_platforms()
+            member.emulated = tuple(p for p in foreign if not member.runs_natively(p))
         except EngineError as exc:
             member.error = str(exc)
 
