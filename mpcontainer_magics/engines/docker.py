@@ -181,7 +181,9 @@ class DockerEngine(EngineBase[Platform]):
         """The daemon's version and the API version it speaks, e.g. "Docker 20.10.24 (API
         1.41)"; this client uses the API version negotiated when it connected."""
         info = await self._docker("say its version", self._api.version)
-        return f"Docker {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
+        names = {c.get("Name") for c in info.get("Components") or () if isinstance(c, dict)}
+        product = "Podman" if "Podman Engine" in names else "Docker"  # Podman's compat API
+        return f"{product} {info.get('Version', '?')} (API {info.get('ApiVersion', '?')})"
 
     async def emulated_platforms(self, binfmt_dir: Path | None = None) -> list[Platform]:
         """Foreign platforms this daemon's containers run: those of another architecture

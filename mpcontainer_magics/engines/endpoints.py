@@ -17,6 +17,7 @@ We never store or print a password or key: ssh uses the user's agent, keys and s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -163,13 +164,14 @@ class SshTunnel:
     def __init__(self, target: str, port: int | None, remote_socket: str) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="mpc-ssh-"))
         self.socket = self._dir / "docker.sock"
-        self._argv = [
-            *ssh_argv(target, port),
+        self._argv = ssh_argv(
+            target,
+            port,
             "-N",
             "-o", "ExitOnForwardFailure=yes",
             "-o", "StreamLocalBindUnlink=yes",
             "-L", f"{self.socket}:{remote_socket}",
-        ]  # fmt: skip
+        )  # fmt: skip
         self._process: subprocess.Popen[bytes] | None = None
 
     def open(self, timeout: float) -> None:
@@ -211,12 +213,13 @@ class SshTunnel:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def ssh_argv(target: str, port: int | None) -> list[str]:
-    """The system ssh, non-interactive: keys, agent and ssh config are the user's own."""
+def ssh_argv(target: str, port: int | None, *options: str) -> list[str]:
+    """The system ssh, non-interactive: keys, agent and ssh config are the user's own; a
+    remote command goes after what this returns."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT_S)}"]
     if port is not None:
         argv += ["-p", str(port)]
-    return [*argv, "--", target]
+    return [*argv, *options, "--", target]
 
 
 def remote_docker_socket(target: str, port: int | None, timeout: float) -> str:
@@ -258,6 +261,7 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
     Raises EngineUnavailable with the reason; never shows a key or a password.
     """
     import docker
+    from docker.constants import MINIMUM_DOCKER_API_VERSION
 
     kind = endpoint_kind(node.endpoint)
     tunnel = None
@@ -287,7 +291,14 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
         tunnel.open(timeout)
         base_url = f"unix://{tunnel.socket}"
     try:
-        api = docker.APIClient(base_url=base_url, version="auto", timeout=timeout, tls=tls)
+        api = docker.APIClient(
+            base_url=base_url, version=MINIMUM_DOCKER_API_VERSION, timeout=timeout, tls=tls
+        )
+        # requests lets REQUESTS_CA_BUNDLE (set by many distributions and CI images) win over
+        # the session's own CA file (requests#3829): a node's TLS would then check its
+        # certificate against the system's CAs. Nor should a proxy variable reach a node.
+        api.trust_env = False
+        api._version = api._retrieve_server_version()  # what version="auto" does
         api.ping()
         api.timeout = CALL_TIMEOUT_S
     except BaseException as exc:
@@ -300,10 +311,18 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
 
 
 def _reason(exc: BaseException) -> str:
+    """docker-py's (and urllib3's) long error text, as the one thing that went wrong."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "timed out" in text.lower() or "timeout" in text.lower():
+    lower = text.lower()
+    if "certificate_verify_failed" in lower or "sslcertverification" in lower:
+        return (
+            "TLS: the node's certificate is not signed by the CA in ca.pem (or not for this host)"
+        )
+    if "ssl" in lower and ("handshake" in lower or "alert" in lower or "sslerror" in lower):
+        return "TLS handshake failed: check cert.pem and key.pem are the node's client pair"
+    if "timed out" in lower or "timeout" in lower:
         return "no answer in time"
-    if "refused" in text.lower() or "No such file" in text:
+    if "refused" in lower or "no such file" in lower:
         return "connection refused: is the daemon running?"
     return text[:200]
 
@@ -325,21 +344,53 @@ def _tls_config(node: Node) -> Any:
     )
 
 
-def _context_endpoint(name: str) -> tuple[str, Any]:
-    """The host and TLS settings of a Docker context, from the Docker CLI's store."""
-    from docker.context import ContextAPI
+def docker_config_dir() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
 
-    context = ContextAPI.get_context(name)
-    if context is None:
-        known = ", ".join(c.Name for c in ContextAPI.contexts()) or "none"
+
+def _context_endpoint(name: str) -> tuple[str, Any]:
+    """The host and TLS settings of a Docker context, from the Docker CLI's context store.
+
+    Read here, in the store's documented layout (``contexts/meta/<sha256 of the name>/
+    meta.json``, TLS files under ``contexts/tls/<same>/docker/``): docker-py 7.2's
+    ContextAPI finds no context at all when ``config.json`` does not exist, which is the
+    case until the first ``docker login``.
+    """
+    import docker
+
+    store = docker_config_dir() / "contexts"
+    key = hashlib.sha256(name.encode()).hexdigest()
+    try:
+        meta = json.loads((store / "meta" / key / "meta.json").read_text())
+        host = meta["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        metas = sorted(store.glob("meta/*/meta.json"))
+        known = ", ".join(_context_name(m) for m in metas) or "none besides default"
         raise InvalidArgument(
             f"no Docker context named {name!r} (known: {known}); create it with "
-            f"`docker context create {name} --docker host=…`"
-        )
-    if not context.Host:
+            f"`docker context create {name} --docker host=…`, or give a URL"
+        ) from None
+    if not isinstance(host, str) or not host:
         raise InvalidArgument(f"the Docker context {name!r} has no host")
-    if context.Host.startswith("ssh://"):
+    if host.startswith("ssh://"):
         raise InvalidArgument(
-            f"the Docker context {name!r} uses ssh: add the node with its URL, {context.Host}"
+            f"the Docker context {name!r} uses ssh: add the node with its URL, {host}"
         )
-    return context.Host, context.TLSConfig
+    tls_dir = store / "tls" / key / "docker"
+    tls = None
+    if (tls_dir / "ca.pem").is_file() or (tls_dir / "cert.pem").is_file():
+        skip = bool(meta["Endpoints"]["docker"].get("SkipTLSVerify"))
+        cert = (tls_dir / "cert.pem", tls_dir / "key.pem")
+        tls = docker.tls.TLSConfig(
+            client_cert=tuple(map(str, cert)) if cert[0].is_file() else None,
+            ca_cert=str(tls_dir / "ca.pem") if (tls_dir / "ca.pem").is_file() else None,
+            verify=not skip,
+        )
+    return host, tls
+
+
+def _context_name(meta_file: Path) -> str:
+    try:
+        return str(json.loads(meta_file.read_text())["Name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
