@@ -48,6 +48,12 @@ CALL_TIMEOUT_S = 60
 REMOTE_SOCKET_QUERY = ["docker", "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"]
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
 _TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+#: What a reset on the first call through the tunnel means. OpenSSH's sshd allows socket
+#: forwarding only when AllowTcpForwarding allows local forwarding too.
+FORWARD_DENIED = (
+    "the node's sshd refused to forward its Docker socket: set AllowTcpForwarding local (or "
+    "yes) and AllowStreamLocalForwarding yes in its sshd_config"
+)
 
 
 @dataclass(frozen=True)
@@ -305,6 +311,8 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
         if tunnel is not None:
             tunnel.close()
         if isinstance(exc, docker.errors.DockerException | OSError):
+            if tunnel is not None and "reset by peer" in str(exc):
+                raise EngineUnavailable(FORWARD_DENIED) from None
             raise EngineUnavailable(_reason(exc)) from None
         raise
     return Connection(api, node.endpoint, tunnel)
