@@ -468,6 +468,19 @@ class DockerEngine(EngineBase[Platform]):
     async def remove(self, container_id: str) -> None:
         await self._call(self._remove_now, container_id)
 
+    @property
+    def instance(self) -> str:
+        """The label value (LABEL_ENGINE) on every container this engine object makes."""
+        return self._instance
+
+    async def remove_made_by(self, instance: str) -> int:
+        """Remove the containers an earlier engine object of this process made on this
+        daemon, which it could not remove itself (the daemon went away meanwhile)."""
+        mine = {"label": f"{LABEL_ENGINE}={instance}"}
+        listed = await self._docker("list containers", self._api.containers, all=True, filters=mine)
+        await asyncio.gather(*(self.remove(c["Id"]) for c in listed))
+        return len(listed)
+
     # -- files and snapshots -----------------------------------------------------------------
 
     async def copy_to(self, container_id: str, source: Path, target: str) -> None:

@@ -98,6 +98,8 @@ class Member:
     amd64_level: int | None = None  # x86-64 micro-architecture level, when probed
     arm32: bool = False  # an arm64 CPU that runs 32-bit arm code (its probe says)
     node: Node | None = field(default=None, repr=False)  # how to reach it (None: local)
+    #: Engine objects of earlier connections, whose containers a lost node may still hold.
+    lost: list[str] = field(default_factory=list, repr=False)
 
     @property
     def reachable(self) -> bool:
@@ -274,9 +276,15 @@ class Fleet(Engine):
             member.error = str(exc)
 
     async def _reap(self, member: Member) -> None:
-        assert member.engine is not None
+        """What dead kernels left there, and what this one lost when the node went away."""
+        engine = member.engine
+        assert engine is not None
         try:
-            await member.engine.reap_orphans()
+            await engine.reap_orphans()
+            remove_made_by = getattr(engine, "remove_made_by", None)
+            while member.lost and remove_made_by is not None:
+                await remove_made_by(member.lost[-1])
+                member.lost.pop()
         except MPCError as exc:
             log.warning("could not reap what dead kernels left on node %s: %s", member.name, exc)
 
@@ -300,9 +308,11 @@ class Fleet(Engine):
     async def _disconnect(self, member: Member) -> None:
         engine, connection = member.engine, member.connection
         member.engine = member.connection = None
+        if engine is not None and hasattr(engine, "instance"):
+            member.lost.append(engine.instance)  # cleared once a reconnect finds them gone
         if engine is not None:
             try:
-                await asyncio.wait_for(engine.aclose(), self.connect_timeout + 10)
+                await asyncio.wait_for(engine.aclose(), self.connect_timeout)
             except (MPCError, asyncio.TimeoutError) as exc:
                 log.warning("could not clean up on node %s: %s", member.name, exc)
         if connection is not None:
