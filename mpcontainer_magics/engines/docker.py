@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
-from docker.utils.socket import STDERR, frames_iter
 
 from ..errors import (
     EmulationUnavailable,
@@ -64,6 +63,7 @@ from .docker_errors import (
     missing_interpreter,
     refused_start,
 )
+from .docker_streams import STDERR, frames
 from .layers import apply_layer, extract_archive
 from .probe import ProbeCache, ProbeReport, run_probe
 
@@ -390,7 +390,7 @@ class DockerEngine(EngineBase[Platform]):
         try:
             _no_read_timeout(sock)
             self._api.start(container_id)
-            for stream_id, data in frames_iter(sock, tty=False):
+            for stream_id, data in frames(sock):
                 emit("stderr" if stream_id == STDERR else "stdout", data)
         finally:
             sock.close()
@@ -435,7 +435,7 @@ class DockerEngine(EngineBase[Platform]):
         def pump() -> None:
             code = -1
             try:
-                for stream_id, data in frames_iter(sock, tty=False):
+                for stream_id, data in frames(sock):
                     emit("stderr" if stream_id == STDERR else "stdout", data)
             except OSError:
                 pass  # the container was removed under us: the process is gone

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from docker.utils.socket import STDOUT, frames_iter
-
 from .._aio import gather_or_cancel
 from ..errors import EngineError
 from ..platforms import Platform
 from .base import LABEL_MANAGED
+from .docker_streams import STDOUT, frames
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
@@ -202,9 +201,7 @@ def _run_one(
                 api.start(container_id)
             except docker.errors.APIError:
                 return NOT_EXECUTED, b""
-            out = b"".join(
-                data for stream, data in frames_iter(sock, tty=False) if stream == STDOUT
-            )
+            out = b"".join(data for stream, data in frames(sock) if stream == STDOUT)
         except TimeoutError:
             raise EngineError(
                 f"a probe program ({argv[0]}) did not end within {PROBE_TIMEOUT_S:.0f} s: the "
