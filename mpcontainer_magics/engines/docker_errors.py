@@ -9,6 +9,8 @@ what failed, keeps Docker's own explanation and says how to fix it::
     APIError, 404 (NotFound)        DockerNotFound      (a DockerAPIError; may mean "gone")
     APIError, any other status      DockerAPIError      (an EngineError: explanation, status)
     DockerException, no API answer  EngineUnavailable   (cannot reach the engine)
+    requests' ConnectionError       EngineUnavailable   (it went away: stopped, or the
+                                                         network between us is down)
 
 The rest of this module reads Docker's answers where they mean more than "failed": a
 command Docker refuses to start (``docker run`` exits 127 or 126 then), and the two ways
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import docker.errors
+import requests.exceptions
 
 from ..errors import EmulationUnavailable, EngineError, EngineUnavailable, MPCError
 from ..platforms import Platform
@@ -96,8 +99,26 @@ def docker_errors(
             raise refined from None
         kind = DockerNotFound if status == 404 else DockerAPIError
         raise kind(f"Docker could not {action}: {text}; {_fix(status)}", text, status) from None
-    except docker.errors.DockerException as exc:
-        raise unreachable(where or "DOCKER_HOST", explanation(exc)) from None
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        raise unreachable(where or "DOCKER_HOST", connection_problem(exc)) from None
+
+
+def connection_problem(exc: BaseException) -> str:
+    """What went wrong reaching an engine, in a few words, from docker-py's (and urllib3's)
+    long text."""
+    text = explanation(exc)
+    lower = text.lower()
+    if "certificate_verify_failed" in lower or "sslcertverification" in lower:
+        return "TLS: its certificate is not signed by the CA in ca.pem, or not for this host"
+    if "ssl" in lower and ("handshake" in lower or "alert" in lower or "sslerror" in lower):
+        return "TLS handshake failed: check that cert.pem and key.pem are a client pair it trusts"
+    if "timed out" in lower or "timeout" in lower:
+        return "no answer in time"
+    if "refused" in lower or "no such file" in lower:
+        return "connection refused: is the daemon running?"
+    if "reset by peer" in lower or "aborted" in lower:
+        return "the connection was cut"
+    return text[:200]
 
 
 # -- what Docker's answers mean --------------------------------------------------------------

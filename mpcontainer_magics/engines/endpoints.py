@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from ..errors import EngineUnavailable, InvalidArgument
 from ..platforms import Platform, parse_platforms
+from .docker_errors import connection_problem
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
@@ -313,26 +314,9 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
         if isinstance(exc, docker.errors.DockerException | OSError):
             if tunnel is not None and "reset by peer" in str(exc):
                 raise EngineUnavailable(FORWARD_DENIED) from None
-            raise EngineUnavailable(_reason(exc)) from None
+            raise EngineUnavailable(connection_problem(exc)) from None
         raise
     return Connection(api, node.endpoint, tunnel)
-
-
-def _reason(exc: BaseException) -> str:
-    """docker-py's (and urllib3's) long error text, as the one thing that went wrong."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    lower = text.lower()
-    if "certificate_verify_failed" in lower or "sslcertverification" in lower:
-        return (
-            "TLS: the node's certificate is not signed by the CA in ca.pem (or not for this host)"
-        )
-    if "ssl" in lower and ("handshake" in lower or "alert" in lower or "sslerror" in lower):
-        return "TLS handshake failed: check cert.pem and key.pem are the node's client pair"
-    if "timed out" in lower or "timeout" in lower:
-        return "no answer in time"
-    if "refused" in lower or "no such file" in lower:
-        return "connection refused: is the daemon running?"
-    return text[:200]
 
 
 def _tls_config(node: Node) -> Any:
