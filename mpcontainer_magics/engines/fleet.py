@@ -24,6 +24,7 @@ image in question. ``on(name)`` is the same fleet with every new image made on o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
@@ -100,6 +101,8 @@ class Member:
     node: Node | None = field(default=None, repr=False)  # how to reach it (None: local)
     #: Engine objects of earlier connections, whose containers a lost node may still hold.
     lost: list[str] = field(default_factory=list, repr=False)
+    #: Containers that could not be removed while the node was away.
+    unremoved: set[str] = field(default_factory=set, repr=False)
 
     @property
     def reachable(self) -> bool:
@@ -295,6 +298,7 @@ class Fleet(Engine):
         if member.reachable:
             try:
                 await asyncio.wait_for(member.engine.version(), self.connect_timeout)  # type: ignore[union-attr]
+                await self._remove_unremoved(member)
                 return
             except (EngineError, asyncio.TimeoutError) as exc:
                 member.error = str(exc) or "no answer in time"
@@ -304,6 +308,13 @@ class Fleet(Engine):
                     return
         if member.node and (force or time.monotonic() - member.checked_at > RETRY_UNREACHABLE_S):
             await self._connect(member, member.node)
+
+    async def _remove_unremoved(self, member: Member) -> None:
+        assert member.engine is not None
+        for container_id in list(member.unremoved):
+            with contextlib.suppress(EngineError):
+                await member.engine.remove(container_id)
+                member.unremoved.discard(container_id)
 
     async def _disconnect(self, member: Member) -> None:
         engine, connection = member.engine, member.connection
@@ -494,7 +505,13 @@ class Fleet(Engine):
         member = self._members.get(node)
         if member is None or member.engine is None:
             return  # the node is gone; its leftovers are reaped when it is back
-        await member.engine.remove(container_id)
+        try:
+            await member.engine.remove(container_id)
+        except EngineUnavailable:
+            if node == LOCAL:
+                raise
+            # The node went away mid-cell: its row says so; the container goes when it is back.
+            member.unremoved.add(container_id)
         self._containers.pop(container_id, None)
 
     async def start(self, container_id: str) -> None:
