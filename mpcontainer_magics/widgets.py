@@ -308,13 +308,17 @@ class ContainerApp(w.VBox):
                 how, ok = "no emulator here", False
             else:
                 how, ok = runs, True
-            box.description = f"{name} ({how})"
-            box.tooltip = {
+            tooltip = {
                 "native": "runs natively on this engine",
                 "emulated": "runs under QEMU user-mode emulation (slower)",
                 "no emulator here": f"the {report.engine} engine cannot emulate {name} here",
                 "not in image": f"{report.image} has no {name} variant",
             }[how]
+            target = report.target(platform)
+            if ok and target.node:  # with nodes: where it would run, and why there
+                how, tooltip = f"{how} on {target.node}", target.why
+            box.description = f"{name} ({how})"
+            box.tooltip = tooltip
             wanted = self._wanted in (None, "all") or any(platform.matches(p) for p in self._wanted)
             box.disabled = not ok
             box.value = ok and wanted
