@@ -224,6 +224,9 @@ def ssh_argv(target: str, port: int | None, *options: str) -> list[str]:
     """The system ssh, non-interactive: keys, agent and ssh config are the user's own; a
     remote command goes after what this returns."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT_S)}"]
+    # A node that vanishes (unplugged, network down) ends the tunnel in ~10 s, not at TCP's
+    # own timeout minutes later: calls through it then fail instead of hanging.
+    argv += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"]
     if port is not None:
         argv += ["-p", str(port)]
     return [*argv, *options, "--", target]

@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 #: must not wait a connect timeout for a node that was down a moment ago.
 RETRY_UNREACHABLE_S = 30.0
 
+#: How long removing what we made on a node may take before we give up on it (a node that
+#: died meanwhile); what is left is removed when it answers again.
+CLOSE_TIMEOUT_S = 30.0
+
 How = Literal["native", "emulated", "no"]
 
 #: What ``connect(nodes=)`` takes: name -> endpoint (or settings), or a list of Nodes.
@@ -323,7 +327,7 @@ class Fleet(Engine):
             member.lost.append(engine.instance)  # cleared once a reconnect finds them gone
         if engine is not None:
             try:
-                await asyncio.wait_for(engine.aclose(), self.connect_timeout)
+                await asyncio.wait_for(engine.aclose(), CLOSE_TIMEOUT_S)
             except (MPCError, asyncio.TimeoutError) as exc:
                 log.warning("could not clean up on node %s: %s", member.name, exc)
         if connection is not None:
