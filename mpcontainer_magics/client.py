@@ -99,6 +99,11 @@ class PlatformReport:
         runs = self.target(platform).runs
         return "no emulation" if runs == "no" else runs
 
+    def _how(self, platform: Platform) -> str:
+        """ "emulated", or with nodes "emulated on ctx"."""
+        node = self.target(platform).node
+        return f"{self.runnable(platform)} on {node}" if node else self.runnable(platform)
+
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
@@ -122,7 +127,7 @@ class PlatformReport:
             "emulated platforms: " + (", ".join(map(str, self.emulated)) or "none"),
         ]
         if self.image:
-            offered = ", ".join(f"{p} ({self.runnable(p)})" for p in self.offered)
+            offered = ", ".join(f"{p} ({self._how(p)})" for p in self.offered)
             lines.append(f"{self.image} offers: {offered or 'nothing'}")
         return "\n".join(lines)
 
@@ -292,7 +297,7 @@ class Client:
             node = Node(node, endpoint, tuple(claimed or ()), tls)  # type: ignore[arg-type]
         member = await self.fleet.add(node)
         self._use_fleet_for_builds()
-        return NodesReport([member])
+        return NodesReport.of([member])
 
     async def remove_node(self, name: str) -> None:
         """Forget node ``name``, removing this client's containers there; sessions with a
@@ -308,7 +313,7 @@ class Client:
         and claimed platforms, reachable or why not, round-trip latency. ``refresh`` tries
         unreachable nodes again and re-reads what each runs."""
         await self.fleet.refresh(probe=refresh)
-        return NodesReport(self.fleet.members)
+        return NodesReport.of(self.fleet.members)
 
     def _use_fleet_for_builds(self) -> None:
         # Images built before keep working: an image of no node is the local engine's.

@@ -231,6 +231,40 @@ def test_what_a_node_is_reached_with_never_shows(fleet: Nodes, test_nodes: dict[
         assert key not in text and str(certs) not in text
 
 
+def test_mounts_reach_a_node_on_another_machine_as_copies(fleet: Nodes, tmp_path: Path):
+    # The ssh node is "another machine" (reached through a tunnel): its daemon cannot see
+    # this machine's files, so the mount is copied in, and the host's file stays as it was.
+    (tmp_path / "in.txt").write_text("from this machine\n")
+    with pytest.warns(UserWarning, match="cannot see this one's files: mounts were copied in"):
+        result = fleet.call(
+            lambda c: c.run(
+                "cat /data/in.txt; echo changed > /data/in.txt; cat /data/in.txt",
+                platforms="linux/ppc64le",  # claimed by ssh
+                image=fleet.image,
+                mounts=[f"{tmp_path}:/data"],
+            )
+        )
+    assert (result[0].node, result[0].stdout) == ("ssh", "from this machine\nchanged\n")
+    assert (tmp_path / "in.txt").read_text() == "from this machine\n"
+
+
+def test_doctor_per_node_and_unreachable_nodes_as_problems(fleet: Nodes):
+    report = fleet.call(lambda c: c.doctor("podman"))
+    assert report.version.startswith("Podman 4.") and str(report.native) == "linux/amd64"
+
+    async def with_a_dead_node(c: mpc.Client) -> Any:
+        await c.add_node("gone", "unix:///nonexistent/docker.sock")
+        try:
+            return await c.doctor()
+        finally:
+            await c.remove_node("gone")
+
+    problems = [str(p) for p in fleet.call(with_a_dead_node).problems]
+    assert any(
+        "node gone is unreachable (connection refused" in p and "--refresh" in p for p in problems
+    ), problems
+
+
 def test_magics_add_list_pin_and_remove_nodes(shell, test_nodes: dict[str, Node], capsys):
     ctx = test_nodes["ctx"]
     shell.run_line_magic("container", f"node add arm {ctx.endpoint} --platform linux/arm64")

@@ -179,6 +179,43 @@ def check_06(text: str) -> None:
     )
 
 
+#: Notebook 07's nodes: the extra daemons of .ci/nodes, each claiming a foreign platform.
+DEMO_CLAIMS = {"ctx": "linux/arm64", "tls": "linux/s390x", "ssh": "linux/ppc64le"}
+
+
+def demo_nodes(nodes: dict[str, Any]) -> dict[str, Any]:
+    demo: dict[str, Any] = {}
+    for name, platform in DEMO_CLAIMS.items():
+        node = nodes[name]
+        demo[name] = {"endpoint": node.endpoint, "platforms": [platform]}
+        if node.tls_certs is not None:
+            demo[name]["tls"] = str(node.tls_certs)
+    return demo
+
+
+def check_07(text: str) -> None:
+    registry = required_env("MPC_TEST_REGISTRY")
+    # the nodes table: every node answers, and its engine is named
+    for name, platform in DEMO_CLAIMS.items():
+        assert re.search(rf"^\d\s+{name}\s.*Docker 20\.10", text, re.M), name
+        assert re.search(rf"^\d\s+{name}\s.*{re.escape(platform)}", text, re.M), name
+    # where each platform would run, before anything runs
+    assert "linux/arm64 (emulated on ctx)" in text and "linux/amd64 (native on local)" in text
+    # the spread cell: each claimed platform on its node, the native one here
+    rows: dict[str, str] = {}  # the first table's (the pinned cell's follows)
+    for platform, node in re.findall(r"^\d\s+(linux/\S+)\s.*\s(local|ctx|tls|ssh)\s*$", text, re.M):
+        rows.setdefault(platform, node)
+    assert rows == {"linux/amd64": "local", **{p: n for n, p in DEMO_CLAIMS.items()}}, rows
+    # a pin: arm64 here; the session: state kept on every node
+    assert re.search(r"^\d\s+linux/arm64\s+aarch64\\n\s+local$", text, re.M)
+    for platform, machine in [("linux/arm64", "aarch64"), ("linux/s390x", "s390x")]:
+        assert f"[{platform}] /tmp kept: built on {machine}" in text
+    assert re.search(rf"{re.escape(registry)}/mpc-nodes-demo-\w+@sha256:[0-9a-f]{{64}}", text)
+    # a node that is gone: said before the output, and the platform ran here instead
+    assert "node gone is unreachable (connection refused: is the daemon running?): runs " in text
+    assert "stdout line 1 differs: 'x86_64' on linux/amd64; 'aarch64' on linux/arm64" in text
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "01-architectures.ipynb": check_01,
     "02-build-and-publish.ipynb": check_02,
@@ -186,6 +223,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "04-byte-order-and-word-size.ipynb": check_04,
     "05-cost-of-emulation.ipynb": check_05,
     "06-widget-app.ipynb": check_06,
+    "07-nodes.ipynb": check_07,
 }
 
 
@@ -272,10 +310,12 @@ def test_notebook_runs(
     docker_api: Any,
     blob_cache: Path,
     request: pytest.FixtureRequest,
+    test_nodes: dict[str, Any],
 ) -> None:
     monkeypatch.setenv("MPC_DEMO_IMAGE", required_env("MPC_TEST_IMAGE"))
     monkeypatch.setenv("MPC_GOLANG_IMAGE", required_env("MPC_TEST_GOLANG_IMAGE"))
     monkeypatch.setenv("MPC_REGISTRY", required_env("MPC_TEST_REGISTRY"))
+    monkeypatch.setenv("MPC_DEMO_NODES", json.dumps(demo_nodes(test_nodes)))
     # The venv's kernelspec (its own python) wins over any python3 kernelspec of the user's.
     kernel = Kernel("python3", str(Path(sys.prefix) / "share" / "jupyter"))
     if engine_kind == "embedded" and name in AS_A_USER:

@@ -131,36 +131,39 @@ class Member:
 
 @dataclass(frozen=True, repr=False)
 class NodesReport:
-    """The nodes as ``%container nodes`` shows them; ``.to_frame()`` for a DataFrame."""
+    """The nodes as ``%container nodes`` shows them, as they were when it was made;
+    ``.to_frame()`` for a DataFrame."""
 
-    members: Sequence[Member]
+    rows: tuple[dict[str, object], ...]
 
-    def rows(self) -> list[dict[str, object]]:
-        return [
-            {
-                "node": m.name,
-                "endpoint": m.endpoint,
-                "engine": m.version,
-                "native": str(m.native or ""),
-                "emulated": ", ".join(map(str, m.emulated)),
-                "claimed": ", ".join(map(str, m.claimed)),
-                "state": "reachable" if m.reachable else f"unreachable: {m.error}",
-                "latency_ms": None if m.latency_s is None else round(m.latency_s * 1000, 1),
-            }
-            for m in self.members
-        ]
+    @classmethod
+    def of(cls, members: Sequence[Member]) -> NodesReport:
+        return cls(tuple(_row(m) for m in members))
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.DataFrame(self.rows(), columns=NODE_COLUMNS)
+        return pd.DataFrame(list(self.rows), columns=NODE_COLUMNS)
 
     def __repr__(self) -> str:
         return "\n".join(
             f"{r['node']}: {r['endpoint']}, {r['engine'] or '?'}, native {r['native'] or '?'}, "
             f"{r['state']}"
-            for r in self.rows()
+            for r in self.rows
         )
+
+
+def _row(m: Member) -> dict[str, object]:
+    return {
+        "node": m.name,
+        "endpoint": m.endpoint,
+        "engine": m.version,
+        "native": str(m.native or ""),
+        "emulated": ", ".join(map(str, m.emulated)),
+        "claimed": ", ".join(map(str, m.claimed)),
+        "state": "reachable" if m.reachable else f"unreachable: {m.error or 'closed'}",
+        "latency_ms": None if m.latency_s is None else round(m.latency_s * 1000, 1),
+    }
 
 
 class Fleet(Engine):
@@ -565,7 +568,7 @@ class Fleet(Engine):
         return sum(await asyncio.gather(*(e.reap_orphans() for e in reached)))
 
     async def aclose(self) -> None:
-        """Close every node (removing what we made there), the local engine last."""
+        """Close every node (removing what we made there) and the local engine, at once: a
+        kernel shutting down may not wait for one after the other."""
         remote = [m for m in self.members if m.name != LOCAL]
-        await asyncio.gather(*(self._disconnect(m) for m in remote))
-        await self.local.aclose()
+        await asyncio.gather(self.local.aclose(), *(self._disconnect(m) for m in remote))
