@@ -8,6 +8,7 @@ import asyncio
 import json
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -403,3 +404,37 @@ def test_an_ssh_node_that_never_answers_is_unreachable_within_the_timeout(
     assert row["state"].startswith("unreachable: ") and "\n" not in row["state"]
     assert took < 30, took  # bounded: a hang would be stopped by the wait_for above
     assert result[0].node == "local" and result[0].ok
+
+
+def test_what_a_killed_kernel_left_on_a_node_is_reaped_when_a_client_connects(
+    test_nodes: dict[str, Node], test_image: str
+):
+    ctx = test_nodes["ctx"]
+    nodes = json.dumps({"ctx": spec_of(ctx)})
+    kernel = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import asyncio, sys, mpcontainer_magics as mpc\n"
+            "async def main():\n"
+            f"    c = await mpc.connect(nodes={nodes})\n"
+            f"    await c.session('left', platforms='linux/arm64', image={test_image!r})\n"
+            "    print('ready', flush=True)\n"
+            "    await asyncio.sleep(600)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert kernel.stdout is not None and kernel.stdout.readline() == "ready\n"
+        assert len(managed_on(ctx)) == 1  # its session's container, on the node
+    finally:
+        kernel.kill()  # as a kernel dies: no clean-up of its own
+        kernel.wait()
+
+    async def connect_again() -> None:
+        async with mpc.connect(nodes={"ctx": spec_of(ctx)}):
+            pass
+
+    asyncio.run(asyncio.wait_for(connect_again(), 60))
+    assert managed_on(ctx) == []
