@@ -258,9 +258,10 @@ class ContainerMagics(Magics):
 
     async def _reap_orphans(self) -> int:
         from .client import reap_orphans
+        from .engines.endpoints import reap_tunnels
         from .workspace import reap_workspaces
 
-        reaped = await asyncio.to_thread(reap_workspaces)
+        reaped = await asyncio.to_thread(reap_workspaces) + await asyncio.to_thread(reap_tunnels)
         engine = None
         with contextlib.suppress(MPCError):  # no engine yet: the first cell will say so
             engine = (await self._connected()).engine

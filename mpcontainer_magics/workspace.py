@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import errno
 import itertools
-import os
 import posixpath
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
-from .engines.base import (
-    LABEL_HOST,
-    LABEL_PID,
-    LABEL_PID_START,
-    owner_is_gone,
-    process_start_ticks,
-)
+from .engines.base import owned_prefix, owner_is_gone, owner_of_name
 from .engines.tree import resolve_in_root
 from .errors import InvalidArgument
 
@@ -46,20 +38,14 @@ class Workspace:
 
 def workspace_prefix() -> str:
     """Workspaces are named after their process, so those of dead kernels can be reaped."""
-    return f"{WORKSPACE_PREFIX}{os.getpid()}-{process_start_ticks(os.getpid())}-"
+    return owned_prefix(WORKSPACE_PREFIX)
 
 
 def reap_workspaces() -> int:
     """Delete the workspaces of processes of this machine that no longer exist."""
     reaped = 0
     for path in Path(tempfile.gettempdir()).glob(f"{WORKSPACE_PREFIX}*-*-*"):
-        pid, _, rest = path.name.removeprefix(WORKSPACE_PREFIX).partition("-")
-        owner = {
-            LABEL_HOST: socket.gethostname(),
-            LABEL_PID: pid,
-            LABEL_PID_START: rest.partition("-")[0],
-        }
-        if path.is_dir() and owner_is_gone(owner):
+        if path.is_dir() and owner_is_gone(owner_of_name(path.name, WORKSPACE_PREFIX)):
             shutil.rmtree(path, ignore_errors=True)
             reaped += 1
     return reaped

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import my_containers
+from conftest import alive, my_containers
 from IPython.core.error import UsageError
 from node_fixtures import Node, on_node, ran_on, start_node, stop_node
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics._loop import LoopThread
-from mpcontainer_magics.engines.base import LABEL_MANAGED
+from mpcontainer_magics.engines.base import LABEL_MANAGED, processes_naming
+from mpcontainer_magics.engines.endpoints import TUNNEL_PREFIX, reap_tunnels
 
 pytestmark = [pytest.mark.real]
 
@@ -438,3 +439,32 @@ def test_what_a_killed_kernel_left_on_a_node_is_reaped_when_a_client_connects(
 
     asyncio.run(asyncio.wait_for(connect_again(), 60))
     assert managed_on(ctx) == []
+
+
+def test_a_killed_kernels_ssh_tunnel_is_ended_by_the_next_load(test_nodes: dict[str, Node]):
+    ssh = test_nodes["ssh"]
+    kernel = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import asyncio, mpcontainer_magics as mpc\n"
+            "async def main():\n"
+            f"    await mpc.connect(nodes={{'ssh': {ssh.endpoint!r}}})\n"
+            "    print('ready', flush=True)\n"
+            "    await asyncio.sleep(600)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert kernel.stdout is not None and kernel.stdout.readline() == "ready\n"
+    finally:
+        kernel.kill()
+        kernel.wait()
+    tunnels = processes_naming(f"{TUNNEL_PREFIX}{kernel.pid}-".encode())
+    assert tunnels, "the kernel's ssh tunnel should outlive it (a session of its own)"
+    assert reap_tunnels() >= 1
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in tunnels) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in tunnels)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import os
 import posixpath
 import socket
@@ -457,6 +458,34 @@ def owner_labels() -> dict[str, str]:
         LABEL_PID: str(pid),
         LABEL_PID_START: process_start_ticks(pid),
     }
+
+
+def owned_prefix(prefix: str) -> str:
+    """``prefix`` + this process's PID and start time: for temporary names whose owner can
+    later be told gone (:func:`owner_of_name`)."""
+    pid = os.getpid()
+    return f"{prefix}{pid}-{process_start_ticks(pid)}-"
+
+
+def owner_of_name(name: str, prefix: str) -> dict[str, str]:
+    """The owner labels of a name made with :func:`owned_prefix` (for :func:`owner_is_gone`)."""
+    pid, _, rest = name.removeprefix(prefix).partition("-")
+    return {
+        LABEL_HOST: socket.gethostname(),
+        LABEL_PID: pid,
+        LABEL_PID_START: rest.partition("-")[0],
+    }
+
+
+def processes_naming(needle: bytes) -> list[int]:
+    """PIDs of this machine's processes whose command line contains ``needle``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry))
+    return found
 
 
 def owner_is_gone(labels: Mapping[str, str]) -> bool:

@@ -177,6 +177,10 @@ class DockerEngine(EngineBase[Platform]):
             self._native = Platform.parse(f"{version.get('Os', 'linux')}/{version['Arch']}")
         return self._native
 
+    async def ping(self) -> None:
+        """One round trip (``/_ping``): the lightest check that the daemon answers."""
+        await self._docker("answer a ping", self._api.ping)
+
     async def version(self) -> str:
         """The daemon's version and the API version it speaks, e.g. "Docker 20.10.24 (API
         1.41)"; this client uses the API version negotiated when it connected."""

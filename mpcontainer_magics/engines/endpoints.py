@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from ..errors import EngineUnavailable, InvalidArgument
 from ..platforms import Platform, parse_platforms
+from .base import owned_prefix, owner_is_gone, owner_of_name, processes_naming
 from .docker_errors import connection_problem
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ CALL_TIMEOUT_S = 60
 #: What a node's ssh runs to find the Docker socket its own CLI would use.
 REMOTE_SOCKET_QUERY = ["docker", "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"]
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
+TUNNEL_PREFIX = "mpc-ssh-"
+#: What an ssh tunnel's session runs on the node: nothing, for as long as the tunnel lives.
+KEEP_OPEN = ["exec", "sleep", "2147483647"]
 _TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 #: What a reset on the first call through the tunnel means. OpenSSH's sshd allows socket
 #: forwarding only when AllowTcpForwarding allows local forwarding too.
@@ -169,16 +173,23 @@ class SshTunnel:
     to, every connection through it a channel of the same ssh connection."""
 
     def __init__(self, target: str, port: int | None, remote_socket: str) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="mpc-ssh-"))
+        # Named after this process: a killed kernel's tunnels are found and ended.
+        self._dir = Path(tempfile.mkdtemp(prefix=owned_prefix(TUNNEL_PREFIX)))
         self.socket = self._dir / "docker.sock"
-        self._argv = ssh_argv(
-            target,
-            port,
-            "-N",
-            "-o", "ExitOnForwardFailure=yes",
-            "-o", "StreamLocalBindUnlink=yes",
-            "-L", f"{self.socket}:{remote_socket}",
-        )  # fmt: skip
+        self._argv = [
+            *ssh_argv(
+                target,
+                port,
+                "-tt",  # see below
+                "-o", "ExitOnForwardFailure=yes",
+                "-o", "StreamLocalBindUnlink=yes",
+                "-L", f"{self.socket}:{remote_socket}",
+            ),
+            # A session with a terminal, not `-N`: OpenSSH turns Nagle's algorithm off
+            # (TCP_NODELAY) only for interactive sessions, and without that a warm session
+            # cell waited ~40 ms for delayed ACKs. The command just keeps the session open.
+            *KEEP_OPEN,
+        ]  # fmt: skip
         self._process: subprocess.Popen[bytes] | None = None
 
     def open(self, timeout: float) -> None:
@@ -218,6 +229,21 @@ class SshTunnel:
         if self._process is not None and self._process.stderr is not None:
             self._process.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def reap_tunnels() -> int:
+    """End the ssh tunnels of processes of this machine that no longer exist (a killed
+    kernel's: they run in sessions of their own, so nothing else ends them)."""
+    reaped = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{TUNNEL_PREFIX}*-*-*"):
+        if not path.is_dir() or not owner_is_gone(owner_of_name(path.name, TUNNEL_PREFIX)):
+            continue
+        for pid in processes_naming(os.fsencode(path)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(path, ignore_errors=True)
+        reaped += 1
+    return reaped
 
 
 def ssh_argv(target: str, port: int | None, *options: str) -> list[str]:

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 #: must not wait a connect timeout for a node that was down a moment ago.
 RETRY_UNREACHABLE_S = 30.0
 
+#: A node seen answering this recently is not pinged again before placing (seconds).
+RECHECK_S = 1.0
 #: How long removing what we made on a node may take before we give up on it (a node that
 #: died meanwhile); what is left is removed when it answers again.
 CLOSE_TIMEOUT_S = 30.0
@@ -303,8 +305,12 @@ class Fleet(Engine):
         if member.name == LOCAL:
             return
         if member.reachable:
+            if not force and time.monotonic() - member.checked_at < RECHECK_S:
+                return  # seen a moment ago: cells in a row pay no round trip
+            ping = getattr(member.engine, "ping", member.engine.version)  # type: ignore[union-attr]
             try:
-                await asyncio.wait_for(member.engine.version(), self.connect_timeout)  # type: ignore[union-attr]
+                await asyncio.wait_for(ping(), self.connect_timeout)
+                member.checked_at = time.monotonic()
                 await self._remove_unremoved(member)
                 return
             except (EngineError, asyncio.TimeoutError) as exc:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..errors import EngineError, EngineUnavailable, InvalidArgument
 from ..platforms import Platform
-from .base import OutputCallback
+from .base import OutputCallback, processes_naming
 
 log = logging.getLogger(__name__)
 
@@ -577,10 +577,4 @@ def remove_temporary_files(proot: int) -> None:
 
 def processes_using(path: Path) -> list[int]:
     """proot processes whose command line names ``path`` (for reaping a dead kernel's)."""
-    needle = os.fsencode(path) + b"\0"
-    found = []
-    for pid in _pids():
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-            if needle in f.read():
-                found.append(pid)
-    return found
+    return processes_naming(os.fsencode(path) + b"\0")
