@@ -39,6 +39,7 @@ from common import (
     Row,
     machine,
     median,
+    ms,
     parse,
     parser,
     print_table,
@@ -59,7 +60,8 @@ SSH_WARM_TARGET_MS = 5.0  # warm session cell over ssh - the same over the daemo
 PROBE_TARGET_S = 1.0  # one node's probe
 ONE_OFF = "uname -m"
 WARM = "true"
-WARM_PER_ROUND = 5  # warm cells are ~3 ms: several pairs a round, alternating ssh and socket
+WARM_PER_ROUND = 5  # warm cells are ~3 ms: several in a row a round on each way
+STALL_S = 0.03  # a warm cell slower than this waited for something (see bench/README.md)
 #: The ssh node and its daemon's own socket, as one-platform nodes of the third client.
 OVER = {"ssh": "via ssh", "sock": "via its unix socket"}
 
@@ -242,10 +244,11 @@ def steps(
     def sample(key: str, measure: Callable[[], float]) -> Callable[[], None]:
         return lambda: samples[key].append(measure())
 
-    def warm_pairs() -> None:
-        for index in range(WARM_PER_ROUND):
-            order = list(OVER) if index % 2 == 0 else list(reversed(OVER))
-            for name in order:
+    def warm_runs() -> None:
+        # Cells in a row on one session, as a user runs them; which way goes first alternates.
+        first = len(samples["warm:ssh"]) // WARM_PER_ROUND % 2
+        for name in [*OVER][first:] + [*OVER][:first]:
+            for _ in range(WARM_PER_ROUND):
                 samples[f"warm:{name}"].append(clients.warm_cell(name))
 
     return [
@@ -253,7 +256,7 @@ def steps(
         sample("single", clients.single_cell),
         sample("cli", lambda: cli_spread(nodes, pinned)),
         *(sample(f"once:{n}", lambda n=n: clients.over_cell(n)) for n in OVER),
-        warm_pairs,
+        warm_runs,
     ]
 
 
@@ -365,14 +368,22 @@ def spread_of(values: Sequence[float]) -> str:
     return " / ".join(f"{v * 1000:.1f}" for v in (ordered[0], median(ordered), p90, ordered[-1]))
 
 
+def stalls(key: str, values: Sequence[float]) -> str:
+    """How many warm cells waited (one-off cells all take longer than STALL_S)."""
+    return str(sum(v > STALL_S for v in values)) if key.startswith("warm:") else "-"
+
+
 def report(samples: dict[str, list[float]], connect_s: float, probe_s: dict[str, float]) -> None:
     print()
     print_table(target_rows(samples, connect_s, probe_s), ("row", "ours", "peer/target", "ratio"))
     print()
-    print("every sample, ms: min / median / p90 / max (n)")
+    print(f"every sample, ms: min / median / p90 / max; how many, how many over {ms(STALL_S)}")
     print_table(
-        [(key, spread_of(values), str(len(values))) for key, values in sorted(samples.items())],
-        ("measure", "min / median / p90 / max", "n"),
+        [
+            (key, spread_of(values), str(len(values)), stalls(key, values))
+            for key, values in sorted(samples.items())
+        ],
+        ("measure", "min / median / p90 / max", "n", f"> {ms(STALL_S)}"),
     )
     print(f"{machine()} at the end")
 
