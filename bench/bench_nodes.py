@@ -163,9 +163,9 @@ class Clients:
 
         client = self.call(connect())
         self.opened.append(client)
-        unreachable = [m for m in self.call(client.nodes()).members if not m.reachable]
-        if unreachable:
-            raise SystemExit(f"node {unreachable[0].name} does not answer: {unreachable[0].error}")
+        down = [r for r in self.call(client.nodes()).rows if r["state"] != "reachable"]
+        if down:
+            raise SystemExit(f"node {down[0]['node']} does not answer: {down[0]['state']}")
         return client
 
     def run(self, client: mpc.Client, platforms: Sequence[str], node: str | None = None) -> Any:
@@ -288,14 +288,14 @@ def probes(nodes: dict[str, Way]) -> tuple[float, dict[str, float], str]:
             report = await client.nodes()
             connect_s = time.perf_counter() - started
             each = {}
-            for member in report.members:  # one at a time: each probe alone on the CPUs
-                engine = client.fleet.engine_of(member.name)
+            for name in (str(r["node"]) for r in report.rows):  # one at a time: alone on the CPUs
+                engine = client.fleet.engine_of(name)
                 probe = getattr(engine, "probe", None)
                 if probe is None:
-                    raise SystemExit(f"node {member.name} is not a Docker-API engine")
+                    raise SystemExit(f"node {name} is not a Docker-API engine")
                 started = time.perf_counter()
                 await probe(refresh=True)
-                each[member.name] = time.perf_counter() - started
+                each[name] = time.perf_counter() - started
             return connect_s, each, repr(report)
 
     return asyncio.run(measure())
