@@ -176,7 +176,9 @@ def test_a_directory_made_on_one_node_is_used_on_another(fleet: Nodes):
     assert fleet.call(build) == "aarch64 read on s390x\n"
 
 
-def test_publish_joins_variants_built_on_different_nodes(fleet: Nodes, registry_host: str):
+def test_publish_joins_variants_built_on_different_nodes(
+    fleet: Nodes, registry_host: str, tmp_path: Path
+):
     reference = f"{registry_host}/test/nodes-{secrets.token_hex(4)}:1"
     platforms = "linux/arm64,linux/s390x,linux/arm/v7"  # ctx, tls, podman
 
@@ -188,6 +190,7 @@ def test_publish_joins_variants_built_on_different_nodes(fleet: Nodes, registry_
             image=fleet.image,
         )
         published = await c.publish(reference, c.get_session("pub"))
+        await c.export(tmp_path / "layout", c.get_session("pub"))
         await c.stop("pub")
         return await c.run("cat /made.txt", platforms=platforms, image=published.reference)
 
@@ -200,6 +203,11 @@ def test_publish_joins_variants_built_on_different_nodes(fleet: Nodes, registry_
     )  # fmt: skip
     offered = sorted(str(mpc.Platform.from_oci(m["platform"])) for m in index["manifests"])
     assert offered == ["linux/arm/v7", "linux/arm64", "linux/s390x"]
+    # The same variants as an OCI layout: one index, the same platforms.
+    (entry,) = json.loads((tmp_path / "layout" / "index.json").read_text())["manifests"]
+    layout_index = (tmp_path / "layout" / "blobs" / "sha256" / entry["digest"][7:]).read_text()
+    exported = [mpc.Platform.from_oci(m["platform"]) for m in json.loads(layout_index)["manifests"]]
+    assert sorted(map(str, exported)) == offered
     assert [r.stdout for r in back] == [
         "made on aarch64\n",
         "made on s390x\n",
@@ -265,6 +273,21 @@ def test_doctor_per_node_and_unreachable_nodes_as_problems(fleet: Nodes):
     assert any(
         "node gone is unreachable (connection refused" in p and "--refresh" in p for p in problems
     ), problems
+
+
+def test_the_widgets_picker_says_where_each_platform_would_run(fleet: Nodes):
+    async def the_fleets_client() -> mpc.Client:
+        return fleet.client
+
+    app = mpc.ui(fleet.image, bridge=fleet._bridge, connect=the_fleets_client)
+    try:
+        app.lookup().wait(60)
+        boxes = {name: box.description for name, box in app.platform_boxes.items()}
+    finally:
+        app.close()
+    assert boxes["linux/amd64"] == "linux/amd64 (native on local)"
+    for node, platform in CLAIMS.items():
+        assert boxes[platform] == f"{platform} (emulated on {node})"
 
 
 def test_magics_add_list_pin_and_remove_nodes(shell, test_nodes: dict[str, Node], capsys):
