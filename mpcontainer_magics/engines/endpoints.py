@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 from ..errors import EngineUnavailable, InvalidArgument
 from ..platforms import Platform, parse_platforms
 from .base import owned_prefix, owner_is_gone, owner_of_name, processes_naming
-from .docker_errors import connection_problem
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
@@ -298,6 +297,8 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
     """
     import docker
     from docker.constants import MINIMUM_DOCKER_API_VERSION
+
+    from .docker_errors import connection_problem  # imports docker-py: only when connecting
 
     kind = endpoint_kind(node.endpoint)
     tunnel = None
