@@ -471,9 +471,10 @@ class Client:
         (see :data:`.engines.base.ProgressCallback`: from any thread, ``total`` None while
         unknown, ``(total, total)`` last, also when the image was there already).
         """
-        targets = await requested_platforms(self.engine, image, platforms)
+        engine = self._runs_on  # with nodes, each platform is pulled where it would run
+        targets = await requested_platforms(engine, image, platforms)
         return await gather_or_cancel(
-            self.engine.pull(image, p, refresh=True, on_progress=per_platform(on_progress, p))
+            engine.pull(image, p, refresh=True, on_progress=per_platform(on_progress, p))
             for p in targets
         )
 

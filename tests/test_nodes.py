@@ -115,6 +115,16 @@ def test_each_claimed_platform_runs_on_its_node_as_the_node_records(fleet: Nodes
         assert len(ran_on(node, since)) >= 1, f"nothing started on node {node.name}"
 
 
+def test_a_pull_fetches_each_platform_where_it_would_run(fleet: Nodes):
+    pulled = fleet.call(lambda c: c.pull(fleet.image, platforms="linux/amd64,linux/s390x"))
+    assert [(str(p.platform), p.node) for p in pulled] == [
+        ("linux/amd64", "local"),
+        ("linux/s390x", "tls"),
+    ]
+    digest = pulled[1].digest
+    assert digest and digest in on_node(fleet.nodes["tls"], "images", "--digests")
+
+
 def test_a_pin_and_node_override_the_claims(fleet: Nodes):
     since = time.time()
     pinned = fleet.call(

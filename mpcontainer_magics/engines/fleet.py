@@ -451,6 +451,8 @@ class Fleet(Engine):
     async def _target(self, platform: Platform) -> str:
         if self._pin is not None:
             return self._pin
+        if platform.os != "linux":
+            return LOCAL  # files only: the local engine reads them from the registry
         (where,) = await self.place([platform])
         if not where.node:
             raise EngineError(f"cannot run {platform}: {where.why}")
