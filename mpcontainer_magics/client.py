@@ -415,7 +415,7 @@ class Client:
         targets = await self.targets(image, platforms, cross=cross, node=node)
         if on_targets is not None:
             on_targets(targets)
-        return await run_on_platforms(
+        result = await run_on_platforms(
             self._runs_on,
             image,
             argv,
@@ -428,6 +428,12 @@ class Client:
             on_progress=on_progress,
             cross=cross,
         )
+        return self._with_notes(result)
+
+    def _with_notes(self, result: RunResult) -> RunResult:
+        if self._fleet is not None:
+            result.notes += self._fleet.take_notes()
+        return result
 
     async def _run_in_session(
         self,
@@ -456,7 +462,7 @@ class Client:
             if t.runs != "no"
         )
         live = await self.session(name, platforms=targets, image=image, mounts=mounts)
-        return await live.run(script, platforms=targets, **run)
+        return self._with_notes(await live.run(script, platforms=targets, **run))
 
     async def pull(
         self,

@@ -452,6 +452,8 @@ class ContainerMagics(Magics):
             )
 
         result = self._run(run, poll=show_lines)
+        for note in result.notes:
+            print(note, file=sys.stderr)
         if args.out:
             self.shell.user_ns[args.out] = result
         if len(result) > 1 or args.table:

@@ -74,6 +74,8 @@ class RunResult:
         self.wall_s = wall_s
         #: The name of the session the command ran in (its files can be published), if any.
         self.session = session
+        #: What the run should tell its user beside the output (e.g. mounts copied to a node).
+        self.notes: list[str] = []
 
     def __len__(self) -> int:
         return len(self.results)

@@ -28,7 +28,6 @@ import contextlib
 import copy
 import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -189,6 +188,7 @@ class Fleet(Engine):
         self._containers: dict[str, str] = {}  # container ID -> node holding it
         self._pin: str | None = None
         self._copied_mounts_to: set[str] = set()  # nodes told that mounts are copies
+        self._notes: list[str] = []  # for the user, with the next result (take_notes)
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -503,12 +503,16 @@ class Fleet(Engine):
     def _say_copied_once(self, node: str) -> None:
         if node not in self._copied_mounts_to:
             self._copied_mounts_to.add(node)
-            warnings.warn(
+            self._notes.append(
                 f"node {node} is another machine and cannot see this one's files: mounts were "
                 "copied in, and what the command changes there stays on the node (copy it "
-                "back with %container cp)",
-                stacklevel=2,
+                "back with %container cp)"
             )
+
+    def take_notes(self) -> list[str]:
+        """What the user should be told since the last call (said once each)."""
+        notes, self._notes[:] = list(self._notes), []
+        return notes
 
     async def start_and_wait(
         self, container_id: str, on_output: OutputCallback | None = None
