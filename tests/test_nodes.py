@@ -304,7 +304,9 @@ def test_the_widgets_picker_says_where_each_platform_would_run(fleet: Nodes):
         assert boxes[platform] == f"{platform} (emulated on {node})"
 
 
-def test_magics_add_list_pin_and_remove_nodes(shell, test_nodes: dict[str, Node], capsys):
+def test_magics_add_list_pin_and_remove_nodes(
+    shell, test_nodes: dict[str, Node], capsys, tmp_path: Path
+):
     ctx = test_nodes["ctx"]
     shell.run_line_magic("container", f"node add arm {ctx.endpoint} --platform linux/arm64")
     frame = shell.run_line_magic("container", "nodes")
@@ -323,8 +325,15 @@ def test_magics_add_list_pin_and_remove_nodes(shell, test_nodes: dict[str, Node]
     assert shell.user_ns["res"][0].node == "arm"
     with pytest.raises(UsageError, match=r"no node named 'nope' \(nodes: local, arm\)"):
         shell.run_cell_magic("container", "--platform linux/arm64@nope", "true")
-    shell.run_line_magic("container", "node rm arm")
+    # A session member on the node, and %container cp from it to this machine.
+    shell.run_cell_magic("container", "--session m --platform linux/arm64", "uname -m > /tmp/m")
+    shell.run_line_magic("container", f"cp m:/tmp/m {tmp_path / 'copied'}")
+    assert (tmp_path / "copied").read_text() == "aarch64\n"
+    capsys.readouterr()
+    shell.run_line_magic("container", "node rm arm")  # stops the session living there
     assert "removed node arm" in capsys.readouterr().out
+    assert shell.run_line_magic("container", "sessions") is None  # "no sessions"
+    assert managed_on(ctx) == []
     assert list(shell.run_line_magic("container", "nodes")["node"]) == ["local"]
 
 
