@@ -83,6 +83,10 @@ class Member:
     engine: str = ""  # the kind of engine it runs on
 
 
+#: How long a lost shell's container may still look "running" before we believe it (s).
+STATE_SETTLE_S = 2.0
+
+
 class Session:
     """Live containers of one image on several platforms; create with ``client.session()``."""
 
@@ -263,8 +267,18 @@ class Session:
         return launch
 
     async def _check_running(self, member: Member) -> None:
-        """SessionError when ``member``'s container has stopped (from outside, say)."""
+        """SessionError when ``member``'s container has stopped (from outside, say).
+
+        Called when its shell was lost: the engine may learn a moment later that the
+        container went with it (the embedded engine sees its proot end asynchronously), so
+        "running" is asked again for a short while before it is believed.
+        """
+        loop = asyncio.get_running_loop()
+        settled_by = loop.time() + STATE_SETTLE_S
         state = await self._engine.state(member.container_id)
+        while state == "running" and loop.time() < settled_by:
+            await asyncio.sleep(0.05)
+            state = await self._engine.state(member.container_id)
         if state != "running":
             raise SessionError(
                 f"session {self.name!r} on {member.platform} is not running any more "
