@@ -143,6 +143,19 @@ def layer(*files: tuple[str, bytes], compress: bool = True) -> bytes:
     return gzip.compress(buf.getvalue()) if compress else buf.getvalue()
 
 
+class CountedStream(httpx.AsyncByteStream):
+    """A body sent in 64 KiB pieces, as a network sends it, counting what was read."""
+
+    def __init__(self, data: bytes, name: str, served: dict[str, int]) -> None:
+        self.data, self.name, self.served = data, name, served
+
+    async def __aiter__(self) -> Any:
+        for start in range(0, len(self.data), 1 << 16):
+            chunk = self.data[start : start + (1 << 16)]
+            self.served[self.name] = self.served.get(self.name, 0) + len(chunk)
+            yield chunk
+
+
 class FakeRegistry:
     """reg.example.com/o/r:1, an index with one image of the given layers; blobs editable."""
 
@@ -157,6 +170,7 @@ class FakeRegistry:
         """``edit_config``/``edit_manifest`` change those documents before they are stored."""
         platform = platform or {"os": "linux", "architecture": "amd64"}
         self.blobs: dict[str, bytes] = {}
+        self.served: dict[str, int] = {}  # bytes of each blob the client read
         descriptors = [self.add(data, media_type) for media_type, data in layers]
         self.layer_digests = [str(d["digest"]) for d in descriptors]
         config = {
@@ -194,7 +208,7 @@ class FakeRegistry:
             body, media_type = self.manifests[name]
             return httpx.Response(200, content=body, headers={"Content-Type": media_type})
         if kind == "blobs" and name in self.blobs:
-            return httpx.Response(200, content=self.blobs[name])
+            return httpx.Response(200, stream=CountedStream(self.blobs[name], name, self.served))
         return httpx.Response(404, json={"errors": [{"code": f"{kind.upper()}_UNKNOWN"}]})
 
     def unpack(
@@ -231,10 +245,35 @@ def test_layers_are_applied_in_order(tmp_path):
 def test_tampered_layer_is_refused(tmp_path):
     registry = FakeRegistry([(GZIP_LAYER, layer(("etc/a", b"a")))])
     digest = registry.layer_digests[0]
-    registry.blobs[digest] = layer(("etc/a", b"evil"))
+    registry.blobs[digest] = layer(("etc/a", b"b"))  # as long as the original, not it
+    assert len(registry.blobs[digest]) == len(layer(("etc/a", b"a")))
     with pytest.raises(DigestMismatch, match=f"blob {digest} .* does not hash to {digest}"):
         registry.unpack(tmp_path / "root")
     assert not (tmp_path / "root" / "etc").exists()
+
+
+def test_a_blob_longer_than_its_descriptor_is_cut_off_and_refused(tmp_path, blob_cache):
+    # Before, a 136-byte descriptor's blob was read for as long as the registry sent (a
+    # probe stopped at 256 MiB) and only then refused as "does not hash".
+    registry = FakeRegistry([(GZIP_LAYER, layer(("etc/a", b"a")))])
+    digest = registry.layer_digests[0]
+    size = len(registry.blobs[digest])
+    registry.blobs[digest] += b"\0" * (64 << 20)  # what an endless stream starts with
+    with pytest.raises(DigestMismatch) as caught:
+        registry.unpack(tmp_path / "root")
+    message = str(caught.value)
+    assert f"blob {digest} of " in message and f"longer than the {size} bytes" in message
+    assert "stopped reading" in message and "\n" not in message
+    assert registry.served[digest] <= size + (1 << 20)  # stopped at the first chunk past it
+    assert not (tmp_path / "root" / "etc").exists()
+    kept = [p.name for p in Path(blob_cache).rglob("*") if p.is_file()]
+    assert digest.partition(":")[2] not in kept and not [k for k in kept if "partial" in k]
+
+
+def test_a_manifest_over_the_limit_is_refused(tmp_path):
+    registry = FakeRegistry([], edit_manifest=lambda m: m.update(padding="x" * (5 << 20)))
+    with pytest.raises(DigestMismatch, match=r"manifest .* longer than the 4194304 bytes"):
+        registry.unpack(tmp_path / "root")
 
 
 def test_unsafe_layer_names_image_and_layer(tmp_path):

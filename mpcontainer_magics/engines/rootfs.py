@@ -97,7 +97,9 @@ async def unpack_image(
     body, media_type, digest = await registry.get_manifest(ref)
     config_blob, layers = image_manifest_blobs(body, media_type, image)
     meter = _Meter(on_progress, [config_blob.size, *(layer.size for layer in layers)])
-    config_path = await store.fetch(registry, ref, config_blob.digest, meter.blob(0))
+    config_path = await store.fetch(
+        registry, ref, config_blob.digest, meter.blob(0), size=config_blob.size
+    )
     meter.complete(0)
     config = checked_image_config(config_path.read_bytes(), image, platform, len(layers))
     dest.mkdir(parents=True, exist_ok=True)
@@ -135,9 +137,7 @@ async def _apply_layers(
             _counted(
                 meter,
                 index,
-                _fetch_layer(
-                    store, registry, ref, image, layer.media_type, layer.digest, meter.blob(index)
-                ),
+                _fetch_layer(store, registry, ref, image, layer, meter.blob(index)),
             )
         )
         for index, layer in enumerate(layers, start=1)
@@ -161,10 +161,10 @@ async def _fetch_layer(
     registry: RegistryClient,
     ref: Reference,
     image: str,
-    media_type: str,
-    digest: str,
+    layer: Descriptor,
     on_bytes: Callable[[int], None] | None = None,
 ) -> Path:
+    media_type, digest = layer.media_type, layer.digest
     if media_type.endswith("+zstd"):
         raise ImageError(
             f"{image} has a zstd-compressed layer {digest}, which is not supported; re-push the "
@@ -177,7 +177,7 @@ async def _fetch_layer(
         )
     foreign = "foreign" in media_type or "nondistributable" in media_type
     try:
-        return await store.fetch(registry, ref, digest, on_bytes)
+        return await store.fetch(registry, ref, digest, on_bytes, size=layer.size)
     except RegistryError as exc:
         if not foreign or isinstance(exc, DigestMismatch):
             raise

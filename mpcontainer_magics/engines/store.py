@@ -47,8 +47,11 @@ class BlobStore:
         ref: Reference,
         digest: str,
         on_bytes: Callable[[int], None] | None = None,
+        *,
+        size: int | None = None,
     ) -> Path:
-        """The cached file of blob ``digest`` of ``ref``'s repository, downloaded if missing.
+        """The cached file of blob ``digest`` of ``ref``'s repository, downloaded if missing
+        (at most ``size`` bytes: its descriptor's).
 
         ``on_bytes(n)`` follows the bytes as they arrive; a cached blob counts at once.
         """
@@ -61,7 +64,7 @@ class BlobStore:
         handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
         try:
             with os.fdopen(handle, "wb") as out:
-                await registry.download_blob(ref, digest, out, on_bytes)
+                await registry.download_blob(ref, digest, out, on_bytes, size=size)
             os.replace(partial, path)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -34,6 +34,7 @@ from .digests import (
     hash_file,
     hashes_to,
     mismatch,
+    oversized,
     read_verified,
     source_mismatch,
     stored_mismatch,
@@ -48,6 +49,9 @@ from .manifests import (
 )
 from .mediatypes import ACCEPT, INDEX_TYPES, MANIFEST_TYPES
 from .reference import Reference, check_digest, display_host
+
+#: The most a manifest, an index or an image config may be: containerd's limit (4 MiB).
+MANIFEST_LIMIT = 4 << 20
 
 # A request body: bytes, or a factory of a fresh stream (so a retry after 401 can re-send it).
 _Body = bytes | Callable[[], AsyncIterator[bytes]] | None
@@ -141,7 +145,7 @@ class RegistryClient:
     async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]:
         """The exact manifest bytes, their media type and digest (verified when knowable)."""
         url = self._url(ref, f"manifests/{ref.digest or ref.tag}")
-        resp = await self._request("GET", ref, "manifest", url, headers={"Accept": ACCEPT})
+        resp = await self._bounded_get(ref, "manifest", url, MANIFEST_LIMIT, {"Accept": ACCEPT})
         codes = _error_codes(resp)
         if resp.status_code == 404 or codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}:
             host = display_host(ref.registry)
@@ -166,11 +170,13 @@ class RegistryClient:
             )
         return body, media_type, digest
 
-    async def get_blob(self, ref: Reference, digest: str) -> bytes:
-        """The blob named ``digest`` in ``ref``'s repository, verified against the digest."""
-        resp = await self._request(
-            "GET", ref, "blob", self._url(ref, f"blobs/{check_digest(digest)}")
-        )
+    async def get_blob(self, ref: Reference, digest: str, size: int | None = None) -> bytes:
+        """The blob named ``digest`` in ``ref``'s repository (a config: small, in memory),
+        verified against the digest; never more than ``size`` bytes (its descriptor's), nor
+        than MANIFEST_LIMIT."""
+        url = self._url(ref, f"blobs/{check_digest(digest)}")
+        limit = MANIFEST_LIMIT if size is None else min(size, MANIFEST_LIMIT)
+        resp = await self._bounded_get(ref, f"blob {digest}", url, limit)
         _raise_for_blob_status(resp, ref, digest)
         verify(resp.content, digest, ref, f"blob {digest}")
         return resp.content
@@ -181,12 +187,16 @@ class RegistryClient:
         digest: str,
         dest: BinaryIO,
         on_bytes: Callable[[int], None] | None = None,
+        *,
+        size: int | None = None,
     ) -> int:
         """Stream blob ``digest`` into ``dest``, hashing as it goes; the number of bytes.
 
         For layers, which need not fit in memory. ``on_bytes(n)`` is called on the event loop
-        with the size of each piece written (for progress bars). On DigestMismatch ``dest``
-        holds the bad bytes: the caller discards it.
+        with the size of each piece written (for progress bars). ``size`` is what the blob's
+        descriptor says: reading stops there, so a registry that sends more (an endless
+        stream would fill the disk) is refused at once. On DigestMismatch ``dest`` holds
+        the bad bytes: the caller discards it.
         """
         algo = check_digest(digest).partition(":")[0]
         resp = await self._request(
@@ -197,11 +207,13 @@ class RegistryClient:
                 await resp.aread()  # the error body names the cause
                 _raise_for_blob_status(resp, ref, digest)
             hasher = hashlib.new(algo)
-            size = 0
+            got = 0
             async for chunk in resp.aiter_bytes():
+                if size is not None and got + len(chunk) > size:
+                    raise oversized(ref, f"blob {digest}", size)
                 hasher.update(chunk)
                 dest.write(chunk)
-                size += len(chunk)
+                got += len(chunk)
                 if on_bytes is not None and chunk:
                     on_bytes(len(chunk))
         except httpx.TransportError as exc:
@@ -214,7 +226,38 @@ class RegistryClient:
             await resp.aclose()
         if f"{algo}:{hasher.hexdigest()}" != digest:
             raise mismatch(ref, f"blob {digest}", digest)
-        return size
+        return got
+
+    async def _bounded_get(
+        self,
+        ref: Reference,
+        what: str,
+        url: httpx.URL,
+        limit: int,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """GET a small document, reading at most ``limit`` bytes of its body (a registry that
+        sends more is refused, as containerd refuses manifests over its limit)."""
+        kind = what.partition(" ")[0]  # "manifest" or "blob", for the request's messages
+        resp = await self._request("GET", ref, kind, url, headers=headers, stream=True)
+        try:
+            parts, got = [], 0
+            async for chunk in resp.aiter_bytes():
+                got += len(chunk)
+                if got > limit:
+                    raise oversized(ref, what, limit)
+                parts.append(chunk)
+        except httpx.TransportError as exc:
+            raise RegistryError(
+                f"lost the connection to registry {display_host(ref.registry)} while reading "
+                f"the {what} of {ref.familiar}: {_reason(exc)}; try again"
+            ) from exc
+        finally:
+            await resp.aclose()
+        # The same answer, with the body we read (bounded) in memory.
+        return httpx.Response(
+            resp.status_code, headers=resp.headers, content=b"".join(parts), request=resp.request
+        )
 
     async def blob_exists(self, ref: Reference, digest: str) -> bool:
         """Whether ``ref``'s repository already holds blob ``digest`` (HEAD, pull scope)."""

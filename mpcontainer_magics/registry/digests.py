@@ -40,6 +40,15 @@ def mismatch(ref: Reference, what: str, expected: str) -> DigestMismatch:
     )
 
 
+def oversized(ref: Reference, what: str, limit: int) -> DigestMismatch:
+    """Pulled content longer than its descriptor (or our limit) says: reading stopped there."""
+    return DigestMismatch(
+        f"the {what} of {ref.familiar} from registry {display_host(ref.registry)} is longer "
+        f"than the {limit} bytes it may be; stopped reading and refused it (the registry or a "
+        "proxy sends more than the image's manifest says: pull again, or check the proxy)"
+    )
+
+
 def source_mismatch(ref: Reference, what: str, expected: str) -> DigestMismatch:
     """Content to push that is not what its digest names."""
     return DigestMismatch(
