@@ -17,18 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..registry import check_digest
+from ..registry.cache import content_path, default_cache_dir
 
 if TYPE_CHECKING:
     from ..registry import Reference, RegistryClient
-
-
-def default_cache_dir() -> Path:
-    explicit = os.environ.get("MPC_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mpcontainer_magics"
 
 
 class BlobStore:
@@ -38,8 +30,7 @@ class BlobStore:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     def path(self, digest: str) -> Path:
-        algorithm, _, encoded = check_digest(digest).partition(":")
-        return self.root / "blobs" / algorithm / encoded
+        return content_path(self.root, digest)
 
     async def fetch(
         self,
