@@ -17,7 +17,8 @@ traceback for a problem they can fix themselves.
     │   ├── ImageNotFound        the registry (or local store) has no such image
     │   ├── PlatformNotOffered   the image exists but not for the requested platform
     │   ├── RegistryError        the registry is unreachable or answered badly
-    │   │   └── DigestMismatch   content did not match its digest (refused, never used)
+    │   │   ├── DigestMismatch   content did not match its digest (refused, never used)
+    │   │   └── RateLimited      the registry refused more requests for now (HTTP 429)
     │   └── UnsafeLayer          a layer or archive member would land outside its root
     ├── SessionError             a session is unknown, stopped, or asked to change image
     ├── GitError                 a git checkout failed (no git, no such repository or ref)
@@ -120,6 +121,18 @@ class RegistryError(ImageError):
 
 class DigestMismatch(RegistryError):
     """Downloaded content does not hash to the digest that named it."""
+
+
+class RateLimited(RegistryError):
+    """The registry refused more requests for now (HTTP 429, Docker Hub's toomanyrequests).
+
+    ``retry_after``: seconds until the limit resets, when the registry said.
+    """
+
+    def __init__(self, message: str, registry: str = "", retry_after: float | None = None):
+        super().__init__(message)
+        self.registry = registry
+        self.retry_after = retry_after
 
 
 class UnsafeLayer(ImageError):

@@ -150,11 +150,13 @@ def test_bearer_token_flow(cfg):
     }
     assert "Authorization" not in token_requests[0].headers  # anonymous: no credentials
     manifest_requests = [r for r in seen if r.url.host == "reg.example.com"]
-    assert [r.url.scheme for r in manifest_requests] == ["https"] * 3
-    assert [r.headers.get("Authorization") for r in manifest_requests] == [
-        None,
-        "Bearer T0K3N",
-        "Bearer T0K3N",
+    assert [r.url.scheme for r in manifest_requests] == ["https"] * 4
+    # The tag is HEADed first; the manifest is fetched once, then known by its digest.
+    assert [(r.method, r.headers.get("Authorization")) for r in manifest_requests] == [
+        ("HEAD", None),
+        ("HEAD", "Bearer T0K3N"),
+        ("GET", "Bearer T0K3N"),
+        ("HEAD", "Bearer T0K3N"),
     ]
     accept = manifest_requests[0].headers["Accept"]
     assert all(t in accept for t in (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))

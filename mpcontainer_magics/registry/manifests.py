@@ -30,6 +30,7 @@ class ResolvedImage:
     digest: str
     media_type: str
     manifests: tuple[tuple[Platform, str], ...]
+    mirror: str | None = None  # the mirror (host[:port]) that answered; None: the registry
 
     @property
     def is_index(self) -> bool:
