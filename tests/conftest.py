@@ -64,6 +64,14 @@ def blob_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     return cache
 
 
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait 10 ms, then 20 ms...: what is retried is tested, not how long it waits."""
+    from mpcontainer_magics.registry import transfer
+
+    monkeypatch.setattr(transfer, "RETRY_BACKOFF_S", 0.01)
+
+
 @pytest.fixture(scope="session")
 def test_image() -> str:
     return required_env("MPC_TEST_IMAGE")

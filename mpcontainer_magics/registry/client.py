@@ -19,26 +19,23 @@ What goes wrong on the way, and what is done about it:
 - Mirrors (``registry_mirrors``, Docker's "registry-mirrors" for any registry): every
   pull-side request tries the registry's mirrors in order, then the registry itself. The
   digest check makes a mirror unable to change content. Pushes never go to a mirror.
-- A broken connection or a 5xx answer is tried again, ``ATTEMPTS`` times in all with
+- A broken connection or a 5xx answer is tried again, ``ATTEMPTS`` times in all (transfer.py) with
   doubling waits; a blob download resumes with ``Range`` from the bytes already written, and
   a blob upload starts that blob again. A refused connection is not retried: the next mirror,
   or a cached resolution, is the better answer then.
 - A rate limit (HTTP 429, or Docker Hub's TOOMANYREQUESTS) becomes ``RateLimited``, saying
   when it resets and how to avoid it; a registry asking to wait a few seconds
-  (``RATE_LIMIT_RETRY_S``) is waited for and asked once more.
+  (``RATE_LIMIT_RETRY_S``, answers.py) is waited for and asked once more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import hashlib
 import ipaddress
-import json
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -48,13 +45,27 @@ from urllib.parse import urlsplit
 import httpx
 
 from .._aio import in_thread
-from ..errors import DigestMismatch, ImageNotFound, InvalidArgument, RateLimited, RegistryError
+from ..errors import DigestMismatch, ImageNotFound, InvalidArgument, RegistryError
+from . import answers, transfer
+from .answers import (
+    TRANSIENT_STATUS,
+    BrokenConnection,
+    error_codes,
+    is_rate_limit,
+    manifest_media_type,
+    raise_for_blob_status,
+    raise_for_manifest_status,
+    raise_for_push_status,
+    raise_for_status,
+    raise_if_transient,
+    rate_limit,
+    reason,
+)
 from .auth import RegistryAuth, TokenRequest, login_command
 from .cache import ManifestCache
 from .digests import (
     hash_file,
     hashes_to,
-    mismatch,
     oversized,
     read_verified,
     source_mismatch,
@@ -68,22 +79,14 @@ from .manifests import (
     json_object,
     platform_of,
 )
-from .mediatypes import ACCEPT, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
-from .reference import DOMAIN, HUB, Reference, check_digest, display_host
+from .mediatypes import ACCEPT, INDEX_TYPES
+from .mirrors import mirrors_from_env, parse_mirrors
+from .reference import Reference, check_digest, display_host
+from .transfer import Download, download_failed
 
 #: The most a manifest, an index or an image config may be: containerd's limit (4 MiB).
 MANIFEST_LIMIT = 4 << 20
 
-#: Tries of one request, blob download or blob upload when the connection breaks or the
-#: registry answers 5xx; the first retry waits RETRY_BACKOFF_S, each next one twice as long.
-ATTEMPTS = 5
-RETRY_BACKOFF_S = 0.2
-#: A rate limit resetting within this many seconds (Retry-After) is waited for, once.
-RATE_LIMIT_RETRY_S = 10.0
-#: The environment variable naming mirrors for a whole hub, as JSON: {"docker.io": ["m:5000"]}.
-MIRRORS_ENV = "MPC_REGISTRY_MIRRORS"
-
-_TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 _T = TypeVar("_T")
 
 # A request body: bytes, or a factory of a fresh stream (so a retry after 401 can re-send it).
@@ -146,18 +149,7 @@ class RegistryClient:
 
     @registry_mirrors.setter
     def registry_mirrors(self, mirrors: Mapping[str, Sequence[str] | str]) -> None:
-        parsed: dict[str, tuple[str, ...]] = {}
-        plain: set[str] = set()
-        for registry, listed in mirrors.items():
-            key = _registry_name(registry, "a registry named in registry_mirrors")
-            hosts = []
-            for mirror in [listed] if isinstance(listed, str) else listed:
-                host = _registry_name(mirror, f"a mirror of {display_host(key)}")
-                if str(mirror).strip().lower().startswith("http://"):
-                    plain.add(host)  # as Docker: a mirror written with http:// is reached so
-                hosts.append(host)
-            parsed[key] = tuple(dict.fromkeys(h for h in hosts if h != key))
-        self._mirrors, self._plain_mirrors = parsed, frozenset(plain)
+        self._mirrors, self._plain_mirrors = parse_mirrors(mirrors)
 
     def __init__(
         self,
@@ -219,16 +211,16 @@ class RegistryClient:
             digest, header_type = await self._head_manifest(ref)
         cached = self._manifests.get(digest) if digest else None
         if cached is not None and digest is not None:
-            return cached, _media_type(cached, header_type, ref), digest
+            return cached, manifest_media_type(cached, header_type, ref), digest
         url = self._url(ref, f"manifests/{ref.digest or ref.tag}")
         resp = await self._bounded_get(ref, "manifest", url, MANIFEST_LIMIT, {"Accept": ACCEPT})
-        _raise_for_manifest_status(resp, ref)
+        raise_for_manifest_status(resp, ref)
         body = resp.content
         for expected in (ref.digest, resp.headers.get("Docker-Content-Digest")):
             if expected:
                 verify(body, expected, ref, "manifest")
         digest = ref.digest or f"sha256:{hashlib.sha256(body).hexdigest()}"
-        media_type = _media_type(body, resp.headers.get("Content-Type", ""), ref)
+        media_type = manifest_media_type(body, resp.headers.get("Content-Type", ""), ref)
         self._manifests.put(digest, body)
         return body, media_type, digest
 
@@ -237,7 +229,7 @@ class RegistryClient:
         registries do not count against pull limits); (None, "") when it does not say."""
         url = self._url(ref, f"manifests/{ref.tag}")
         resp = await self._request("HEAD", ref, "manifest", url, headers={"Accept": ACCEPT})
-        _raise_for_manifest_status(resp, ref)
+        raise_for_manifest_status(resp, ref)
         named = resp.headers.get("Docker-Content-Digest", "")
         try:
             digest = check_digest(named) if resp.is_success else None
@@ -257,7 +249,7 @@ class RegistryClient:
             url = self._url(at, f"blobs/{digest}")
             limit = MANIFEST_LIMIT if size is None else min(size, MANIFEST_LIMIT)
             resp = await self._bounded_get(at, f"blob {digest}", url, limit)
-            _raise_for_blob_status(resp, at, digest)
+            raise_for_blob_status(resp, at, digest)
             verify(resp.content, digest, at, f"blob {digest}")
             return resp.content
 
@@ -284,42 +276,51 @@ class RegistryClient:
         a registry that cannot resume starts over: ``dest`` must be seekable, and is
         truncated then. On DigestMismatch ``dest`` holds the bad bytes: the caller discards it.
         """
-        download = _Download(digest, dest, on_bytes, size)
+        download = Download(digest, dest, on_bytes, size)
         await self._via_mirrors(ref, lambda at: self._download_from(at, download))
         return download.got
 
-    async def _download_from(self, ref: Reference, download: _Download) -> None:
-        """``download`` from one registry (or mirror): tried ATTEMPTS times, resuming."""
-        url = self._url(ref, f"blobs/{download.digest}")
+    async def _download_from(self, ref: Reference, download: Download) -> None:
+        """``download`` from one registry (or mirror): ATTEMPTS tries, each resuming."""
         tried: list[str] = []
         resumed_at: list[int] = []
         while True:
-            headers = {"Range": f"bytes={download.got}-"} if download.got else None
             if download.got:
                 resumed_at.append(download.got)
+            failure = await self._download_once(ref, download)
+            if failure is None:
+                return
+            tried.append(failure)
+            if len(tried) == transfer.ATTEMPTS:
+                raise download_failed(ref, download, tried, resumed_at)
+            await transfer.backoff(len(tried))
+
+    async def _download_once(self, ref: Reference, download: Download) -> str | None:
+        """One try: None when the blob is all here and verified, else why it is not."""
+        url = self._url(ref, f"blobs/{download.digest}")
+        headers = {"Range": f"bytes={download.got}-"} if download.got else None
+        try:
             resp = await self._request(
                 "GET", ref, "blob", url, headers=headers, stream=True, retry=False
             )
-            try:
-                if resp.status_code not in _TRANSIENT_STATUS and not resp.is_success:
-                    await resp.aread()  # the error body names the cause
-                    _raise_for_blob_status(resp, ref, download.digest)
-                if resp.is_success:
-                    await download.take(resp, ref)
-                    if download.complete:
-                        download.check(ref)
-                        return
-                    failure = f"the connection closed after {download.got} of {download.size} bytes"
-                else:
-                    failure = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
-            except (httpx.TransportError, _Broken) as exc:
-                failure = _reason(exc)
-            finally:
-                await resp.aclose()
-            tried.append(failure)
-            if len(tried) == ATTEMPTS:
-                raise _download_failed(ref, download, tried, resumed_at)
-            await _backoff(len(tried))
+        except BrokenConnection as exc:
+            return exc.reason
+        try:
+            if not resp.is_success:
+                await resp.aread()  # the error body names the cause
+                if resp.status_code in TRANSIENT_STATUS:
+                    detail = ", ".join(sorted(error_codes(resp))) or resp.reason_phrase
+                    return f"HTTP {resp.status_code} ({detail})"
+                raise_for_blob_status(resp, ref, download.digest)
+            await download.take(resp, ref)
+        except httpx.TransportError as exc:
+            return reason(exc)
+        finally:
+            await resp.aclose()
+        if not download.complete:
+            return f"the connection closed after {download.got} of {download.size} bytes"
+        download.check(ref)
+        return None
 
     async def _bounded_get(
         self,
@@ -331,9 +332,9 @@ class RegistryClient:
     ) -> httpx.Response:
         """GET a small document, reading at most ``limit`` bytes of its body (a registry that
         sends more is refused, as containerd refuses manifests over its limit). A body that
-        breaks off is asked for again (ATTEMPTS in all)."""
+        breaks off is asked for again (transfer.ATTEMPTS in all)."""
         kind = what.partition(" ")[0]  # "manifest" or "blob", for the request's messages
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(1, transfer.ATTEMPTS + 1):
             resp = await self._request("GET", ref, kind, url, headers=headers, stream=True)
             try:
                 parts, got = [], 0
@@ -343,16 +344,16 @@ class RegistryClient:
                         raise oversized(ref, what, limit)
                     parts.append(chunk)
                 break
-            except (httpx.TransportError, _Broken) as exc:
-                if attempt == ATTEMPTS:
+            except (httpx.TransportError, BrokenConnection) as exc:
+                if attempt == transfer.ATTEMPTS:
                     raise RegistryError(
                         f"lost the connection to registry {display_host(ref.registry)} while "
-                        f"reading the {what} of {ref.familiar}, {ATTEMPTS} times: "
-                        f"{_reason(exc)}; check the network and the registry, then try again"
+                        f"reading the {what} of {ref.familiar}, {transfer.ATTEMPTS} times: "
+                        f"{reason(exc)}; check the network and the registry, then try again"
                     ) from exc
             finally:
                 await resp.aclose()
-            await _backoff(attempt)
+            await transfer.backoff(attempt)
         # The same answer, with the body we read (bounded) in memory.
         return httpx.Response(
             resp.status_code, headers=resp.headers, content=b"".join(parts), request=resp.request
@@ -377,7 +378,7 @@ class RegistryClient:
         resp = await self._request("HEAD", ref, "blob", url)
         if resp.status_code == 404:
             return False
-        _raise_for_status(resp, ref, f"blob {digest}")
+        raise_for_status(resp, ref, f"blob {digest}")
         return True
 
     async def push_blob(
@@ -411,15 +412,15 @@ class RegistryClient:
         while True:
             try:
                 return await self._upload(ref, digest, body, size, resp, scopes)
-            except _Broken as exc:
-                if attempt == ATTEMPTS:
+            except BrokenConnection as exc:
+                if attempt == transfer.ATTEMPTS:
                     raise RegistryError(
                         f"could not upload blob {digest} to {ref.familiar} at registry "
-                        f"{display_host(ref.registry)}: {exc.reason}, {ATTEMPTS} times; check "
-                        "the registry (its log, its free space) and publish again"
+                        f"{display_host(ref.registry)}: {exc.reason}, {transfer.ATTEMPTS} times; "
+                        "check the registry (its log, its free space) and publish again"
                     ) from exc
             resp, scopes = None, _push_scopes(ref)  # each try is a fresh upload of the blob
-            await _backoff(attempt)
+            await transfer.backoff(attempt)
             attempt += 1
 
     async def _upload(
@@ -435,9 +436,9 @@ class RegistryClient:
         if started is None:
             uploads = self._url(ref, "blobs/uploads/")
             started = await self._request("POST", ref, "upload", uploads, scopes=scopes)
-            _raise_if_transient(started)
+            raise_if_transient(started)
             if started.status_code != 202:
-                _raise_for_push_status(started, ref, f"upload of blob {digest}")
+                raise_for_push_status(started, ref, f"upload of blob {digest}")
         resp = await self._request(
             "PUT",
             ref,
@@ -447,9 +448,9 @@ class RegistryClient:
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             content=body,
         )
-        _raise_if_transient(resp)
+        raise_if_transient(resp)
         if resp.status_code != 201:
-            _raise_for_push_status(resp, ref, f"upload of blob {digest}")
+            raise_for_push_status(resp, ref, f"upload of blob {digest}")
         stored = resp.headers.get("Docker-Content-Digest")
         if stored and stored != digest:
             raise stored_mismatch(ref, f"blob {digest}", stored)
@@ -496,7 +497,7 @@ class RegistryClient:
         if resp.status_code in (401, 403):
             return None, push
         if resp.status_code not in (201, 202):
-            _raise_for_push_status(resp, ref, f"mount of blob {digest}")
+            raise_for_push_status(resp, ref, f"mount of blob {digest}")
         return resp, scopes
 
     async def push_manifest(self, ref: Reference, body: bytes, media_type: str) -> str:
@@ -522,7 +523,7 @@ class RegistryClient:
             retry=True,  # the same bytes to the same name: safe to send again
         )
         if resp.status_code != 201:
-            _raise_for_push_status(resp, ref, "manifest", media_type)
+            raise_for_push_status(resp, ref, "manifest", media_type)
         stored = resp.headers.get("Docker-Content-Digest")
         if stored and stored not in (digest, ref.digest):
             raise stored_mismatch(ref, "manifest", stored)
@@ -597,11 +598,12 @@ class RegistryClient:
         ``aclose()`` the response. With ``refuse=False`` a final 401/403 is returned instead.
 
         With ``retry`` (default: for GET and HEAD) a broken connection or a 5xx answer is
-        sent again, ATTEMPTS times in all, and the last answer returned. A rate limit raises
-        RateLimited, after waiting once for one that resets within RATE_LIMIT_RETRY_S.
+        sent again, ATTEMPTS times in all (transfer.py), and the last answer returned. A rate
+        limit raises RateLimited, after waiting once for one that resets within
+        RATE_LIMIT_RETRY_S (answers.py).
         """
         retry = method in ("GET", "HEAD") if retry is None else retry
-        waited_for_limit = False
+        waited = False
         attempt = 0
         while True:
             attempt += 1
@@ -609,30 +611,30 @@ class RegistryClient:
                 resp = await self._authorized(
                     method, ref, kind, url, scopes, headers, params, content, stream, refuse
                 )
-            except _Broken as exc:
+            except BrokenConnection as exc:
                 if not retry:
                     raise
-                if attempt == ATTEMPTS:
+                if attempt == transfer.ATTEMPTS:
                     raise RegistryError(
                         f"lost the connection to registry {display_host(ref.registry)} "
-                        f"({method} {kind} of {ref.familiar}"
-                        f"{f', {attempt} times' if retry else ''}): {exc.reason}; check the "
+                        f"({method} {kind} of {ref.familiar}, {attempt} times): {exc.reason}; "
+                        "check the "
                         "network and the registry, then try again"
                     ) from exc
-                await _backoff(attempt)
+                await transfer.backoff(attempt)
                 continue
-            limit = await _rate_limit(resp)
+            limit = await rate_limit(resp)
             if limit is not None:
                 await resp.aclose()
-                soon = limit.retry_after is not None and limit.retry_after <= RATE_LIMIT_RETRY_S
-                if soon and not waited_for_limit:
-                    waited_for_limit = True
-                    await asyncio.sleep(limit.retry_after or 0.0)
+                wait = limit.retry_after
+                if wait is not None and wait <= answers.RATE_LIMIT_RETRY_S and not waited:
+                    waited = True
+                    await asyncio.sleep(wait)
                     continue
                 raise limit.error(ref.registry)
-            if retry and resp.status_code in _TRANSIENT_STATUS and attempt < ATTEMPTS:
+            if retry and resp.status_code in TRANSIENT_STATUS and attempt < transfer.ATTEMPTS:
                 await resp.aclose()
-                await _backoff(attempt)
+                await transfer.backoff(attempt)
                 continue
             return resp
 
@@ -669,7 +671,7 @@ class RegistryClient:
                 )
         if resp.status_code == 403 and stream:
             await resp.aread()  # a 403 may be a rate limit, which its body says
-        if resp.status_code in (401, 403) and refuse and not _is_rate_limit(resp):
+        if resp.status_code in (401, 403) and refuse and not is_rate_limit(resp):
             await resp.aclose()
             login = login_command(ref.registry)
             if resp.status_code == 401 and auth and auth.startswith("Basic "):
@@ -731,11 +733,11 @@ class RegistryClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # Not retried: a mirror, or what the cache knows, is the better answer then.
             raise RegistryError(
-                f"cannot reach registry {display_host(registry)}: {_reason(exc)}; "
+                f"cannot reach registry {display_host(registry)}: {reason(exc)}; "
                 "check the registry address and that it is running"
             ) from exc
         except httpx.TransportError as exc:
-            raise _Broken(registry, _reason(exc)) from exc
+            raise BrokenConnection(registry, reason(exc)) from exc
 
 
 def _push_scopes(ref: Reference) -> tuple[str, ...]:
@@ -744,310 +746,3 @@ def _push_scopes(ref: Reference) -> tuple[str, ...]:
 
 def _netloc(url: httpx.URL) -> str:
     return url.netloc.decode("ascii")
-
-
-def _reason(exc: BaseException) -> str:
-    """A short cause; async httpx says "All connection attempts failed" over the real one."""
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
-            reason = os.strerror(cause.errno)  # e.g. "Connection refused"
-        cause = cause.__cause__ or cause.__context__
-    return reason
-
-
-def _errors(resp: httpx.Response) -> list[dict[str, object]]:
-    """The ``errors`` of a distribution-spec error body, if any (and if it was read)."""
-    if resp.is_success:
-        return []
-    try:
-        errors = resp.json().get("errors", [])
-    except (ValueError, AttributeError, TypeError, httpx.ResponseNotRead):
-        return []
-    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
-
-
-def _error_codes(resp: httpx.Response) -> set[str]:
-    return {str(e.get("code")) for e in _errors(resp)}
-
-
-def _raise_for_status(resp: httpx.Response, ref: Reference, what: str) -> None:
-    if not resp.is_success:
-        detail = ", ".join(sorted(_error_codes(resp))) or resp.reason_phrase
-        raise RegistryError(
-            f"registry {display_host(ref.registry)} answered HTTP {resp.status_code} ({detail}) "
-            f"for the {what} of {ref.familiar}; check the registry's logs or try again"
-        )
-
-
-def _raise_for_push_status(
-    resp: httpx.Response, ref: Reference, what: str, media_type: str = ""
-) -> None:
-    """Explain a failed push step, with the fix for error codes that have a known one."""
-    codes = _error_codes(resp)
-    if codes & {"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN"}:
-        hint = "it names a blob or manifest the repository lacks; push those first"
-    elif "MANIFEST_INVALID" in codes:
-        hint = f"check that it is valid JSON whose mediaType equals its Content-Type ({media_type})"
-    else:
-        hint = "check the registry's logs or try again"
-    detail = ", ".join(sorted(codes)) or resp.reason_phrase
-    raise RegistryError(
-        f"registry {display_host(ref.registry)} refused the {what} of {ref.familiar} "
-        f"(HTTP {resp.status_code} {detail}); {hint}"
-    )
-
-
-def _raise_for_blob_status(resp: httpx.Response, ref: Reference, digest: str) -> None:
-    if resp.status_code == 404:
-        raise RegistryError(
-            f"registry {display_host(ref.registry)} lacks blob {digest} of {ref.familiar}; "
-            "the image is incomplete there, re-push it"
-        )
-    _raise_for_status(resp, ref, f"blob {digest}")
-
-
-# -- retries ---------------------------------------------------------------------------------
-
-
-class _Broken(RegistryError):
-    """A connection that broke (reset, cut short) or an answer worth asking again for (5xx)."""
-
-    def __init__(self, registry: str, reason: str) -> None:
-        super().__init__(
-            f"lost the connection to registry {display_host(registry)}: {reason}; check the "
-            "network and the registry, then try again"
-        )
-        self.reason = reason
-
-
-def _raise_if_transient(resp: httpx.Response) -> None:
-    if resp.status_code in _TRANSIENT_STATUS:
-        raise _Broken(resp.url.host, f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
-
-
-async def _backoff(attempt: int) -> None:
-    """Wait before try ``attempt + 1``: RETRY_BACKOFF_S, then twice as long each time."""
-    await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
-
-
-class _Download:
-    """One blob on its way into ``dest``: what arrived, hashed as it came, across tries."""
-
-    def __init__(
-        self,
-        digest: str,
-        dest: BinaryIO,
-        on_bytes: Callable[[int], None] | None,
-        size: int | None,
-    ) -> None:
-        self.digest = digest
-        self.size = size
-        self._dest = dest
-        self._on_bytes = on_bytes
-        self._algo = check_digest(digest).partition(":")[0]
-        self._hasher = hashlib.new(self._algo)
-        self.got = 0
-        self._reported = 0  # the most bytes ever reported: progress never goes back
-
-    @property
-    def complete(self) -> bool:
-        return self.size is None or self.got == self.size
-
-    def restart(self) -> None:
-        self._dest.seek(0)
-        self._dest.truncate()
-        self._hasher = hashlib.new(self._algo)
-        self.got = 0
-
-    async def take(self, resp: httpx.Response, ref: Reference) -> None:
-        """Append the body of ``resp`` (a 200: from the start; a 206: from ``got``)."""
-        if resp.status_code != 206 or _range_start(resp) != self.got:
-            if self.got:
-                self.restart()  # the registry cannot resume: from the start
-            if resp.status_code == 206:
-                return  # a range we did not ask for: the next try asks for all of it
-        async for chunk in resp.aiter_bytes():
-            if self.size is not None and self.got + len(chunk) > self.size:
-                self.restart()
-                raise oversized(ref, f"blob {self.digest}", self.size)
-            self._hasher.update(chunk)
-            self._dest.write(chunk)
-            self.got += len(chunk)
-            if self._on_bytes is not None and self.got > self._reported:
-                self._on_bytes(self.got - self._reported)
-                self._reported = self.got
-
-    def check(self, ref: Reference) -> None:
-        """DigestMismatch unless what arrived is the blob (then a next source starts over)."""
-        if f"{self._algo}:{self._hasher.hexdigest()}" != self.digest:
-            self.restart()
-            raise mismatch(ref, f"blob {self.digest}", self.digest)
-
-
-def _range_start(resp: httpx.Response) -> int | None:
-    """Where a 206's ``Content-Range: bytes START-END/TOTAL`` starts."""
-    found = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
-    return int(found.group(1)) if found else None
-
-
-def _download_failed(
-    ref: Reference, download: _Download, tried: list[str], resumed_at: list[int]
-) -> RegistryError:
-    resumed = f", resuming at byte {', '.join(str(n) for n in resumed_at)}" if resumed_at else ""
-    return RegistryError(
-        f"could not download blob {download.digest} of {ref.familiar} from registry "
-        f"{display_host(ref.registry)}: tried {len(tried)} times{resumed}; last: {tried[-1]}; "
-        "check the network and the registry (or configure a mirror), then pull again"
-    )
-
-
-# -- rate limits -----------------------------------------------------------------------------
-
-
-class _Limit:
-    """What a rate-limited answer says: the reason, and when the limit resets if it says."""
-
-    def __init__(self, detail: str, retry_after: float | None, window: float | None) -> None:
-        self.detail = detail
-        self.retry_after = retry_after
-        self.window = window
-
-    def error(self, registry: str) -> RateLimited:
-        host = display_host(registry)
-        if self.retry_after is not None:
-            at = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + self.retry_after))
-            when = f"the limit resets in {_duration(self.retry_after)} (at {at})"
-        elif self.window is not None:
-            when = f"it did not say when it resets (its window is {_duration(self.window)})"
-        else:
-            when = "it did not say when the limit resets"
-        return RateLimited(
-            f"registry {host} limited our requests ({self.detail}); {when}; log in "
-            f"(`{login_command(registry)}`) for a higher limit, or pull through a mirror: "
-            f'%config ContainerMagics.registry_mirrors = {{"{host}": ["MIRROR:PORT"]}} '
-            f"(or {MIRRORS_ENV} for a whole hub)",
-            host,
-            self.retry_after,
-        )
-
-
-def _is_rate_limit(resp: httpx.Response) -> bool:
-    return resp.status_code == 429 or "TOOMANYREQUESTS" in {c.upper() for c in _error_codes(resp)}
-
-
-async def _rate_limit(resp: httpx.Response) -> _Limit | None:
-    """The rate limit ``resp`` reports (HTTP 429, or a TOOMANYREQUESTS error body), if any."""
-    if resp.status_code == 429:
-        await resp.aread()  # small: a registry's error document
-    if not _is_rate_limit(resp):
-        return None
-    detail = f"HTTP {resp.status_code}"
-    messages = _error_messages(resp)
-    if messages:
-        detail += f": {messages[0]}"
-    return _Limit(detail, _retry_after(resp.headers), _window(resp.headers))
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds until the limit resets: ``Retry-After`` (seconds or an HTTP date), else a
-    ``RateLimit-Reset``/``X-RateLimit-Reset`` (seconds, or a Unix time as GitHub sends)."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    if value:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            pass
-    for name in ("RateLimit-Reset", "X-RateLimit-Reset"):
-        reset = headers.get(name, "").strip()
-        if reset.isdigit():
-            seconds = float(reset)
-            return max(0.0, seconds - time.time()) if seconds > 1e9 else seconds
-    return None
-
-
-def _window(headers: httpx.Headers) -> float | None:
-    """Docker Hub's window: ``ratelimit-limit: 100;w=21600`` (a limit per 21600 s)."""
-    found = re.search(r";\s*w=(\d+)", headers.get("RateLimit-Limit", ""))
-    return float(found.group(1)) if found else None
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
-
-
-# -- mirrors ---------------------------------------------------------------------------------
-
-
-def _registry_name(text: object, what: str) -> str:
-    """A registry or mirror as References name registries: "host[:port]", Hub as HUB."""
-    name = re.sub(r"^[a-z]+://", "", str(text).strip().lower()).rstrip("/")
-    if not isinstance(text, str) or not DOMAIN.fullmatch(name):
-        raise InvalidArgument(
-            f"{what}, {text!r}, is not a registry host[:port]; write it like "
-            '"mirror.example:5000" or "https://mirror.example"'
-        )
-    return HUB if name in ("docker.io", "index.docker.io") else name
-
-
-def mirrors_from_env() -> dict[str, list[str]]:
-    """The mirrors ``$MPC_REGISTRY_MIRRORS`` names (JSON), e.g. for every kernel of a hub."""
-    text = os.environ.get(MIRRORS_ENV, "").strip()
-    if not text:
-        return {}
-    try:
-        mirrors = json.loads(text)
-    except ValueError:
-        mirrors = None
-    if not isinstance(mirrors, dict) or not all(
-        isinstance(v, (str, list)) for v in mirrors.values()
-    ):
-        raise InvalidArgument(
-            f"{MIRRORS_ENV} must be JSON mapping registries to lists of mirrors, like "
-            '{"docker.io": ["mirror.example:5000"]}; fix or unset it'
-        )
-    return mirrors
-
-
-# -- answers ---------------------------------------------------------------------------------
-
-
-def _media_type(body: bytes, header: str, ref: Reference) -> str:
-    """A manifest's media type: the Content-Type, else what the document says it is."""
-    media_type = header.partition(";")[0].strip()
-    if media_type in INDEX_TYPES | MANIFEST_TYPES:
-        return media_type
-    # Some registries answer a generic content type (and a HEAD may say nothing).
-    doc = json_object(body, f"the manifest of {ref.familiar}")
-    named = doc.get("mediaType")
-    if named is None and not header and doc.get("schemaVersion") == 2:
-        # Read from the cache, whose files carry no Content-Type; mediaType is optional in
-        # OCI, and this document was accepted when fetched: its shape tells.
-        named = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
-    if named not in INDEX_TYPES | MANIFEST_TYPES:
-        raise RegistryError(
-            f"{ref.familiar} has a manifest of unsupported type {named!r}; "
-            "only OCI and Docker schema 2 images are supported (re-push it with a current tool)"
-        )
-    return str(named)
-
-
-def _raise_for_manifest_status(resp: httpx.Response, ref: Reference) -> None:
-    codes = _error_codes(resp)
-    if resp.status_code == 404 or codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}:
-        raise ImageNotFound(
-            f"image {ref.familiar} not found in registry {display_host(ref.registry)}; "
-            "check the name and tag (docker pull would fail too)"
-        )
-    _raise_for_status(resp, ref, "manifest")
-
-
-def _error_messages(resp: httpx.Response) -> list[str]:
-    return [str(e["message"]) for e in _errors(resp) if e.get("message")]
