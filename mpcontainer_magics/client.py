@@ -148,11 +148,7 @@ class Client:
     def fleet(self) -> Fleet:
         """The local engine and the nodes added to it (made on first use)."""
         if self._fleet is None:
-            self._fleet = Fleet(
-                self.engine,
-                connect_timeout=self._node_timeout,
-                insecure_registries=self.engine.registry.insecure_registries,
-            )
+            self._fleet = Fleet(self.engine, connect_timeout=self._node_timeout)
         return self._fleet
 
     @property
@@ -527,13 +523,20 @@ class Client:
         return replace(report, problems=(*report.problems, *down))
 
 
-async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] = ()) -> Engine:
+async def open_engine(
+    kind: str = "auto",
+    *,
+    insecure_registries: Sequence[str] = (),
+    registry_mirrors: Mapping[str, Sequence[str]] | None = None,
+) -> Engine:
     """The engine called ``kind``: "docker", "embedded" (proot + qemu-user, no daemon), or
     "auto": Docker when a daemon answers, else the embedded engine. The engine's ``chosen``
     then says why it was picked. ``MPC_ENGINE=docker|embedded`` in the environment decides
     what "auto" means (say, for a whole JupyterHub or test run).
 
     ``insecure_registries`` (host[:port]) may be reached over plain HTTP, as loopback ones are.
+    ``registry_mirrors`` ({"docker.io": ["mirror:5000"]}) are tried before the registries
+    they mirror; by default those ``$MPC_REGISTRY_MIRRORS`` names (that mapping as JSON).
     """
     if kind not in ENGINES:
         raise InvalidArgument(f"unknown engine {kind!r}; use one of: {', '.join(ENGINES)}")
@@ -548,7 +551,9 @@ async def open_engine(kind: str = "auto", *, insecure_registries: Sequence[str] 
     from .registry import RegistryClient
 
     def registry() -> RegistryClient:
-        return RegistryClient(insecure_registries=insecure_registries)
+        return RegistryClient(
+            insecure_registries=insecure_registries, registry_mirrors=registry_mirrors
+        )
 
     if kind == "embedded":
         return await EmbeddedEngine.connect(registry=registry())
@@ -622,7 +627,8 @@ class connect:
     "tcp://lnx1:2376", "tls": "~/.docker/z", "platforms": ["linux/s390x"]}}`` or a list of
     :class:`Node`; without it, the ``MPC_NODES`` environment variable (that mapping as
     JSON) is read. A node that does not answer within ``node_timeout`` seconds is kept,
-    marked unreachable.
+    marked unreachable. ``registry_mirrors`` maps registries to mirrors tried first
+    (``{"docker.io": ["mirror.example:5000"]}``; default: ``$MPC_REGISTRY_MIRRORS``).
     """
 
     def __init__(
@@ -630,17 +636,21 @@ class connect:
         engine: str = "auto",
         *,
         insecure_registries: Sequence[str] = (),
+        registry_mirrors: Mapping[str, Sequence[str]] | None = None,
         nodes: NodesSpec | None = None,
         node_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self._kind = engine
         self._insecure = tuple(insecure_registries)
+        self._mirrors = registry_mirrors
         self._nodes = nodes_from(nodes if nodes is not None else os.environ.get("MPC_NODES"))
         self._node_timeout = node_timeout
         self._client: Client | None = None
 
     async def _open(self) -> Client:
-        engine = await open_engine(self._kind, insecure_registries=self._insecure)
+        engine = await open_engine(
+            self._kind, insecure_registries=self._insecure, registry_mirrors=self._mirrors
+        )
         client = Client(engine, node_timeout=self._node_timeout)
         try:
             await asyncio.gather(*(client.fleet.add(n) for n in self._nodes))

@@ -231,6 +231,11 @@ class ContainerMagics(Magics):
         Unicode(),
         help="Registries (host[:port]) to reach over plain HTTP; loopback ones always are.",
     ).tag(config=True)
+    registry_mirrors = Dict(
+        help="Mirrors to pull through, registry -> [host[:port], ...], tried in order before "
+        'the registry itself, e.g. {"docker.io": ["mirror.example:5000"]}; default: '
+        "$MPC_REGISTRY_MIRRORS (that as JSON), which a JupyterHub can set for every kernel.",
+    ).tag(config=True)
     nodes = Dict(
         help='Docker-API nodes, name -> endpoint or {"endpoint": …, "platforms": […], '
         '"tls": DIR}, e.g. {"pi": "ssh://me@pi.local"}; default: $MPC_NODES (that as JSON).',
@@ -278,6 +283,7 @@ class ContainerMagics(Magics):
 
     async def _connected(self) -> Client:
         from .client import Client, open_engine
+        from .registry.mirrors import mirrors_from_env
 
         async with self._connecting:
             kind = self.engine  # read once: %config may change it while we connect
@@ -288,8 +294,11 @@ class ContainerMagics(Magics):
                 self._client = Client(await open_engine(kind), node_timeout=self.node_timeout)
                 self._client_engine = kind
                 self._configured_nodes = {}
-            # Follows `%config ContainerMagics.insecure_registries` without reconnecting.
-            self._client.engine.registry.insecure_registries = self.insecure_registries
+            # Follows `%config ContainerMagics.insecure_registries` (and registry_mirrors)
+            # without reconnecting.
+            registry = self._client.engine.registry
+            registry.insecure_registries = self.insecure_registries
+            registry.registry_mirrors = self.registry_mirrors or mirrors_from_env()
             await self._follow_nodes_config(self._client)
             return self._client
 

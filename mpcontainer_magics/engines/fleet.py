@@ -177,13 +177,11 @@ class Fleet(Engine):
         local: Engine,
         *,
         connect_timeout: float = CONNECT_TIMEOUT_S,
-        insecure_registries: Sequence[str] = (),
     ) -> None:
         self.local = local
         self.registry: RegistryClient = local.registry
         self.chosen = local.chosen
         self.connect_timeout = connect_timeout
-        self._insecure = tuple(insecure_registries)
         self._members: dict[str, Member] = {LOCAL: Member(LOCAL, local.name, engine=local)}
         self._containers: dict[str, str] = {}  # container ID -> node holding it
         self._pin: str | None = None
@@ -259,7 +257,11 @@ class Fleet(Engine):
         member.connection = connection
         member.engine = DockerEngine(
             connection.api,
-            RegistryClient(insecure_registries=self._insecure),
+            # The local engine's registry settings, as configured now.
+            RegistryClient(
+                insecure_registries=self.registry.insecure_registries,
+                registry_mirrors=self.registry.registry_mirrors,
+            ),
             node.endpoint,
             remote=connection.tunnel is not None,
         )

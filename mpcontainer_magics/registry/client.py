@@ -151,6 +151,21 @@ class RegistryClient:
     def registry_mirrors(self, mirrors: Mapping[str, Sequence[str] | str]) -> None:
         self._mirrors, self._plain_mirrors = parse_mirrors(mirrors)
 
+    @property
+    def daemon_mirrors(self) -> dict[str, tuple[str, ...]]:
+        """Mirrors a Docker daemon is configured with (its "registry-mirrors"), tried after
+        ``registry_mirrors``: what the engine set, apart from what the user configures."""
+        return dict(self._daemon_mirrors)
+
+    @daemon_mirrors.setter
+    def daemon_mirrors(self, mirrors: Mapping[str, Sequence[str] | str]) -> None:
+        self._daemon_mirrors, self._plain_daemon_mirrors = parse_mirrors(mirrors)
+
+    def mirrors_of(self, registry: str) -> tuple[str, ...]:
+        """Where ``registry``'s content is asked for before the registry itself, in order."""
+        listed = (*self._mirrors.get(registry, ()), *self._daemon_mirrors.get(registry, ()))
+        return tuple(dict.fromkeys(listed))
+
     def __init__(
         self,
         *,
@@ -165,6 +180,7 @@ class RegistryClient:
         self._auth = RegistryAuth(Path(config_dir) / "config.json", timeout)
         self.insecure_registries = insecure_registries
         self.registry_mirrors = mirrors_from_env() if registry_mirrors is None else registry_mirrors
+        self.daemon_mirrors = {}
         self._manifests = ManifestCache(Path(cache_dir) if cache_dir is not None else None)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
         self.requests: collections.Counter[str] = collections.Counter()
@@ -365,7 +381,7 @@ class RegistryClient:
         """``fetch(ref)`` from ``ref``'s mirrors in order, then from its registry: the result
         and the mirror that gave it (None: the registry). A mirror failing in any way (down,
         lacking the content, limiting us, serving wrong bytes) only means trying the next."""
-        for mirror in self._mirrors.get(ref.registry, ()):
+        for mirror in self.mirrors_of(ref.registry):
             try:
                 return await fetch(replace(ref, registry=mirror)), mirror
             except (RegistryError, ImageNotFound):
@@ -567,7 +583,9 @@ class RegistryClient:
         return url
 
     def _scheme(self, registry: str) -> str:
-        plain = registry.lower() in self._insecure or registry in self._plain_mirrors
+        plain = registry.lower() in self._insecure or registry in (
+            self._plain_mirrors | self._plain_daemon_mirrors
+        )
         return "http" if _is_insecure(registry) or plain else "https"
 
     def _url(self, ref: Reference, path: str) -> httpx.URL:
