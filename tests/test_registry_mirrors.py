@@ -64,7 +64,7 @@ def test_mirror_settings_read_as_docker_writes_them(tmp_path, monkeypatch):
         },
     )
     assert client.registry_mirrors == {
-        HUB: ("mirror.example", "10.0.0.5:5000"),
+        HUB: ("mirror.example", "http://10.0.0.5:5000"),  # as given: plain HTTP
         "ghcr.io": ("ghcr-cache.example:443",),
     }
 

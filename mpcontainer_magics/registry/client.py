@@ -144,8 +144,9 @@ class RegistryClient:
 
     @property
     def registry_mirrors(self) -> dict[str, tuple[str, ...]]:
-        """Registry (as References name it: Docker Hub is "registry-1.docker.io") -> mirrors."""
-        return dict(self._mirrors)
+        """Registry (as References name it: Docker Hub is "registry-1.docker.io") -> mirrors
+        (those reached over plain HTTP written so, as they were given: it survives a copy)."""
+        return _written(self._mirrors, self._plain_mirrors)
 
     @registry_mirrors.setter
     def registry_mirrors(self, mirrors: Mapping[str, Sequence[str] | str]) -> None:
@@ -155,7 +156,7 @@ class RegistryClient:
     def daemon_mirrors(self) -> dict[str, tuple[str, ...]]:
         """Mirrors a Docker daemon is configured with (its "registry-mirrors"), tried after
         ``registry_mirrors``: what the engine set, apart from what the user configures."""
-        return dict(self._daemon_mirrors)
+        return _written(self._daemon_mirrors, self._plain_daemon_mirrors)
 
     @daemon_mirrors.setter
     def daemon_mirrors(self, mirrors: Mapping[str, Sequence[str] | str]) -> None:
@@ -756,6 +757,12 @@ class RegistryClient:
             ) from exc
         except httpx.TransportError as exc:
             raise BrokenConnection(registry, reason(exc)) from exc
+
+
+def _written(
+    mirrors: dict[str, tuple[str, ...]], plain: frozenset[str]
+) -> dict[str, tuple[str, ...]]:
+    return {r: tuple(f"http://{m}" if m in plain else m for m in ms) for r, ms in mirrors.items()}
 
 
 def _push_scopes(ref: Reference) -> tuple[str, ...]:
