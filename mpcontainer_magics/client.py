@@ -132,6 +132,15 @@ class PlatformReport:
         return "\n".join(lines)
 
 
+class Pulled(list[PulledImage]):
+    """What :meth:`Client.pull` fetched, one image per platform, and its ``notes``: what
+    the user should be told (a mirror served it, a cached resolution was used)."""
+
+    def __init__(self, images: Sequence[PulledImage], notes: Sequence[str] = ()) -> None:
+        super().__init__(images)
+        self.notes = list(notes)
+
+
 class Client:
     """A connection to one engine, and to the nodes added to it. ``aclose()`` removes all
     it created, on every node."""
@@ -427,9 +436,14 @@ class Client:
         return self._with_notes(result)
 
     def _with_notes(self, result: RunResult) -> RunResult:
-        if self._fleet is not None:
-            result.notes += self._fleet.take_notes()
+        result.notes += self.take_notes()
         return result
+
+    def take_notes(self) -> list[str]:
+        """What the user should be told since the last result (a mirror served an image,
+        a cached resolution stood in for an unreachable registry, mounts were copied to a
+        node); each note once. Runs and pulls carry theirs in ``.notes``."""
+        return (self._fleet or self.engine).take_notes()
 
     async def _run_in_session(
         self,
@@ -466,19 +480,21 @@ class Client:
         *,
         platforms: PlatformsSpec = None,
         on_progress: PullProgressCallback | None = None,
-    ) -> list[PulledImage]:
+    ) -> Pulled:
         """Fetch ``image`` for each platform concurrently (always asks the registry again).
 
         ``on_progress(platform, done_bytes, total_bytes)`` follows each platform's bytes
         (see :data:`.engines.base.ProgressCallback`: from any thread, ``total`` None while
         unknown, ``(total, total)`` last, also when the image was there already).
+        The list's ``notes`` say what the user should know (see :meth:`take_notes`).
         """
         engine = self._runs_on  # with nodes, each platform is pulled where it would run
         targets = await requested_platforms(engine, image, platforms)
-        return await gather_or_cancel(
+        pulled = await gather_or_cancel(
             engine.pull(image, p, refresh=True, on_progress=per_platform(on_progress, p))
             for p in targets
         )
+        return Pulled(pulled, self.take_notes())
 
     async def platforms(self, image: str | None = None) -> PlatformReport:
         """The engine's native and emulated platforms, and what ``image`` offers."""

@@ -505,6 +505,8 @@ class ContainerMagics(Magics):
         for image in pulled:
             pin = image.digest or f"local image {image.image_id[:19]}"
             print(f"{image.reference} for {image.platform}: {pin}")
+        for note in pulled.notes:
+            print(note, file=sys.stderr)
 
     def _line_platforms(self, args: Any) -> Any:
         return self._run(lambda client: client.platforms(args.image))

@@ -16,7 +16,8 @@ only with the part it uses:
   ``commit`` snapshots a container, ``read_image`` / ``save_layers`` / ``image_config`` read
   an image, ``image_from_directory`` makes one of a host directory;
 - :class:`Engine`: all of them, plus what a client does once (``version``, ``reap_orphans``,
-  ``aclose``). Docker and the embedded engine share their bookkeeping in ``common.EngineBase``.
+  ``aclose``), and notes for the user (``note``, ``take_notes``: shown with the next
+  result). Docker and the embedded engine share their bookkeeping in ``common.EngineBase``.
 
 Everything is async; blocking client libraries are wrapped in threads by the engine itself.
 Waiting calls (``run``, ``start_and_wait``) are cancellation-safe: when their task is
@@ -421,6 +422,22 @@ class Engine(Runner, Sessions, ImageStore):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Remove everything this process created and release connections."""
+
+    # Notes: what the user should hear with the next result (a mirror served an image, a
+    # cached resolution stood in for an unreachable registry, mounts were copied to a node).
+
+    def note(self, text: str) -> None:
+        """Leave ``text`` for the user, with the next result (the same note once)."""
+        pending: list[str] = self.__dict__.setdefault("_notes", [])
+        if text not in pending:
+            pending.append(text)
+
+    def take_notes(self) -> list[str]:
+        """What the user should be told since the last call (said once each)."""
+        pending: list[str] = self.__dict__.get("_notes", [])
+        taken = list(pending)
+        pending.clear()  # in place: copies of an engine (Fleet.on) share the list
+        return taken
 
 
 def file_digest(path: Path) -> str:

@@ -1,8 +1,11 @@
 """What both engines share: the resolution cache, pulls, the bookkeeping of what was made.
 
 - Resolution: a reference is resolved through the registry client once per engine
-  (``refresh`` asks again); an engine may answer otherwise when its registry is down
-  (``_lookup``: the embedded engine then uses what its cache knows).
+  (``refresh`` asks again) and kept in the cache (:mod:`.resolutions`); when its registry
+  cannot be reached, what it resolved to last stands in (``_lookup``), and a pull that then
+  succeeds from what the engine holds says so in a note. The pull of a platform the engine
+  does not hold fails with the registry's own error (``offline_failure``). A resolution a
+  mirror served says so in a note too.
 - Pulls: one at a time per (reference, platform), shared by concurrent callers, each of whom
   sees its progress (:class:`PullProgress` passes it on, and replays where it is to a
   caller who joins late); a pull of what is already here reports ``(total, total)`` once.
@@ -17,12 +20,15 @@ import abc
 import asyncio
 import contextlib
 import posixpath
+from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .._aio import once
-from ..errors import EngineError, InvalidArgument
+from ..errors import EngineError, InvalidArgument, RegistryError
 from ..platforms import Platform
 from .base import Engine, ProgressCallback, PulledImage
+from .resolutions import Resolutions
+from .store import default_cache_dir
 
 if TYPE_CHECKING:
     from ..registry import RegistryClient, ResolvedImage
@@ -77,9 +83,12 @@ def not_a_directory(target: str, why: str) -> InvalidArgument:
 class EngineBase(Engine, Generic[C]):
     """The shared half of an engine; a subclass says how to fetch and how to remove."""
 
-    def __init__(self, registry: RegistryClient) -> None:
+    def __init__(self, registry: RegistryClient, cache_dir: Path | None = None) -> None:
         self.registry = registry
+        self.resolutions = Resolutions(cache_dir or default_cache_dir())
         self._resolved: dict[str, ResolvedImage] = {}
+        # Names resolved from the cache: the registry's error, and what a pull then says.
+        self._offline: dict[str, tuple[RegistryError, str]] = {}
         self._pulls: dict[tuple[str, Platform], asyncio.Task[PulledImage]] = {}
         self._progress: dict[tuple[str, Platform], PullProgress] = {}
         self._sizes: dict[str, int] = {}  # image ID -> bytes its pull reported
@@ -97,8 +106,27 @@ class EngineBase(Engine, Generic[C]):
         return self._resolved[reference]
 
     async def _lookup(self, reference: str) -> ResolvedImage:
-        """What ``reference`` points to now, asked of its registry."""
-        return await self.registry.resolve(reference)
+        """What ``reference`` points to now, asked of its registry; when the registry cannot
+        be reached (or refuses: a rate limit), what it pointed to last time, if the cache
+        knows (as Docker runs a local image then)."""
+        try:
+            resolved = await self.registry.resolve(reference)
+        except RegistryError as failure:  # not ImageNotFound: a name gone is gone
+            recalled = self.resolutions.recall(reference)
+            if recalled is None:
+                raise
+            self._offline[reference] = (failure, recalled.note(reference))
+            return recalled.resolved
+        self._offline.pop(reference, None)
+        self.resolutions.remember(reference, resolved)
+        if resolved.mirror is not None:
+            self.note(f"{reference}: resolved through mirror {resolved.mirror}")
+        return resolved
+
+    def offline_failure(self, reference: str) -> RegistryError | None:
+        """The registry's error, when ``reference`` was resolved from the cache instead."""
+        offline = self._offline.get(reference)
+        return offline[0] if offline else None
 
     async def pull(
         self,
@@ -137,6 +165,8 @@ class EngineBase(Engine, Generic[C]):
         progress.last = None  # a new attempt starts from zero
         image, size = await self._fetch(reference, platform, refresh, progress)
         self._sizes[image.image_id] = size
+        if reference in self._offline:  # it ran from the cache: say so, once per pull
+            self.note(self._offline[reference][1])
         progress.finish(size)
         return image
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -37,7 +38,7 @@ from ..errors import (
     RegistryError,
 )
 from ..platforms import Platform
-from ..registry import RegistryClient
+from ..registry import RegistryClient, ResolvedImage
 from . import binfmt, docker_images
 from .archives import write_copy
 from .base import (
@@ -70,6 +71,8 @@ from .probe import ProbeCache, ProbeReport, run_probe
 if TYPE_CHECKING:
     from docker.api.client import APIClient
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 #: Writes up to this size go straight into a socket's send buffer (Linux's minimum is
@@ -93,21 +96,34 @@ class DockerEngine(EngineBase[Platform]):
     name = "docker"
 
     def __init__(
-        self, api: APIClient, registry: RegistryClient, where: str = "", *, remote: bool = False
+        self,
+        api: APIClient,
+        registry: RegistryClient,
+        where: str = "",
+        *,
+        remote: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
-        super().__init__(registry)
+        super().__init__(registry, cache_dir)
         self._api = api
         self._where = where or api.base_url  # for messages: the address the user gave
         self._remote = remote  # reached through a local socket (ssh) but not on this machine
         self._native: Platform | None = None
         self._instance = secrets.token_hex(8)  # LABEL_ENGINE of what this engine creates
         self._probe = ProbeCache(self._run_probe)
+        self._daemon_mirrors: tuple[str, ...] | None = None  # its registry-mirrors, once read
 
     @classmethod
     async def connect(
-        cls, base_url: str | None = None, *, registry: RegistryClient | None = None
+        cls,
+        base_url: str | None = None,
+        *,
+        registry: RegistryClient | None = None,
+        cache_dir: Path | None = None,
     ) -> DockerEngine:
-        """Connect to the daemon at ``base_url`` (default: DOCKER_HOST or the local socket)."""
+        """Connect to the daemon at ``base_url`` (default: DOCKER_HOST or the local socket).
+
+        ``cache_dir`` keeps what names resolved to (default ``store.default_cache_dir()``)."""
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
         def open_api() -> APIClient:
@@ -125,7 +141,7 @@ class DockerEngine(EngineBase[Platform]):
             if registry is not None:
                 await registry.aclose()
             raise
-        return cls(api, registry or RegistryClient(), where)
+        return cls(api, registry or RegistryClient(), where, cache_dir=cache_dir)
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on a daemon thread of its own.
@@ -236,6 +252,24 @@ class DockerEngine(EngineBase[Platform]):
         except DockerNotFound:
             return None
 
+    async def _lookup(self, reference: str) -> ResolvedImage:
+        await self._use_daemon_mirrors()
+        return await super()._lookup(reference)
+
+    async def _use_daemon_mirrors(self) -> None:
+        """Docker Hub names resolve through the daemon's own ``registry-mirrors`` too, after
+        the user's: who configured Docker gets the same for our resolution."""
+        if self._daemon_mirrors is None:
+            info = await self._docker("describe itself", self._api.info)
+            # A remote daemon's loopback mirror is on its machine, not reachable from here.
+            self._daemon_mirrors = docker_images.daemon_mirrors(info, loopback=self.is_local)
+        mirrors = dict(self.registry.registry_mirrors)
+        hub = tuple(mirrors.get("docker.io", ()))
+        added = tuple(m for m in self._daemon_mirrors if m not in hub)
+        if added:  # also after the user replaced the setting (%config): added again
+            mirrors["docker.io"] = (*hub, *added)
+            self.registry.registry_mirrors = mirrors
+
     async def _fetch(
         self, reference: str, platform: Platform, refresh: bool, on_progress: PullProgress
     ) -> tuple[PulledImage, int]:
@@ -246,37 +280,75 @@ class DockerEngine(EngineBase[Platform]):
             local = await self._local_image(reference)
             if local is None:
                 raise
-            found = docker_images.platform_of(local)
-            if not found.matches(platform):
-                raise PlatformNotOffered(reference, platform, [found]) from None
-            digests = local.get("RepoDigests") or []
-            digest = digests[0].partition("@")[2] if digests else None
-            # No registry to tell the compressed size: the image's own size stands in.
-            size = int(local.get("Size") or 0)
-            return PulledImage(reference, platform, local["Id"], digest), size
-
+            return self._local_pulled(reference, platform, local)
         digest = resolved.manifest_digest(platform)
         pinned_ref = resolved.reference.with_digest(digest)
-        pinned = pinned_ref.pull_name
-        local = await self._local_image(pinned)
+        sources = docker_images.pull_sources(pinned_ref, resolved.mirror)
+        local = await self._held(sources)
+        offline = self.offline_failure(reference)
+        if local is None and offline is not None:
+            raise offline  # resolved from the cache, and the daemon lacks that digest
         # Only when someone follows the bytes: Docker Hub counts manifest GETs as pulls.
         sizes = (
             await docker_images.blob_sizes(self.registry, pinned_ref)
-            if on_progress.listeners
+            if on_progress.listeners and offline is None
             else None
         )
         if local is None:
             meter = docker_images.PullMeter(on_progress, sizes)
-            await self._call(docker_images.pull, self._api, pinned, platform, meter)
-            local = await self._local_image(pinned)
-            if local is None:
-                raise EngineError(
-                    f"Docker reported pulling {pinned} but does not have it; retry the pull"
-                )
+            local = await self._pull_first(sources, platform, meter)
             size = meter.finish()
         else:
             size = sum(sizes[1].values(), sizes[0]) if sizes else int(local.get("Size") or 0)
         return PulledImage(reference, platform, local["Id"], digest), size
+
+    @staticmethod
+    def _local_pulled(
+        reference: str, platform: Platform, local: dict[str, Any]
+    ) -> tuple[PulledImage, int]:
+        """A local image of that name, pulled from nowhere, if it is for ``platform``."""
+        found = docker_images.platform_of(local)
+        if not found.matches(platform):
+            raise PlatformNotOffered(reference, platform, [found]) from None
+        digests = local.get("RepoDigests") or []
+        digest = digests[0].partition("@")[2] if digests else None
+        # No registry to tell the compressed size: the image's own size stands in.
+        size = int(local.get("Size") or 0)
+        return PulledImage(reference, platform, local["Id"], digest), size
+
+    async def _held(self, sources: Sequence[str]) -> dict[str, Any] | None:
+        """The daemon's image of the first pinned name it holds (a mirror's, or the
+        registry's: the same digest is the same content)."""
+        for source in sources:
+            local = await self._local_image(source)
+            if local is not None:
+                return local
+        return None
+
+    async def _pull_first(
+        self, sources: Sequence[str], platform: Platform, meter: docker_images.PullMeter
+    ) -> dict[str, Any]:
+        """Pull the first of ``sources`` that Docker can: the mirror's name first (dockerd
+        knows only its own mirrors, and those only for Docker Hub), then the registry's.
+        One meter for all: the layers are the same, so progress never goes backwards."""
+        *mirrored, own = sources
+        for source in mirrored:
+            try:
+                return await self._pull_one(source, platform, meter)
+            except MPCError as exc:
+                log.info("pulling %s failed (%s); pulling %s instead", source, exc, own)
+        return await self._pull_one(own, platform, meter)
+
+    async def _pull_one(
+        self, pinned: str, platform: Platform, meter: docker_images.PullMeter
+    ) -> dict[str, Any]:
+        await self._call(docker_images.pull, self._api, pinned, platform, meter)
+        local = await self._local_image(pinned)
+        if local is None:
+            raise EngineError(
+                f"Docker reported pulling {pinned} but does not have it; retry the pull"
+            )
+        return local
 
     async def image_config(self, image: PulledImage) -> ImageConfig:
         info = await self._docker(

@@ -7,12 +7,14 @@ thread of its own (``DockerEngine._call``) inside ``docker_errors``.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import re
 import shutil
 import tarfile
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -126,6 +128,43 @@ async def blob_sizes(
     except RegistryError:
         return None  # progress then counts what the stream says
     return config.size, {layer.digest.partition(":")[2][:12]: layer.size for layer in layers}
+
+
+def daemon_mirrors(info: Mapping[str, Any], *, loopback: bool = True) -> tuple[str, ...]:
+    """The daemon's ``registry-mirrors`` (``/info``'s ``RegistryConfig.Mirrors``, URLs such as
+    "http://127.0.0.1:5056/") as host[:port]; loopback ones only when ``loopback``.
+
+    The scheme goes: the registry client speaks plain http to loopback hosts by itself, and
+    https elsewhere (a plain-http mirror elsewhere is listed in insecure_registries)."""
+    config = info.get("RegistryConfig")
+    urls = config.get("Mirrors") if isinstance(config, dict) else None
+    hosts = []
+    for url in urls if isinstance(urls, list) else ():
+        if isinstance(url, str) and url.strip():
+            host = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", url.strip()).rstrip("/")
+            if loopback or not _is_loopback(host):
+                hosts.append(host)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _is_loopback(host: str) -> bool:
+    name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def pull_sources(pinned: Reference, mirror: str | None) -> list[str]:
+    """What to hand ``docker pull`` for the digest ``pinned``, in order: the mirror's copy
+    when a mirror served the resolution (the digest pins the content, so a mirror cannot
+    change it), then the registry's own."""
+    own = pinned.pull_name
+    if mirror is None or pinned.digest is None:
+        return [own]
+    return [f"{mirror}/{pinned.repository}@{pinned.digest}", own]
 
 
 def _pull_error(pinned: str, platform: Platform, text: str) -> ImageError:

@@ -7,7 +7,8 @@ user's cache directory, proot, and qemu-user for foreign platforms.
 Layout of the cache (``$MPC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mpcontainer_magics``)::
 
     blobs/sha256/<hex>        verified blobs (store.BlobStore), shared with publish/export
-    images/, refs/            unpacked images and what names resolved to (embedded_images)
+    images/                   unpacked images (embedded_images)
+    refs/                     what names resolved to (resolutions, shared with Docker)
     containers/<id>/          a container: container.json (labels for reaping) and rootfs/,
                               a private copy of the image's rootfs (tree.clone_tree)
 
@@ -40,10 +41,9 @@ from ..errors import (
     EngineError,
     EngineUnavailable,
     ExecUnsupported,
-    RegistryError,
 )
 from ..platforms import Platform, host_platform
-from ..registry import RegistryClient, ResolvedImage
+from ..registry import RegistryClient
 from .archives import write_copy, write_layer
 from .base import (
     EMULATION_CANDIDATES,
@@ -120,7 +120,7 @@ class EmbeddedEngine(EngineBase[_Container]):
     name = "embedded"
 
     def __init__(self, registry: RegistryClient, proot: str, cache_dir: Path) -> None:
-        super().__init__(registry)
+        super().__init__(registry, cache_dir)
         self._proot = proot
         self._cache = cache_dir
         self._images = ImageDirectories(cache_dir, BlobStore(cache_dir), registry)
@@ -192,19 +192,6 @@ class EmbeddedEngine(EngineBase[_Container]):
         ]
 
     # -- images ------------------------------------------------------------------------------
-
-    async def _lookup(self, reference: str) -> ResolvedImage:
-        """What ``reference`` points to; when its registry cannot be reached, what it pointed
-        to last time (as Docker runs a local image then), if this cache knows."""
-        try:
-            resolved = await super()._lookup(reference)
-        except RegistryError:
-            known = self._images.recall(reference)
-            if known is None:
-                raise
-            return known
-        self._images.remember(reference, resolved)
-        return resolved
 
     async def _fetch(
         self, reference: str, platform: Platform, refresh: bool, on_progress: ProgressCallback

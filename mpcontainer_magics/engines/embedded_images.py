@@ -1,5 +1,4 @@
-"""The embedded engine's images: unpacked directories in the user's cache, and what names
-resolved to there.
+"""The embedded engine's images: unpacked directories in the user's cache.
 
     images/<manifest hex>/    one platform of a pulled image, pinned by its manifest digest:
         rootfs/               its layers applied safely (layers.apply_layer)
@@ -7,7 +6,6 @@ resolved to there.
         linked.json           the files containers hard-link (tree.LinkedFiles)
     images/snap-<id>/         an image this process made (commit, image_from_directory);
         diff-<n>.tar          its own layers, stacked on its parent's
-    refs/<sha256 of name>.json  what a name resolved to last (used when its registry is down)
 
 An image directory appears only complete (made under a temporary ``.work-PID-TICKS-`` name,
 then renamed), so kernels sharing the cache never see half an image, a second pull fetches
@@ -19,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import hashlib
 import json
 import os
 import secrets
@@ -31,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._aio import in_thread, once
 from ..errors import EngineError
-from ..platforms import Platform
-from ..registry import Reference, ResolvedImage
 from .base import ImageConfig, ProgressCallback, PulledImage, owner_labels, process_start_ticks
 from .rootfs import unpack_image
 from .store import BlobStore
@@ -54,52 +49,15 @@ def snapshot_id() -> str:
     return f"{SNAPSHOT_PREFIX}{secrets.token_hex(16)}"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Kernels sharing the cache never read half a file."""
-    handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(partial, path)
-
-
 class ImageDirectories:
-    """The ``images/`` and ``refs/`` parts of the cache at ``cache_dir``."""
+    """The ``images/`` part of the cache at ``cache_dir`` (``refs/`` is :mod:`.resolutions`)."""
 
     def __init__(self, cache_dir: Path, blobs: BlobStore, registry: RegistryClient) -> None:
         self.root = cache_dir / "images"
-        self._refs = cache_dir / "refs"
         self._cache = cache_dir
         self._blobs = blobs
         self._registry = registry
         self._unpacking: dict[str, asyncio.Task[Path]] = {}
-
-    # -- names -------------------------------------------------------------------------------
-
-    def _ref_file(self, reference: str) -> Path:
-        return self._refs / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"
-
-    def remember(self, reference: str, resolved: ResolvedImage) -> None:
-        """Keep what ``reference`` resolved to, for when its registry cannot be reached."""
-        self._refs.mkdir(parents=True, exist_ok=True)
-        saved = {
-            "digest": resolved.digest,
-            "media_type": resolved.media_type,
-            "manifests": [(str(p), d) for p, d in resolved.manifests],
-        }
-        _write_atomically(self._ref_file(reference), json.dumps(saved))
-
-    def recall(self, reference: str) -> ResolvedImage | None:
-        """What ``reference`` resolved to last time, if this cache knows."""
-        known = self._ref_file(reference)
-        if not known.is_file():
-            return None
-        saved = json.loads(known.read_text())
-        return ResolvedImage(
-            Reference.parse(reference),
-            saved["digest"],
-            saved["media_type"],
-            tuple((Platform.parse(p), d) for p, d in saved["manifests"]),
-        )
 
     # -- pulled images -----------------------------------------------------------------------
 

@@ -186,7 +186,7 @@ class Fleet(Engine):
         self._containers: dict[str, str] = {}  # container ID -> node holding it
         self._pin: str | None = None
         self._copied_mounts_to: set[str] = set()  # nodes told that mounts are copies
-        self._notes: list[str] = []  # for the user, with the next result (take_notes)
+        self._notes: list[str] = []  # made here, so that views made by on() share it
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -257,7 +257,8 @@ class Fleet(Engine):
         member.connection = connection
         member.engine = DockerEngine(
             connection.api,
-            # The local engine's registry settings, as configured now.
+            # The local engine's registry settings as they are now; the node adds its
+            # daemon's own mirrors.
             RegistryClient(
                 insecure_registries=self.registry.insecure_registries,
                 registry_mirrors=self.registry.registry_mirrors,
@@ -505,16 +506,19 @@ class Fleet(Engine):
     def _say_copied_once(self, node: str) -> None:
         if node not in self._copied_mounts_to:
             self._copied_mounts_to.add(node)
-            self._notes.append(
+            self.note(
                 f"node {node} is another machine and cannot see this one's files: mounts were "
                 "copied in, and what the command changes there stays on the node (copy it "
                 "back with %container cp)"
             )
 
     def take_notes(self) -> list[str]:
-        """What the user should be told since the last call (said once each)."""
-        notes, self._notes[:] = list(self._notes), []
-        return notes
+        """The fleet's own notes and its nodes' (the same note from several nodes once)."""
+        notes = super().take_notes()
+        for member in self.members:
+            if member.engine is not None:
+                notes += member.engine.take_notes()
+        return list(dict.fromkeys(notes))
 
     async def start_and_wait(
         self, container_id: str, on_output: OutputCallback | None = None

@@ -1,0 +1,96 @@
+"""What names resolved to, kept in the cache for when their registry cannot be reached.
+
+    refs/<sha256 of the name>.json    the last resolution of a name as the user wrote it
+
+Both engines keep them (in the cache directory, ``engines.store.default_cache_dir()`` by
+default) and both run from one when the registry is down, as Docker runs a local image
+then: the embedded engine when its cache holds the platform's image, Docker when its daemon
+holds the pinned digest. The digests pin the content, so a kept resolution can be stale (the
+tag moved since) but never wrong about what it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..platforms import Platform
+from ..registry import Reference, ResolvedImage
+from ..registry.reference import display_host
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """A resolution kept earlier, and when it was made (seconds since the epoch)."""
+
+    resolved: ResolvedImage
+    at: float
+
+    def note(self, reference: str) -> str:
+        """What the user is told when a run uses it."""
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.at))
+        registry = display_host(self.resolved.reference.registry)
+        return (
+            f"registry {registry} is unreachable: using the cached resolution of {reference} "
+            f"({self.resolved.digest}, from {when})"
+        )
+
+
+class Resolutions:
+    """The ``refs/`` part of the cache at ``cache_dir``, shared by the kernels using it."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.root = cache_dir / "refs"
+
+    def _file(self, reference: str) -> Path:
+        return self.root / f"{hashlib.sha256(reference.encode()).hexdigest()}.json"
+
+    def remember(self, reference: str, resolved: ResolvedImage) -> None:
+        """Keep what ``reference`` resolved to just now."""
+        saved = {
+            "digest": resolved.digest,
+            "media_type": resolved.media_type,
+            "manifests": [(str(p), d) for p, d in resolved.manifests],
+            "mirror": resolved.mirror,
+            "at": time.time(),
+        }
+        # Only for when the registry is down: a read-only cache must not stop a pull.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_atomically(self._file(reference), json.dumps(saved))
+
+    def recall(self, reference: str) -> Recalled | None:
+        """What ``reference`` resolved to last time, if this cache knows."""
+        known = self._file(reference)
+        try:
+            saved = json.loads(known.read_text())
+            at = float(saved.get("at") or known.stat().st_mtime)  # older files: no "at"
+        except (OSError, ValueError):
+            return None
+        resolved = ResolvedImage(
+            Reference.parse(reference),
+            saved["digest"],
+            saved["media_type"],
+            tuple((Platform.parse(p), d) for p, d in saved["manifests"]),
+            mirror=saved.get("mirror"),
+        )
+        return Recalled(resolved, at)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Kernels sharing the cache never read half a file."""
+    handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
