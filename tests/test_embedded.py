@@ -14,20 +14,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tarfile
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Containers, alive
+from tcp_proxy import TcpProxy
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
@@ -415,36 +414,6 @@ def test_an_unprivileged_user_without_docker(test_image, user_home, embedded):
     cache = home / ".cache" / "mpcontainer_magics"
     assert any((cache / "blobs" / "sha256").iterdir())
     assert not any((cache / "containers").iterdir())
-
-
-class TcpProxy:
-    """A registry reachable only while this forwarder runs (127.0.0.1:port → target)."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self._target = (host, int(port))
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self._server.accept()
-                upstream = socket.create_connection(self._target)
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._server.close()
 
 
 def test_an_unreachable_registry_falls_back_to_what_the_cache_knows(embedded, test_image):
