@@ -17,6 +17,7 @@ from tcp_proxy import TcpProxy
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.docker import DockerEngine
 from mpcontainer_magics.platforms import Platform
+from mpcontainer_magics.registry import HUB
 
 WHEN = r"from \d{4}-\d\d-\d\d \d\d:\d\d UTC"
 
@@ -112,7 +113,7 @@ def test_docker_hub_names_resolve_through_the_daemons_own_mirrors(mirror, test_n
             image = await engine.pull("busybox:1.35", Platform.parse("linux/arm64"))
             lines: list[bytes] = []
             ran = await engine.run(image, ["uname", "-m"], on_output=lambda _, b: lines.append(b))
-            hub_mirrors = engine.registry.registry_mirrors["docker.io"]
+            hub_mirrors = engine.registry.registry_mirrors[HUB]
             return image, ran.exit_code, b"".join(lines), engine.take_notes(), hub_mirrors
         finally:
             await engine.aclose()

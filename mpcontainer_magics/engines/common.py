@@ -115,7 +115,7 @@ class EngineBase(Engine, Generic[C]):
             recalled = self.resolutions.recall(reference)
             if recalled is None:
                 raise
-            self._offline[reference] = (failure, recalled.note(reference))
+            self._offline[reference] = (failure, recalled.note(reference, failure))
             return recalled.resolved
         self._offline.pop(reference, None)
         self.resolutions.remember(reference, resolved)

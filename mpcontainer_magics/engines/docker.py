@@ -38,7 +38,7 @@ from ..errors import (
     RegistryError,
 )
 from ..platforms import Platform
-from ..registry import RegistryClient, ResolvedImage
+from ..registry import HUB, RegistryClient, ResolvedImage
 from . import binfmt, docker_images
 from .archives import write_copy
 from .base import (
@@ -88,6 +88,11 @@ def _no_read_timeout(sock: Any) -> None:
     for candidate in (sock, getattr(sock, "_sock", None)):
         if hasattr(candidate, "settimeout"):
             candidate.settimeout(None)
+
+
+def _host(mirror: str) -> str:
+    """host[:port] of a mirror written as a URL ("http://127.0.0.1:5056")."""
+    return mirror.partition("://")[2] or mirror
 
 
 class DockerEngine(EngineBase[Platform]):
@@ -263,11 +268,11 @@ class DockerEngine(EngineBase[Platform]):
             info = await self._docker("describe itself", self._api.info)
             # A remote daemon's loopback mirror is on its machine, not reachable from here.
             self._daemon_mirrors = docker_images.daemon_mirrors(info, loopback=self.is_local)
-        mirrors = dict(self.registry.registry_mirrors)
-        hub = tuple(mirrors.get("docker.io", ()))
-        added = tuple(m for m in self._daemon_mirrors if m not in hub)
+        mirrors: dict[str, tuple[str, ...]] = dict(self.registry.registry_mirrors)
+        hub = mirrors.get(HUB, ())
+        added = tuple(m for m in self._daemon_mirrors if _host(m) not in hub)
         if added:  # also after the user replaced the setting (%config): added again
-            mirrors["docker.io"] = (*hub, *added)
+            mirrors[HUB] = (*hub, *added)
             self.registry.registry_mirrors = mirrors
 
     async def _fetch(

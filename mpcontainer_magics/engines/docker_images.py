@@ -131,20 +131,21 @@ async def blob_sizes(
 
 
 def daemon_mirrors(info: Mapping[str, Any], *, loopback: bool = True) -> tuple[str, ...]:
-    """The daemon's ``registry-mirrors`` (``/info``'s ``RegistryConfig.Mirrors``, URLs such as
-    "http://127.0.0.1:5056/") as host[:port]; loopback ones only when ``loopback``.
-
-    The scheme goes: the registry client speaks plain http to loopback hosts by itself, and
-    https elsewhere (a plain-http mirror elsewhere is listed in insecure_registries)."""
+    """The daemon's ``registry-mirrors`` (``/info``'s ``RegistryConfig.Mirrors``, URLs such
+    as "http://127.0.0.1:5056/"), as ``RegistryClient.registry_mirrors`` takes them: without
+    "https://" or the slash, "http://" kept (plain HTTP, as Docker reaches it). Loopback
+    ones only when ``loopback``."""
     config = info.get("RegistryConfig")
     urls = config.get("Mirrors") if isinstance(config, dict) else None
-    hosts = []
+    mirrors = []
     for url in urls if isinstance(urls, list) else ():
-        if isinstance(url, str) and url.strip():
-            host = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", url.strip()).rstrip("/")
-            if loopback or not _is_loopback(host):
-                hosts.append(host)
-    return tuple(dict.fromkeys(hosts))
+        if not isinstance(url, str) or not url.strip():
+            continue
+        mirror = re.sub(r"^https://", "", url.strip(), flags=re.IGNORECASE).rstrip("/")
+        host = mirror.partition("://")[2] or mirror
+        if loopback or not _is_loopback(host):
+            mirrors.append(mirror)
+    return tuple(dict.fromkeys(mirrors))
 
 
 def _is_loopback(host: str) -> bool:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import RateLimited, RegistryError
 from ..platforms import Platform
 from ..registry import Reference, ResolvedImage
 from ..registry.reference import display_host
@@ -32,12 +33,14 @@ class Recalled:
     resolved: ResolvedImage
     at: float
 
-    def note(self, reference: str) -> str:
-        """What the user is told when a run uses it."""
+    def note(self, reference: str, failure: RegistryError) -> str:
+        """What the user is told when a run uses it instead of asking the registry, which
+        failed with ``failure``."""
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.at))
         registry = display_host(self.resolved.reference.registry)
+        why = "is rate-limiting us" if isinstance(failure, RateLimited) else "is unreachable"
         return (
-            f"registry {registry} is unreachable: using the cached resolution of {reference} "
+            f"registry {registry} {why}: using the cached resolution of {reference} "
             f"({self.resolved.digest}, from {when})"
         )
 
