@@ -17,7 +17,7 @@ from tcp_proxy import TcpProxy
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.docker import DockerEngine
 from mpcontainer_magics.platforms import Platform
-from mpcontainer_magics.registry import HUB
+from mpcontainer_magics.registry import HUB, RegistryClient
 
 WHEN = r"from \d{4}-\d\d-\d\d \d\d:\d\d UTC"
 
@@ -98,6 +98,7 @@ def test_a_name_never_resolved_still_fails_with_the_registrys_error(shell, proxi
 def mirror(docker_api: Any) -> Iterator[str]:
     """The mirror registry (holding mpc/busybox:1.35 and library/busybox:1.35)."""
     address = required_env("MPC_TEST_MIRROR")
+    untag(docker_api, f"{address}/")  # what a run cut short left: it would hide a pull
     yield address
     untag(docker_api, f"{address}/")
 
@@ -148,3 +149,32 @@ def test_a_mirror_serves_a_registry_that_does_not_answer(mirror, docker_api, no_
     assert result.notes == [f"{image}: resolved through mirror {mirror}"]
     digest = result[0].image_digest
     assert docker_api.inspect_image(f"{mirror}/mpc/busybox@{digest}")["Architecture"] == "s390x"
+
+
+def test_when_docker_cannot_pull_from_the_mirror_it_pulls_from_the_registry(
+    mirror, registry_host, docker_api
+):
+    # The mirror (a proxy to the test registry) answers the resolution, then goes away
+    # before Docker pulls: the pinned digest comes from the registry itself, unchanged.
+    proxy = TcpProxy(registry_host)
+    image = f"{mirror}/mpc/busybox:1.35"
+
+    async def main() -> tuple[Any, list[str]]:
+        registry = RegistryClient(registry_mirrors={mirror: [proxy.address]})
+        engine = await DockerEngine.connect(registry=registry)
+        try:
+            await engine.image_platforms(image)  # resolved through the mirror
+            proxy.close()
+            return await engine.pull(image, Platform.parse("linux/arm64")), engine.take_notes()
+        finally:
+            await engine.aclose()
+
+    try:
+        pulled, notes = asyncio.run(main())
+    finally:
+        proxy.close()
+        untag(docker_api, f"{proxy.address}/")
+    assert notes == [f"{image}: resolved through mirror {proxy.address}"]
+    assert pulled.reference == image
+    held = docker_api.inspect_image(f"{mirror}/mpc/busybox@{pulled.digest}")
+    assert (held["Id"], held["Architecture"]) == (pulled.image_id, "arm64")
