@@ -114,7 +114,7 @@ def test_docker_hub_names_resolve_through_the_daemons_own_mirrors(mirror, test_n
             image = await engine.pull("busybox:1.35", Platform.parse("linux/arm64"))
             lines: list[bytes] = []
             ran = await engine.run(image, ["uname", "-m"], on_output=lambda _, b: lines.append(b))
-            hub_mirrors = engine.registry.registry_mirrors[HUB]
+            hub_mirrors = engine.registry.daemon_mirrors[HUB]
             return image, ran.exit_code, b"".join(lines), engine.take_notes(), hub_mirrors
         finally:
             await engine.aclose()

@@ -90,11 +90,6 @@ def _no_read_timeout(sock: Any) -> None:
             candidate.settimeout(None)
 
 
-def _host(mirror: str) -> str:
-    """host[:port] of a mirror written as a URL ("http://127.0.0.1:5056")."""
-    return mirror.partition("://")[2] or mirror
-
-
 class DockerEngine(EngineBase[Platform]):
     """Containers of a Docker engine; ``_live`` maps each one made to its image's platform."""
 
@@ -268,12 +263,7 @@ class DockerEngine(EngineBase[Platform]):
             info = await self._docker("describe itself", self._api.info)
             # A remote daemon's loopback mirror is on its machine, not reachable from here.
             self._daemon_mirrors = docker_images.daemon_mirrors(info, loopback=self.is_local)
-        mirrors: dict[str, tuple[str, ...]] = dict(self.registry.registry_mirrors)
-        hub = mirrors.get(HUB, ())
-        added = tuple(m for m in self._daemon_mirrors if _host(m) not in hub)
-        if added:  # also after the user replaced the setting (%config): added again
-            mirrors[HUB] = (*hub, *added)
-            self.registry.registry_mirrors = mirrors
+            self.registry.daemon_mirrors = {HUB: self._daemon_mirrors}
 
     async def _fetch(
         self, reference: str, platform: Platform, refresh: bool, on_progress: PullProgress
