@@ -128,7 +128,7 @@ def test_docker_hub_names_resolve_through_the_daemons_own_mirrors(mirror, test_n
         for name in listed.split():
             if name.startswith(f"{mirror}/"):
                 on_node(test_nodes["ctx"], "rmi", name)
-    assert mirror in hub_mirrors
+    assert f"http://{mirror}" in hub_mirrors  # as dockerd has it: plain HTTP
     assert (code, out) == (0, b"aarch64\n")
     assert image.reference == "busybox:1.35"  # the user's name, not the mirror's
     assert notes == [f"busybox:1.35: resolved through mirror {mirror}"]
