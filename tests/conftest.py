@@ -317,3 +317,4 @@ def assert_says_what_and_how(message: str, why: str) -> None:
 
 
 from node_fixtures import test_nodes  # noqa: E402, F401  (the extra nodes; see node_fixtures)
+from registry_faults import fault_proxy, mirror_host, refusing_registry  # noqa: E402, F401 (the fault proxy; see registry_faults)
