@@ -1,0 +1,365 @@
+"""Pulls and publishes a classroom can rely on (issue 13): rate limits, the manifest cache,
+retries and resumed downloads, mirrors, and interrupted publishes.
+
+Every registry here is real: the test registry, reached through the tests' own
+fault-injecting proxy (registry_faults.py) that answers 429s and 503s, cuts a blob or an
+upload mid-way, changes a byte or ignores Range; the mirror registry (MPC_TEST_MIRROR,
+holding a skopeo copy of the test image); and an address that refuses connections. The
+proxy's log says what our client asked for, so "each blob once" or "HEADs only" is checked
+on the wire. Blob downloads are our client's on the embedded engine only (dockerd fetches
+layers itself), so those tests run there; the rest run on both engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import httpx
+import pytest
+from IPython.core.error import UsageError
+from node_fixtures import node_env
+from registry_faults import HUB_RATE_LIMIT_BODY, HUB_RATE_LIMIT_HEADERS, FaultProxy
+
+import mpcontainer_magics as mpc
+from mpcontainer_magics.errors import DigestMismatch, RateLimited, RegistryError
+from mpcontainer_magics.registry import RegistryClient
+from mpcontainer_magics.registry import client as registry_client
+from mpcontainer_magics.registry.mediatypes import ACCEPT
+
+T = TypeVar("T")
+S390X = "linux/s390x"
+MANIFESTS = r"^(HEAD|GET) /v2/[^ ]+/manifests/"
+#: Where the proxy cuts the layer: well inside its ~1 MB.
+CUT_AT = 300_000
+
+
+@pytest.fixture(autouse=True)
+def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait 10 ms, not 0.2 s doubling: the retry counts are what is tested."""
+    monkeypatch.setattr(registry_client, "RETRY_BACKOFF_S", 0.01)
+
+
+@pytest.fixture
+def embedded_engine(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The embedded engine as "auto" (its pulls fetch every blob with our client)."""
+    monkeypatch.setenv("MPC_ENGINE", "embedded")
+    return "embedded"
+
+
+def run(main: Callable[[mpc.Client], Awaitable[T]], **connect: Any) -> T:
+    async def go() -> T:
+        async with mpc.connect(**connect) as client:
+            return await main(client)
+
+    return asyncio.run(go())
+
+
+def through(proxy: FaultProxy, image: str) -> str:
+    """``image`` (in the test registry) as named through ``proxy``."""
+    return f"{proxy.address}/{image.partition('/')[2]}"
+
+
+def pull(image: str, platform: str = S390X, **connect: Any) -> list[tuple[int, int | None]]:
+    """Pull ``image`` for ``platform``; the (done, total) progress reports, in order."""
+    progress: list[tuple[int, int | None]] = []
+
+    async def main(client: mpc.Client) -> None:
+        await client.pull(
+            image, platforms=platform, on_progress=lambda p, d, t: progress.append((d, t))
+        )
+
+    run(main, **connect)
+    return progress
+
+
+def one_line(message: str) -> str:
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def s390x_layer(test_image: str) -> tuple[str, int]:
+    """(digest, size) of the s390x variant's one layer, read from the registry directly."""
+    registry, _, name = test_image.partition("/")
+    repo, _, tag = name.rpartition(":")
+    with httpx.Client(base_url=f"http://{registry}/v2/{repo}/", headers={"Accept": ACCEPT}) as h:
+        index = h.get(f"manifests/{tag}").json()
+        entry = next(m for m in index["manifests"] if m["platform"]["architecture"] == "s390x")
+        layer = h.get(f"manifests/{entry['digest']}").json()["layers"][0]
+    return layer["digest"], layer["size"]
+
+
+def blob_requests(proxy: FaultProxy, digest: str) -> list[tuple[str | None, int | None]]:
+    """(Range, status) of each GET of blob ``digest`` the proxy saw."""
+    return [(r.range, r.status) for r in proxy.requests(rf"^GET /v2/.+/blobs/{digest}$")]
+
+
+def assert_progress_ends_complete(progress: list[tuple[int, int | None]], size: int) -> None:
+    """Progress never goes backwards and ends at (total, total), the layer included."""
+    done = [d for d, _ in progress]
+    assert done == sorted(done), progress
+    last_done, last_total = progress[-1]
+    assert last_done == last_total and last_total is not None and last_total >= size
+
+
+def nothing_cached_of(cache: Path, digest: str) -> None:
+    blobs = cache / "blobs" / "sha256"
+    assert not (blobs / digest.removeprefix("sha256:")).exists()
+    assert list(blobs.glob(".partial-*")) == []
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+
+
+def test_a_long_rate_limit_says_who_when_and_both_fixes(engine_kind, fault_proxy, test_image):
+    fault_proxy.rate_limit(MANIFESTS, retry_after=60)
+    with pytest.raises(RateLimited) as limited:
+        pull(through(fault_proxy, test_image))
+    message = one_line(str(limited.value))
+    assert limited.value.registry == fault_proxy.address and fault_proxy.address in message
+    assert limited.value.retry_after is not None and 55 <= limited.value.retry_after <= 60
+    assert "resets" in message
+    assert "docker login" in message and "registry_mirrors" in message
+    assert len(fault_proxy.requests(MANIFESTS)) == 1  # not hammered: asked once
+
+
+def test_the_magic_says_a_rate_limit_in_one_line(shell, fault_proxy, test_image, capsys):
+    fault_proxy.rate_limit(MANIFESTS, retry_after=3600)
+    outcome = shell.run_cell(
+        f"%container pull {through(fault_proxy, test_image)} --platform {S390X}"
+    )
+    assert isinstance(outcome.error_in_exec, UsageError)
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("UsageError:") and "docker login" in err and fault_proxy.address in err
+
+
+def test_a_short_rate_limit_is_waited_for_once(engine_kind, fault_proxy, test_image):
+    fault_proxy.rate_limit(MANIFESTS, retry_after=1, times=1)
+    pull(through(fault_proxy, test_image))
+    first, again = fault_proxy.requests(MANIFESTS)[:2]
+    assert (first.status, again.status) == (429, 200) and first.target == again.target
+
+
+@pytest.mark.parametrize(
+    ("status", "asked"),
+    [
+        (429, MANIFESTS),  # Docker Hub's HEAD at the limit: 429 and ratelimit-* headers
+        (403, r"^GET /v2/[^ ]+/manifests/"),  # a 403 whose body says TOOMANYREQUESTS
+    ],
+)
+def test_docker_hubs_rate_limit_answer(engine_kind, fault_proxy, test_image, status, asked):
+    fault_proxy.answer(asked, status, HUB_RATE_LIMIT_HEADERS, HUB_RATE_LIMIT_BODY)
+    with pytest.raises(RateLimited) as limited:
+        pull(through(fault_proxy, test_image))
+    message = one_line(str(limited.value))
+    assert limited.value.retry_after is None  # Hub's ratelimit-* headers give a window only
+    assert fault_proxy.address in message and "docker login" in message
+    assert len(fault_proxy.requests(asked)) == 1
+
+
+# -- what is spent from a limit ------------------------------------------------------------------
+
+
+def test_a_second_client_resolving_a_tag_sends_only_a_head(fault_proxy, test_image, tmp_path):
+    image = through(fault_proxy, test_image)
+
+    async def resolve() -> tuple[str, dict[str, int]]:
+        async with RegistryClient(cache_dir=tmp_path) as client:  # a kernel of its own
+            return (await client.resolve(image)).digest, dict(client.requests)
+
+    first, _ = asyncio.run(resolve())
+    asked_before = len(fault_proxy.log)
+    second, spent = asyncio.run(resolve())
+    assert first == second
+    assert spent == {"HEAD manifest": 1}
+    assert [r.method for r in fault_proxy.log[asked_before:]] == ["HEAD"]
+
+
+def test_a_second_kernel_pulling_spends_no_manifest_get(engine_kind, fault_proxy, test_image):
+    image = through(fault_proxy, test_image)
+
+    async def main(client: mpc.Client) -> dict[str, int]:
+        await client.pull(image, platforms=S390X)
+        return dict(client.engine.registry.requests)
+
+    run(main)
+    second = run(main)  # another client, the same cache: as another kernel
+    assert "GET manifest" not in second and second["HEAD manifest"] >= 1
+
+
+# -- blob downloads: retried, resumed, verified (the embedded engine's own) ----------------------
+
+
+def test_a_cut_blob_resumes_where_it_stopped(embedded_engine, fault_proxy, test_image, s390x_layer):
+    digest, size = s390x_layer
+    fault_proxy.cut(rf"^GET /v2/.+/blobs/{digest}$", after=CUT_AT)
+    progress = pull(through(fault_proxy, test_image))
+    assert blob_requests(fault_proxy, digest) == [(None, 200), (f"bytes={CUT_AT}-", 206)]
+    assert_progress_ends_complete(progress, size)
+
+
+def test_a_cut_blob_starts_over_when_ranges_are_ignored(
+    embedded_engine, fault_proxy, test_image, s390x_layer
+):
+    digest, size = s390x_layer
+    fault_proxy.cut(rf"^GET /v2/.+/blobs/{digest}$", after=CUT_AT)
+    fault_proxy.ignore_range(rf"^GET /v2/.+/blobs/{digest}$")
+    progress = pull(through(fault_proxy, test_image))
+    assert blob_requests(fault_proxy, digest) == [(None, 200), (f"bytes={CUT_AT}-", 200)]
+    assert_progress_ends_complete(progress, size)
+
+
+def test_a_blob_answering_503_for_a_while_is_tried_again(
+    embedded_engine, fault_proxy, test_image, s390x_layer
+):
+    digest, size = s390x_layer
+    fault_proxy.answer(rf"^GET /v2/.+/blobs/{digest}$", 503, times=2)
+    progress = pull(through(fault_proxy, test_image))
+    assert [s for _, s in blob_requests(fault_proxy, digest)] == [503, 503, 200]
+    assert_progress_ends_complete(progress, size)
+
+
+def test_a_blob_answering_503_for_ever_is_one_error_and_nothing_cached(
+    embedded_engine, fault_proxy, test_image, s390x_layer, blob_cache
+):
+    digest, _ = s390x_layer
+    fault_proxy.answer(rf"^GET /v2/.+/blobs/{digest}$", 503)
+    with pytest.raises(RegistryError) as failed:
+        pull(through(fault_proxy, test_image))
+    message = one_line(str(failed.value))
+    assert digest in message and fault_proxy.address in message and "503" in message
+    assert len(blob_requests(fault_proxy, digest)) == registry_client.ATTEMPTS
+    nothing_cached_of(blob_cache, digest)
+
+
+def test_a_wrong_byte_is_refused_and_nothing_cached(
+    embedded_engine, fault_proxy, test_image, s390x_layer, blob_cache
+):
+    digest, _ = s390x_layer
+    fault_proxy.corrupt(rf"^GET /v2/.+/blobs/{digest}$", offset=CUT_AT)
+    with pytest.raises(DigestMismatch) as refused:
+        pull(through(fault_proxy, test_image))
+    assert digest in one_line(str(refused.value))
+    nothing_cached_of(blob_cache, digest)
+
+
+# -- mirrors -------------------------------------------------------------------------------------
+
+
+def test_a_mirror_serves_an_image_whose_registry_does_not_answer(
+    embedded_engine, refusing_registry, mirror_host, test_image
+):
+    image = f"{refusing_registry}/{test_image.partition('/')[2]}"
+    mirrors = {refusing_registry: [mirror_host]}
+
+    async def main(client: mpc.Client) -> Any:
+        resolved = await client.engine.registry.resolve(image)
+        return resolved.mirror, await client.run("uname -m", image=image, platforms=S390X)
+
+    mirror, result = run(main, registry_mirrors=mirrors)
+    assert mirror == mirror_host
+    assert result.stdout == {S390X: "s390x\n"}
+
+
+def test_a_rate_limited_registry_is_not_asked_when_its_mirror_answers(
+    embedded_engine, fault_proxy, mirror_host, test_image
+):
+    fault_proxy.hub_rate_limit(r"^(HEAD|GET) ")
+    image = through(fault_proxy, test_image)
+    pull(image, registry_mirrors={fault_proxy.address: [mirror_host]})
+    assert fault_proxy.log == []  # nothing spent from its limit
+
+
+def test_a_rate_limited_mirror_falls_back_to_the_registry(embedded_engine, mirror_host, test_image):
+    with FaultProxy(mirror_host) as mirror:
+        mirror.hub_rate_limit(r"^(HEAD|GET) ")
+        registry = test_image.partition("/")[0]
+
+        async def main(client: mpc.Client) -> Any:
+            resolved = await client.engine.registry.resolve(test_image)
+            await client.pull(test_image, platforms=S390X)
+            return resolved.mirror
+
+        assert run(main, registry_mirrors={registry: [mirror.address]}) is None
+        assert {r.status for r in mirror.log} == {429}
+
+
+def test_the_docker_engine_uses_the_daemons_own_mirrors(monkeypatch, mirror_host):
+    """Node ctx's dockerd has registry-mirrors = [the mirror] (.ci/nodes): a Docker Hub name
+    resolves and pulls through it, with no configuration of ours and no Internet."""
+    socket = f"unix://{node_env('MPC_TEST_NODE_CTX_SOCKET')}"
+    monkeypatch.setenv("DOCKER_HOST", socket)
+
+    async def main(client: mpc.Client) -> Any:
+        mirrors = client.engine.registry.registry_mirrors
+        return mirrors, await client.run("uname -m", image="busybox:1.35", platforms="linux/arm64")
+
+    try:
+        mirrors, result = run(main, engine="docker")
+    finally:
+        with docker.APIClient(base_url=socket) as api:
+            for image in api.images(name="busybox"):
+                api.remove_image(image["Id"], force=True)
+    assert any(mirror_host in m for listed in mirrors.values() for m in listed)
+    assert result.stdout == {"linux/arm64": "aarch64\n"}
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+
+def two_variants(client: mpc.Client, image: str) -> list[mpc.Container]:
+    return [client.container(platform=p).from_(image) for p in ("linux/amd64", "linux/arm64")]
+
+
+def test_a_cut_blob_upload_is_sent_again(engine_kind, fault_proxy, test_image, registry_host):
+    repository = f"test/resilient-{uuid.uuid4().hex[:10]}"
+    fault_proxy.drop(rf"^PUT /v2/{repository}/blobs/uploads/", after=100, times=1)
+
+    async def main(client: mpc.Client) -> mpc.Published:
+        return await client.publish(
+            f"{fault_proxy.address}/{repository}:v1", two_variants(client, test_image)
+        )
+
+    published = run(main)
+    uploads = [r.status for r in fault_proxy.requests(rf"^PUT /v2/{repository}/blobs/uploads/")]
+    assert uploads[0] is None and uploads[1:] and set(uploads[1:]) == {201}
+    assert tag_digest(registry_host, repository, "v1") == published.digest
+
+
+def test_an_interrupted_publish_leaves_no_tag(engine_kind, fault_proxy, test_image, registry_host):
+    repository = f"test/resilient-{uuid.uuid4().hex[:10]}"
+    fault_proxy.answer(rf"^PUT /v2/{repository}/manifests/(?!sha256:)", 503)
+
+    async def main(client: mpc.Client) -> mpc.Published:
+        return await client.publish(
+            f"{fault_proxy.address}/{repository}:v1", two_variants(client, test_image)
+        )
+
+    with pytest.raises(RegistryError) as failed:
+        run(main)
+    assert "503" in one_line(str(failed.value))
+    # Blobs and per-platform manifests went first and are there; the tag, last, is not.
+    assert tag_digest(registry_host, repository, "v1") is None
+    pushed = fault_proxy.requests(rf"^PUT /v2/{repository}/manifests/sha256:")
+    assert len(pushed) == 2 and {r.status for r in pushed} == {201}
+    with httpx.Client(base_url=f"http://{registry_host}/v2/{repository}/") as direct:
+        for manifest in pushed:
+            reference = manifest.path.rpartition("/")[2]
+            assert direct.head(f"manifests/{reference}", headers={"Accept": ACCEPT}).is_success
+            body = direct.get(f"manifests/{reference}", headers={"Accept": ACCEPT}).json()
+            for blob in (body["config"], *body["layers"]):
+                assert direct.head(f"blobs/{blob['digest']}").is_success
+
+
+def tag_digest(registry: str, repository: str, tag: str) -> str | None:
+    """What ``repository:tag`` points to, asked of the registry directly (None: no such tag)."""
+    resp = httpx.head(
+        f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": ACCEPT}
+    )
+    return resp.headers["Docker-Content-Digest"] if resp.is_success else None
