@@ -223,15 +223,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # the proxy's own log is the record; stderr stays quiet
 
     def handle_one_request(self) -> None:
-        # One request per connection: every answer closes it, so no idle keep-alive
-        # connection (and thread) is left when the proxy closes.
-        self.close_connection = True
         self.raw_requestline = self.rfile.readline(65537)
-        if not self.raw_requestline or not self.parse_request():
-            return
-        with contextlib.suppress(ConnectionError, TimeoutError):
-            self._proxy()
-        self.wfile.flush()
+        if self.raw_requestline and self.parse_request():
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                self._proxy()
+        # One request per connection (parse_request would keep HTTP/1.1 ones alive): a
+        # dropped or cut one must end here, and no idle connection outlives the proxy.
+        self.close_connection = True
 
     def _proxy(self) -> None:
         proxy = self.server.proxy
@@ -362,7 +360,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close ``sock`` at once with a TCP reset (a connection cut, not a clean end)."""
+    """End ``sock`` with a TCP reset (a connection cut, not a clean end): no linger, so its
+    closing, as soon as the handler's file objects let go of it, sends RST."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 
