@@ -13,6 +13,7 @@ layers itself), so those tests run there; the rest run on both engines.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -268,26 +269,45 @@ def test_a_mirror_serves_an_image_whose_registry_does_not_answer(
 
 
 def test_a_rate_limited_registry_is_not_asked_when_its_mirror_answers(
-    embedded_engine, fault_proxy, mirror_host, test_image
+    embedded_engine, fault_proxy, mirror_host, test_image, monkeypatch
 ):
     fault_proxy.hub_rate_limit(r"^(HEAD|GET) ")
-    image = through(fault_proxy, test_image)
-    pull(image, registry_mirrors={fault_proxy.address: [mirror_host]})
+    # As a JupyterHub would set it for every kernel.
+    monkeypatch.setenv("MPC_REGISTRY_MIRRORS", json.dumps({fault_proxy.address: [mirror_host]}))
+    pull(through(fault_proxy, test_image))
     assert fault_proxy.log == []  # nothing spent from its limit
 
 
-def test_a_rate_limited_mirror_falls_back_to_the_registry(embedded_engine, mirror_host, test_image):
+def test_a_rate_limited_mirror_falls_back_to_the_registry(
+    embedded_engine, mirror_host, test_image, monkeypatch
+):
     with FaultProxy(mirror_host) as mirror:
         mirror.hub_rate_limit(r"^(HEAD|GET) ")
         registry = test_image.partition("/")[0]
+        monkeypatch.setenv("MPC_REGISTRY_MIRRORS", json.dumps({registry: [mirror.address]}))
 
         async def main(client: mpc.Client) -> Any:
             resolved = await client.engine.registry.resolve(test_image)
             await client.pull(test_image, platforms=S390X)
             return resolved.mirror
 
-        assert run(main, registry_mirrors={registry: [mirror.address]}) is None
-        assert {r.status for r in mirror.log} == {429}
+        assert run(main) is None  # the registry itself answered
+        assert mirror.log and {r.status for r in mirror.log} == {429}
+
+
+def test_mirrors_in_the_magics_config(
+    ip, embedded_engine, refusing_registry, mirror_host, test_image
+):
+    image = f"{refusing_registry}/{test_image.partition('/')[2]}"
+    ip.run_line_magic("load_ext", "mpcontainer_magics")
+    try:
+        mirrors = {refusing_registry: [mirror_host]}
+        ip.run_line_magic("config", f"ContainerMagics.registry_mirrors = {mirrors!r}")
+        ip.run_cell_magic("container", f"--image {image} --platform {S390X} --out res", "uname -m")
+        assert ip.user_ns["res"].stdout == {S390X: "s390x\n"}
+    finally:
+        ip.run_line_magic("config", "ContainerMagics.registry_mirrors = {}")
+        ip.run_line_magic("unload_ext", "mpcontainer_magics")
 
 
 def test_the_docker_engine_uses_the_daemons_own_mirrors(monkeypatch, mirror_host):
