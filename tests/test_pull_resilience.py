@@ -108,10 +108,13 @@ def assert_progress_ends_complete(progress: list[tuple[int, int | None]], size: 
     assert last_done == last_total and last_total is not None and last_total >= size
 
 
-def nothing_cached_of(cache: Path, digest: str) -> None:
+def assert_nothing_kept_of(cache: Path, digest: str) -> None:
+    """Neither blob ``digest`` nor any partial download is in the blob cache, and no image
+    was unpacked."""
     blobs = cache / "blobs" / "sha256"
     assert not (blobs / digest.removeprefix("sha256:")).exists()
     assert list(blobs.glob(".partial-*")) == []
+    assert list((cache / "images").glob("*")) == []
 
 
 # -- rate limits ---------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ def test_a_blob_answering_503_for_ever_is_one_error_and_nothing_cached(
     message = one_line(str(failed.value))
     assert digest in message and fault_proxy.address in message and "503" in message
     assert len(blob_requests(fault_proxy, digest)) == registry_client.ATTEMPTS
-    nothing_cached_of(blob_cache, digest)
+    assert_nothing_kept_of(blob_cache, digest)
 
 
 def test_a_wrong_byte_is_refused_and_nothing_cached(
@@ -247,7 +250,7 @@ def test_a_wrong_byte_is_refused_and_nothing_cached(
     with pytest.raises(DigestMismatch) as refused:
         pull(through(fault_proxy, test_image))
     assert digest in one_line(str(refused.value))
-    nothing_cached_of(blob_cache, digest)
+    assert_nothing_kept_of(blob_cache, digest)
 
 
 # -- mirrors -------------------------------------------------------------------------------------
