@@ -13,7 +13,11 @@ layers itself), so those tests run there; the rest run on both engines.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -387,3 +391,52 @@ def tag_digest(registry: str, repository: str, tag: str) -> str | None:
         f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": ACCEPT}
     )
     return resp.headers["Docker-Content-Digest"] if resp.is_success else None
+
+
+# -- many kernels, one cache ---------------------------------------------------------------------
+
+KERNEL = """
+import pathlib, sys, time
+from IPython.core.interactiveshell import InteractiveShell
+
+image, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "mpcontainer_magics")
+ready.touch()
+while not go.exists():  # all kernels pull at once
+    time.sleep(0.01)
+shell.run_line_magic("container", f"pull {image} --platform linux/s390x")
+"""
+KERNELS = 5
+
+
+def test_kernels_pulling_at_once_into_one_cache_fetch_each_blob_once(
+    embedded_engine, fault_proxy, test_image, tmp_path
+):
+    image = through(fault_proxy, test_image)
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(KERNELS)]
+    kernels = [
+        subprocess.Popen(
+            [sys.executable, "-c", KERNEL, image, str(r), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in ready
+    ]
+    try:
+        deadline = time.monotonic() + 120  # a bound on waiting, not an assertion on speed
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            assert all(k.poll() is None for k in kernels), [k.communicate()[0] for k in kernels]
+            time.sleep(0.05)
+        go.touch()
+        outputs = [k.communicate(timeout=300)[0] for k in kernels]
+    finally:
+        for k in kernels:
+            if k.poll() is None:
+                k.kill()
+                k.wait()
+    assert [k.returncode for k in kernels] == [0] * KERNELS, outputs
+    fetched = collections.Counter(r.path for r in fault_proxy.requests(r"^GET /v2/.+/blobs/"))
+    assert len(fetched) >= 2 and set(fetched.values()) == {1}, fetched  # config and layer
