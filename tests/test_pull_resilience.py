@@ -7,7 +7,8 @@ upload mid-way, changes a byte or ignores Range; the mirror registry (MPC_TEST_M
 holding a skopeo copy of the test image); and an address that refuses connections. The
 proxy's log says what our client asked for, so "each blob once" or "HEADs only" is checked
 on the wire. Blob downloads are our client's on the embedded engine only (dockerd fetches
-layers itself), so those tests run there; the rest run on both engines.
+layers itself), so those tests run there; the rest run on both engines (mirrors on Docker:
+test_resolutions.py). Retries wait only milliseconds here (conftest's quick_retries).
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import docker
 import httpx
 import pytest
 from IPython.core.error import UsageError
-from node_fixtures import node_env
 from registry_faults import HUB_RATE_LIMIT_BODY, HUB_RATE_LIMIT_HEADERS, FaultProxy
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.errors import DigestMismatch, RateLimited, RegistryError
-from mpcontainer_magics.registry import RegistryClient
-from mpcontainer_magics.registry import client as registry_client
+from mpcontainer_magics.registry import RegistryClient, transfer
 from mpcontainer_magics.registry.mediatypes import ACCEPT
 
 T = TypeVar("T")
@@ -41,12 +39,6 @@ S390X = "linux/s390x"
 MANIFESTS = r"^(HEAD|GET) /v2/[^ ]+/manifests/"
 #: Where the proxy cuts the layer: well inside its ~1 MB.
 CUT_AT = 300_000
-
-
-@pytest.fixture(autouse=True)
-def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries wait 10 ms, not 0.2 s doubling: the retry counts are what is tested."""
-    monkeypatch.setattr(registry_client, "RETRY_BACKOFF_S", 0.01)
 
 
 @pytest.fixture
@@ -242,7 +234,7 @@ def test_a_blob_answering_503_for_ever_is_one_error_and_nothing_cached(
         pull(through(fault_proxy, test_image))
     message = one_line(str(failed.value))
     assert digest in message and fault_proxy.address in message and "503" in message
-    assert len(blob_requests(fault_proxy, digest)) == registry_client.ATTEMPTS
+    assert len(blob_requests(fault_proxy, digest)) == transfer.ATTEMPTS
     assert_nothing_kept_of(blob_cache, digest)
 
 
@@ -315,27 +307,6 @@ def test_mirrors_in_the_magics_config(
     finally:
         ip.run_line_magic("config", "ContainerMagics.registry_mirrors = {}")
         ip.run_line_magic("unload_ext", "mpcontainer_magics")
-
-
-def test_the_docker_engine_uses_the_daemons_own_mirrors(monkeypatch, mirror_host):
-    """Node ctx's dockerd has registry-mirrors = [the mirror] (.ci/nodes): a Docker Hub name
-    resolves and pulls through it, with no configuration of ours and no Internet."""
-    socket = f"unix://{node_env('MPC_TEST_NODE_CTX_SOCKET')}"
-    monkeypatch.setenv("DOCKER_HOST", socket)
-
-    async def main(client: mpc.Client) -> Any:
-        mirrors = client.engine.registry.registry_mirrors
-        # Checked before pulling: without the mirror the pull would go to Docker Hub.
-        assert any(mirror_host in m for listed in mirrors.values() for m in listed), mirrors
-        return await client.run("uname -m", image="busybox:1.35", platforms="linux/arm64")
-
-    try:
-        result = run(main, engine="docker")
-    finally:
-        with docker.APIClient(base_url=socket) as api:
-            for image in api.images(name="busybox"):
-                api.remove_image(image["Id"], force=True)
-    assert result.stdout == {"linux/arm64": "aarch64\n"}
 
 
 # -- publishing ----------------------------------------------------------------------------------
