@@ -14,8 +14,9 @@ searched in ``"METHOD /path?query"`` and used at most ``times`` times (None: for
         assert [r.status for r in proxy.requests(r"^GET /v2/.+/blobs/")] == [503, 503, 200, ...]
 
 An answering fault (``answer``, ``drop``) replaces the upstream's answer; the others
-(``cut``, ``corrupt``, ``ignore_range``) change a forwarded one and combine. ``log`` keeps
-every request: method, path, Range header, the status sent and which faults acted on it.
+(``cut``, ``corrupt``, ``delay``, ``ignore_range``) change a forwarded one and combine.
+``log`` keeps every request: method, path, Range header, the status sent and which faults
+acted on it.
 
 ``refusing_address()`` gives a 127.0.0.1 port that refuses connections: "a registry that
 does not answer". The fixtures at the end are imported by conftest.py.
@@ -32,6 +33,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -67,13 +69,14 @@ _ANSWERING = ("answer", "drop")  # faults that replace the upstream's answer
 class Fault:
     """One fault: what it does, to which requests, and how many more times."""
 
-    kind: str  # "answer", "drop", "cut", "corrupt" or "ignore_range"
+    kind: str  # "answer", "drop", "cut", "corrupt", "delay" or "ignore_range"
     pattern: re.Pattern[str]
     times: int | None  # None: forever
     status: int = 0  # answer
     headers: dict[str, str] = field(default_factory=dict)  # answer
     body: bytes = b""  # answer
     offset: int = 0  # cut: bytes sent before the cut; corrupt: the byte changed; drop: read
+    wait: float = 0.0  # delay: seconds
     used: int = 0
 
     def take(self, target: str) -> bool:
@@ -154,6 +157,11 @@ class FaultProxy:
     def corrupt(self, pattern: str, *, offset: int = 0, times: int | None = None) -> Fault:
         """Change the response body's byte at ``offset`` (of what is sent)."""
         return self._add(Fault("corrupt", re.compile(pattern), times, offset=offset))
+
+    def delay(self, pattern: str, seconds: float, *, times: int | None = None) -> Fault:
+        """Hold matching requests ``seconds`` before forwarding them: a slow registry, which
+        keeps downloads in flight long enough for concurrent clients to overlap."""
+        return self._add(Fault("delay", re.compile(pattern), times, wait=seconds))
 
     def ignore_range(self, pattern: str, *, times: int | None = None) -> Fault:
         """Forward matching requests without their Range header: the answer is a 200 with the
@@ -251,6 +259,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             record(answering.status)
             self._answer(answering)
             return
+        time.sleep(sum(f.wait for f in changes))
         ignore_range = any(f.kind == "ignore_range" for f in changes)
         upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)
         try:

@@ -385,6 +385,9 @@ def test_kernels_pulling_at_once_into_one_cache_fetch_each_blob_once(
     embedded_engine, fault_proxy, test_image, tmp_path
 ):
     image = through(fault_proxy, test_image)
+    # Slow blobs: every kernel reaches a download while the first is still in flight, so
+    # only sharing it (not luck in timing) fetches each blob once.
+    fault_proxy.delay(r"^GET /v2/.+/blobs/", 1.0)
     go = tmp_path / "go"
     ready = [tmp_path / f"ready-{i}" for i in range(KERNELS)]
     kernels = [

@@ -86,6 +86,13 @@ def test_a_cut_body_ends_after_n_bytes_of_the_promised_length(fault_proxy, http,
     assert http.get(f"blobs/{digest}").content == body  # times=1 by default
 
 
+def test_a_delayed_answer_is_the_upstreams(fault_proxy, http, layer):
+    digest, body = layer
+    fault_proxy.delay(BLOBS, 0.05, times=1)
+    assert http.get(f"blobs/{digest}").content == body
+    assert fault_proxy.log[-1].faults == ("delay",)
+
+
 def test_a_corrupted_byte_and_an_ignored_range(fault_proxy, http, layer):
     digest, body = layer
     fault_proxy.corrupt(BLOBS, offset=5, times=1)
