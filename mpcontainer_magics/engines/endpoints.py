@@ -280,7 +280,6 @@ class Connection:
     """An open node: docker-py's client, and the ssh tunnel it goes through, if any."""
 
     api: APIClient
-    where: str  # the endpoint as the user wrote it (no secrets in it)
     tunnel: SshTunnel | None = None
 
     def close(self) -> None:
@@ -346,7 +345,7 @@ def open_connection(node: Node, timeout: float = CONNECT_TIMEOUT_S) -> Connectio
                 raise EngineUnavailable(FORWARD_DENIED) from None
             raise EngineUnavailable(connection_problem(exc)) from None
         raise
-    return Connection(api, node.endpoint, tunnel)
+    return Connection(api, tunnel)
 
 
 def _tls_config(node: Node) -> Any:
