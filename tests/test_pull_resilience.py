@@ -166,6 +166,18 @@ def test_docker_hubs_rate_limit_answer(engine_kind, fault_proxy, test_image, sta
 # -- what is spent from a limit ------------------------------------------------------------------
 
 
+def test_dockers_own_pull_at_a_rate_limit_is_one_line_too(fault_proxy, test_image, monkeypatch):
+    """dockerd fetches the platform's manifest itself (by digest): its 429 reads as ours."""
+    monkeypatch.setenv("MPC_ENGINE", "docker")
+    fault_proxy.hub_rate_limit(r"^GET /v2/[^ ]+/manifests/sha256:")
+    with pytest.raises(RateLimited) as limited:
+        pull(through(fault_proxy, test_image))
+    message = one_line(str(limited.value))
+    assert message.startswith(f"registry {fault_proxy.address} limited Docker's pull of ")
+    assert "You have reached your pull rate limit" in message  # what the registry said
+    assert "docker login" in message and "registry-mirrors" in message
+
+
 def test_a_second_client_resolving_a_tag_sends_only_a_head(fault_proxy, test_image, tmp_path):
     image = through(fault_proxy, test_image)
 

@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import EngineError, ImageError, ImageNotFound, RegistryError
+from ..errors import EngineError, ImageError, ImageNotFound, RateLimited, RegistryError
 from ..platforms import Platform
 from ..registry import Reference
+from ..registry.auth import login_command
 from ..registry.manifests import image_manifest_blobs
+from ..registry.reference import display_host
 from .archives import stream_digest, write_layer
 from .base import ImageConfig, ProgressCallback, owner_labels
 from .docker_errors import docker_errors
@@ -171,6 +173,15 @@ def pull_sources(pinned: Reference, mirror: str | None) -> list[str]:
 def _pull_error(pinned: str, platform: Platform, text: str) -> ImageError:
     # We pull a single manifest the registry listed for this platform, so a platform
     # mismatch here means the index lies about it; Docker's text says how.
+    if "toomanyrequests" in text.lower() or "429 too many requests" in text.lower():
+        ref = Reference.parse(pinned)
+        return RateLimited(
+            f"registry {display_host(ref.registry)} limited Docker's pull of {pinned} ({text}); "
+            f"log in (`{login_command(ref.registry)}` on the daemon's machine) "
+            'for a higher limit, or give the daemon a mirror ("registry-mirrors" in its '
+            "daemon.json), or ours: %config ContainerMagics.registry_mirrors",
+            display_host(ref.registry),
+        )
     if "not found" in text or "manifest unknown" in text:
         return ImageNotFound(
             f"Docker could not find {pinned}: {text}; check the name and tag, and that the "
