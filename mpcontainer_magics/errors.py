@@ -19,6 +19,7 @@ traceback for a problem they can fix themselves.
     │   ├── RegistryError        the registry is unreachable or answered badly
     │   │   ├── DigestMismatch   content did not match its digest (refused, never used)
     │   │   └── RateLimited      the registry refused more requests for now (HTTP 429)
+    │   ├── ImageTooLarge        an image would unpack to more than its limit or the disk
     │   └── UnsafeLayer          a layer or archive member would land outside its root
     ├── SessionError             a session is unknown, stopped, or asked to change image
     ├── GitError                 a git checkout failed (no git, no such repository or ref)
@@ -133,6 +134,10 @@ class RateLimited(RegistryError):
         super().__init__(message)
         self.registry = registry
         self.retry_after = retry_after
+
+
+class ImageTooLarge(ImageError):
+    """An image would unpack to more than its limit (a set size, or its disk's free space)."""
 
 
 class UnsafeLayer(ImageError):
