@@ -347,8 +347,8 @@ def _open_tar(source: Source, kind: str, stats: LayerStats) -> Iterator[tarfile.
             raw = _Inflated(raw, stats)  # type: ignore[arg-type]
         tar_stream = _Forward(io.BufferedReader(raw, _CHUNK))  # type: ignore[arg-type]
         try:
-            tar = tarfile.open(fileobj=tar_stream, mode="r:")  # type: ignore[call-overload]
-            yield tar
+            with tarfile.open(fileobj=tar_stream, mode="r:") as tar:  # type: ignore[call-overload]
+                yield tar
             tar_stream.drain()
         except (tarfile.TarError, EOFError, *_INFLATE_ERRORS, gzip.BadGzipFile) as exc:
             raise ImageError(

@@ -6,28 +6,40 @@ themselves: the registry client verifies every manifest and blob against its dig
 downloading, and ``layers.apply_layer`` refuses any layer that would write outside the root.
 
 Layers come through the user's blob cache (``store.BlobStore``): downloaded once, to disk
-(a layer never has to fit in memory), and used only after their digest checked out; then
-applied in order. Unpacking the same image again fetches no blob.
+(a layer never has to fit in memory), all at once, and applied in order. The layer to apply
+next is inflated and unpacked from its partial file as its bytes arrive (a ``BlobTap``),
+while the later ones download; nothing is read twice. A layer counts only once its digest
+checked out: a mismatch fails the whole unpack, and ``dest`` is emptied again. Unpacking the
+same image again fetches no blob.
+
+What an image may unpack to is bounded (``layers.UnpackLimit``): ``max_size`` bytes of file
+data (default ``$MPC_MAX_IMAGE_SIZE``, e.g. "20G"; unset: no set size), and never below 10 %
+free on the disk of ``dest``; past that, ImageTooLarge.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._aio import in_thread
-from ..errors import DigestMismatch, ImageError, InvalidArgument, RegistryError
+from .._aio import finish_despite_cancel, in_thread
+from ..errors import DigestMismatch, ImageError, ImageTooLarge, InvalidArgument, RegistryError
 from ..platforms import Platform
 from ..registry import Reference, RegistryClient
 from ..registry.manifests import Descriptor, checked_image_config, image_manifest_blobs
 from .base import ProgressCallback
-from .layers import apply_layer
-from .store import BlobStore
+from .layers import LayerStats, UnpackLimit, apply_layer, parse_size
+from .store import BlobStore, BlobTap, BlobUnavailable
+from .tree import remove_tree
 
-__all__ = ["UnpackedImage", "unpack_image"]
+__all__ = ["MAX_IMAGE_SIZE_ENV", "UnpackedImage", "max_image_size", "unpack_image"]
+
+MAX_IMAGE_SIZE_ENV = "MPC_MAX_IMAGE_SIZE"
 
 
 # The layer types an unpacker must know (OCI image-spec, Docker schema 2). Foreign
@@ -57,6 +69,19 @@ class UnpackedImage:
     image_config: dict[str, Any]  # the whole image config (platform, rootfs.diff_ids...)
     layers: tuple[tuple[str, str], ...]  # (media type, digest) of each layer, bottom first
     size: int = 0  # bytes of its config and (compressed) layers, as fetched
+    # where the unpack's time went (inflate, waiting for bytes, tar + writes), all layers
+    stats: LayerStats = field(default_factory=LayerStats, compare=False)
+
+
+def max_image_size() -> int | None:
+    """``$MPC_MAX_IMAGE_SIZE`` in bytes ("20G", "500M", bytes); None when unset."""
+    text = os.environ.get(MAX_IMAGE_SIZE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{MAX_IMAGE_SIZE_ENV}: {exc}") from None
 
 
 async def unpack_image(
@@ -68,14 +93,18 @@ async def unpack_image(
     *,
     manifest_digest: str | None = None,
     on_progress: ProgressCallback | None = None,
+    max_size: int | None = None,
 ) -> UnpackedImage:
     """Download ``reference`` for ``platform`` and unpack its layers into ``dest``.
 
     Blobs come through ``store`` (default: the user's cache), so a second unpack of the same
     image fetches no blob. With ``manifest_digest`` (the platform's manifest, already
     resolved) the tag is not looked up again. ``dest`` must be missing or an empty
-    directory. On error it may hold a partial tree, which the caller (who owns ``dest``)
-    removes.
+    directory; on error, what was unpacked into it is removed again.
+
+    ``max_size``: bytes of file data the image may unpack to (holes of sparse files are
+    free); default ``$MPC_MAX_IMAGE_SIZE``, else no set size. Whatever the size, an unpack
+    that would leave ``dest``'s filesystem below 10 % free stops. Both raise ImageTooLarge.
 
     ``on_progress(done, total)`` (on the event loop) follows the bytes of the config and
     layers, ``total`` being their compressed sizes in the manifest; cached blobs count at
@@ -102,9 +131,27 @@ async def unpack_image(
     )
     meter.complete(0)
     config = checked_image_config(config_path.read_bytes(), image, platform, len(layers))
-    dest.mkdir(parents=True, exist_ok=True)
+    limit = UnpackLimit(
+        max_size if max_size is not None else max_image_size(),
+        None,
+        image=image,
+        how=f"raise {MAX_IMAGE_SIZE_ENV} (now {os.environ.get(MAX_IMAGE_SIZE_ENV) or 'unset'})"
+        if max_size is None
+        else f"pass a larger max_size than {max_size}",
+    )
+    stats = LayerStats()
     windows = platform.os == "windows"
-    await _apply_layers(store, registry, ref, image, layers, dest, meter, windows=windows)
+    made = not dest.exists()
+    dest.mkdir(parents=True, exist_ok=True)
+    limit.disk = dest
+    try:
+        await _apply_layers(
+            store, registry, ref, image, layers, dest, meter, windows=windows, limit=limit,
+            stats=stats,
+        )  # fmt: skip
+    except BaseException:
+        await in_thread(_empty, dest, made)
+        raise
     return UnpackedImage(
         name.familiar,
         platform,
@@ -114,7 +161,17 @@ async def unpack_image(
         config,
         tuple((layer.media_type, layer.digest) for layer in layers),
         meter.finish(),
+        stats,
     )
+
+
+def _empty(dest: Path, made: bool) -> None:
+    """Nothing partial stays: remove ``dest`` if we made it, else what is in it."""
+    if made:
+        remove_tree(dest)
+        return
+    for child in dest.iterdir():
+        remove_tree(child)
 
 
 # -- the layers ------------------------------------------------------------------------------
@@ -130,30 +187,63 @@ async def _apply_layers(
     meter: _Meter,
     *,
     windows: bool,
+    limit: UnpackLimit,
+    stats: LayerStats,
 ) -> None:
-    """Every layer downloads at once; each is applied, in order, as soon as it is ready."""
+    """Every layer downloads at once; each is applied, in order, while its bytes arrive."""
+    taps = [BlobTap(layer.digest) for layer in layers]
     fetches = [
         asyncio.ensure_future(
             _counted(
                 meter,
                 index,
-                _fetch_layer(store, registry, ref, image, layer, meter.blob(index)),
+                _fetch_layer(store, registry, ref, image, layer, meter.blob(index), tap),
             )
         )
-        for index, layer in enumerate(layers, start=1)
+        for index, (layer, tap) in enumerate(zip(layers, taps, strict=True), start=1)
     ]
     try:
-        for fetch, layer in zip(fetches, layers, strict=True):
-            blob = await fetch
+        for fetch, layer, tap in zip(fetches, layers, taps, strict=True):
+            limit.layer = layer.digest
             try:
-                await in_thread(apply_layer, blob, dest, windows=windows)
+                await _apply_tapped(tap, dest, windows, limit, stats)
+            except BlobUnavailable:
+                await fetch  # its download failed: raise why
+                raise
             except ImageError as exc:
+                if fetch.done() and not fetch.cancelled() and fetch.exception() is not None:
+                    await fetch  # the bytes were wrong (e.g. a digest mismatch): say that
+                if isinstance(exc, ImageTooLarge):
+                    raise  # it names the image and layer
                 # Same class, message prefixed with which image and layer it was.
                 raise type(exc)(f"{image}, layer {layer.digest}: {exc}") from exc
+            await fetch  # verified: a digest mismatch fails the unpack here
     finally:
+        for tap in taps:
+            tap.abort()
+            tap.close()
         for fetch in fetches:
             fetch.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
+
+
+async def _apply_tapped(
+    tap: BlobTap, dest: Path, windows: bool, limit: UnpackLimit, stats: LayerStats
+) -> None:
+    """Apply the layer ``tap`` reads, on a thread; if we are cancelled, stop it at once."""
+
+    def apply() -> None:
+        with tap.open(stats) as source:
+            apply_layer(source, dest, windows=windows, limit=limit, stats=stats)
+
+    work = asyncio.ensure_future(asyncio.to_thread(apply))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        tap.abort()  # the thread's next read raises
+        with contextlib.suppress(BaseException):
+            await finish_despite_cancel(work)
+        raise
 
 
 async def _fetch_layer(
@@ -163,6 +253,24 @@ async def _fetch_layer(
     image: str,
     layer: Descriptor,
     on_bytes: Callable[[int], None] | None = None,
+    tap: BlobTap | None = None,
+) -> Path:
+    try:
+        return await _fetch_checked_layer(store, registry, ref, image, layer, on_bytes, tap)
+    except BaseException as exc:
+        if tap is not None:
+            tap.finish(None, exc)  # its reader must not wait for it
+        raise
+
+
+async def _fetch_checked_layer(
+    store: BlobStore,
+    registry: RegistryClient,
+    ref: Reference,
+    image: str,
+    layer: Descriptor,
+    on_bytes: Callable[[int], None] | None,
+    tap: BlobTap | None,
 ) -> Path:
     media_type, digest = layer.media_type, layer.digest
     if media_type.endswith("+zstd"):
@@ -177,7 +285,7 @@ async def _fetch_layer(
         )
     foreign = "foreign" in media_type or "nondistributable" in media_type
     try:
-        return await store.fetch(registry, ref, digest, on_bytes, size=layer.size)
+        return await store.fetch(registry, ref, digest, on_bytes, size=layer.size, tap=tap)
     except RegistryError as exc:
         if not foreign or isinstance(exc, DigestMismatch):
             raise
