@@ -357,7 +357,7 @@ def _open_tar(source: Source, kind: str, stats: LayerStats) -> Iterator[tarfile.
             ) from exc
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _lstat(path: str | Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except FileNotFoundError:
@@ -385,6 +385,7 @@ class _Unpacker:
         limit: UnpackLimit | None = None,
     ) -> None:
         self.root = root
+        self.root_text = os.fspath(root)
         self.limit = limit
         self.stats = LayerStats()
         self.kind = kind
@@ -455,7 +456,8 @@ class _Unpacker:
                 if resolved:  # at the root, ".." is the root: it cannot climb out
                     resolved.pop()
                 continue
-            path = self.root.joinpath(*resolved, part)
+            # A string, not a Path: this runs for every component of every member.
+            path = "/".join((self.root_text, *resolved, part))
             st = _lstat(path)
             if st is not None and stat.S_ISLNK(st.st_mode):
                 followed += 1
