@@ -12,13 +12,21 @@ import io
 import os
 import re
 import stat
+import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mpcontainer_magics.engines.layers import apply_layer, extract_archive
-from mpcontainer_magics.errors import ImageError, UnsafeLayer
+from mpcontainer_magics.engines.layers import (
+    LayerStats,
+    UnpackLimit,
+    apply_layer,
+    extract_archive,
+    parse_size,
+)
+from mpcontainer_magics.errors import ImageError, ImageTooLarge, UnsafeLayer
 
 MTIME = 1672531200  # 2023-01-01T00:00:00Z
 PROBE = "mpc-escape-probe"  # a name no host directory has
@@ -466,3 +474,140 @@ def test_extract_archive_is_safe_too(root, outside):
     (root / "link").symlink_to(outside)
     extract_archive(io.BytesIO(tar(file("link/x"))), root)
     assert (root / str(outside).lstrip("/") / "x").exists() and not outside.exists()
+
+
+# -- bombs: sparse members, and what an image may unpack to ------------------------------------
+
+GIB = 1 << 30
+SPARSE_SIZE = 10 * GIB
+#: Where the sparse test file has data; everything else is a hole.
+SPARSE_DATA = {0: b"head", 5 * GIB: b"middle", SPARSE_SIZE - 3: b"end"}
+#: GNU tar's sparse formats: the old GNU 'S' type, and the three PAX ones.
+SPARSE_FORMATS = {
+    "gnu": ["--format=gnu"],
+    "pax-0.0": ["--format=pax", "--sparse-version=0.0"],
+    "pax-0.1": ["--format=pax", "--sparse-version=0.1"],
+    "pax-1.0": ["--format=pax", "--sparse-version=1.0"],
+}
+
+
+@pytest.fixture(scope="module")
+def sparse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10 GiB file of a few bytes and holes (GNU tar archives it as a sparse member)."""
+    path = tmp_path_factory.mktemp("sparse") / "big"
+    with open(path, "wb") as out:
+        for offset, data in SPARSE_DATA.items():
+            out.seek(offset)
+            out.write(data)
+    return path
+
+
+@pytest.mark.parametrize("form", SPARSE_FORMATS)
+def test_a_sparse_member_is_written_as_a_sparse_file(tmp_path, sparse_file, form):
+    # Before, a 102-byte layer like this became 10 GiB of real zeros on disk.
+    layer = tmp_path / "layer.tar.gz"
+    subprocess.run(
+        ["tar", "--sparse", *SPARSE_FORMATS[form], "-czf", layer, "-C", sparse_file.parent,
+         sparse_file.name], check=True,
+    )  # fmt: skip
+    assert layer.stat().st_size < 512  # a tiny layer
+    stats = LayerStats()
+    (tmp_path / "root").mkdir()
+    # Holes are not data: a 1 MiB limit is plenty.
+    apply_layer(layer, tmp_path / "root", limit=UnpackLimit(1 << 20, tmp_path), stats=stats)
+    unpacked = tmp_path / "root" / "big"
+    st = unpacked.stat()
+    assert st.st_size == SPARSE_SIZE
+    assert st.st_blocks * 512 <= 1 << 20  # a few blocks, not 10 GiB
+    assert stats.written < 64 << 10
+    with open(unpacked, "rb") as back:
+        for offset, data in SPARSE_DATA.items():
+            assert os.pread(back.fileno(), len(data), offset) == data
+        assert os.pread(back.fileno(), 8, GIB) == bytes(8)  # a hole reads as zeros
+
+
+class Zeros(io.RawIOBase):
+    """``size`` zero bytes, made as they are read (a bomb's member, never in memory)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def gzip_bomb(size: int, name: str = "zeros") -> bytes:
+    """A gzip layer of one member of ``size`` zero bytes (about a thousandth of it)."""
+    out = io.BytesIO()
+    info = _info(name, tarfile.REGTYPE, 0o644)
+    info.size = size
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as archive,
+    ):
+        archive.addfile(info, io.BufferedReader(Zeros(size)))
+    return out.getvalue()
+
+
+def test_a_gzip_bomb_stops_at_the_size_limit(tmp_path):
+    bomb = gzip_bomb(256 << 20)
+    assert len(bomb) < 1 << 20
+    limit = UnpackLimit(16 << 20, tmp_path, image="bomb:1 (linux/amd64)")
+    limit.layer = "sha256:" + "ab" * 32
+    (tmp_path / "root").mkdir()
+    with pytest.raises(ImageTooLarge) as caught:
+        apply_layer(io.BytesIO(bomb), tmp_path / "root", limit=limit)
+    message = str(caught.value)
+    assert message.startswith(f"bomb:1 (linux/amd64), layer {limit.layer}: ")
+    assert "16.0 MiB" in message and "MPC_MAX_IMAGE_SIZE" in message and "\n" not in message
+    assert limit.written <= (16 << 20) + (1 << 20)  # stopped within a chunk of the limit
+    assert (tmp_path / "root" / "zeros").stat().st_size <= 16 << 20
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB filesystem of its own (tmpfs), for the free-space rule."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", disk], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", disk], check=True)
+
+
+def test_an_image_may_not_leave_its_disk_below_a_tenth_free(small_disk):
+    # No set size: the disk's free space is the limit.
+    limit = UnpackLimit(None, small_disk, image="bomb:1 (linux/amd64)")
+    (small_disk / "root").mkdir()
+    with pytest.raises(ImageTooLarge, match=r"less than 10% free space.* free space there"):
+        apply_layer(io.BytesIO(gzip_bomb(64 << 20)), small_disk / "root", limit=limit)
+    fs = os.statvfs(small_disk)
+    assert fs.f_bavail * fs.f_frsize >= 0.09 * fs.f_blocks * fs.f_frsize  # within a chunk
+
+
+def test_a_layer_within_its_limit_unpacks(tmp_path):
+    limit = UnpackLimit(1 << 20, tmp_path)
+    apply_layer(io.BytesIO(gzip.compress(tar(file("etc/a", b"a" * 1000)))), tmp_path, limit=limit)
+    assert limit.written == 1000 and (tmp_path / "etc/a").read_bytes() == b"a" * 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("500M", 500 << 20), ("20G", 20 << 30), ("20GiB", 20 << 30), ("1.5k", 1536), ("123", 123)],
+)
+def test_sizes_as_people_write_them(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "-5M", "", "5X"])
+def test_a_size_that_is_not_one(text):
+    with pytest.raises(ValueError, match=r"is not a size; write it as bytes or e\.g\. 500M"):
+        parse_size(text)

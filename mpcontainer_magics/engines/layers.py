@@ -584,14 +584,14 @@ class _Unpacker:
         source.seek(member.offset_data)
         buffer = memoryview(bytearray(min(_CHUNK, max((n for _, n in regions), default=0))))
         for offset, length in regions:
-            if self.limit is not None:
-                self.limit.charge(length)
             os.lseek(out, offset, os.SEEK_SET)
             left = length
             while left:
                 got = source.readinto(buffer[: min(left, len(buffer))])
                 if not got:
                     raise tarfile.ReadError(f"unexpected end of data in member {member.name!r}")
+                if self.limit is not None:  # chunk by chunk: the disk check sees each
+                    self.limit.charge(got)
                 _write_all(out, buffer[:got])
                 left -= got
             self.stats.written += length
