@@ -15,18 +15,22 @@ import json
 import os
 import subprocess
 import tarfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from test_layers import gzip_bomb
 
+import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import ProgressCallback
 from mpcontainer_magics.engines.rootfs import UnpackedImage, unpack_image
 from mpcontainer_magics.errors import (
     DigestMismatch,
     ImageError,
+    ImageTooLarge,
     InvalidArgument,
     PlatformNotOffered,
     RegistryError,
@@ -502,3 +506,76 @@ def test_a_refused_blob_leaves_nothing_in_the_cache(tmp_path, blob_cache):
     cached = [p.name for p in blob_cache.rglob("*") if p.is_file()]
     assert digest.partition(":")[2] not in cached
     assert not [name for name in cached if name.startswith(".partial-")]
+
+
+# -- what an image may unpack to, through the real registry ------------------------------------
+
+
+async def push_one_layer_image(reference: str, layer_blob: bytes, arch: str = "amd64") -> str:
+    """Push a linux/``arch`` image of the single gzip layer ``layer_blob``; its layer digest."""
+    unpacked = hashlib.sha256(gzip.decompress(layer_blob)).hexdigest()
+    config = json.dumps(
+        {"architecture": arch, "os": "linux", "config": {},
+         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{unpacked}"]}}
+    ).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha(config), "size": len(config)},
+            "layers": [
+                {"mediaType": GZIP_LAYER, "digest": sha(layer_blob), "size": len(layer_blob)}
+            ],
+        }
+    ).encode()
+    ref = Reference.parse(reference)
+    async with RegistryClient() as registry:
+        await registry.push_blob(ref, sha(layer_blob), layer_blob)
+        await registry.push_blob(ref, sha(config), config)
+        await registry.push_manifest(ref, manifest, OCI_MANIFEST)
+    return sha(layer_blob)
+
+
+def test_a_gzip_bomb_is_refused_at_the_set_size_and_leaves_nothing(
+    registry_host, blob_cache, monkeypatch
+):
+    # Before, a 10 MiB gzip layer unpacked to 10 GiB "successfully". Here: 320 MiB of zeros
+    # in a layer of a few hundred KiB, pulled by the embedded engine with a 64 MiB limit.
+    image = f"{registry_host}/mpc-test/bomb-{uuid.uuid4().hex[:12]}:1"
+    layer_digest = asyncio.run(push_one_layer_image(image, gzip_bomb(320 << 20)))
+    monkeypatch.setenv("MPC_MAX_IMAGE_SIZE", "64M")
+
+    async def pull() -> None:
+        async with mpc.connect(engine="embedded") as client:
+            await client.pull(image, platforms="linux/amd64")
+
+    with pytest.raises(ImageTooLarge) as caught:
+        asyncio.run(pull())
+    assert str(caught.value) == (
+        f"{image} (linux/amd64), layer {layer_digest}: unpacks to more than the limit of "
+        "64.0 MiB per image; refusing it (if it is meant to be that big, raise "
+        "MPC_MAX_IMAGE_SIZE (now 64M))"
+    )
+    # Nothing partial: no unpacked image or work directory, and the verified blob alone.
+    assert list((blob_cache / "images").iterdir()) == []
+    assert not list((blob_cache / "blobs" / "sha256").glob(".partial-*"))
+
+
+def test_max_size_keyword_overrides_the_environment(registry_host, tmp_path, monkeypatch):
+    image = f"{registry_host}/mpc-test/bomb-{uuid.uuid4().hex[:12]}:1"
+    asyncio.run(push_one_layer_image(image, gzip_bomb(32 << 20)))
+    monkeypatch.setenv("MPC_MAX_IMAGE_SIZE", "1G")
+
+    async def go(max_size: int) -> UnpackedImage:
+        async with RegistryClient() as registry:
+            return await unpack_image(
+                registry, image, Platform.parse("linux/amd64"), tmp_path / "root",
+                max_size=max_size,
+            )  # fmt: skip
+
+    with pytest.raises(ImageTooLarge, match=r"pass a larger max_size than 8388608"):
+        asyncio.run(go(8 << 20))
+    assert not (tmp_path / "root").exists()  # what it had unpacked is gone again
+    unpacked = asyncio.run(go(64 << 20))
+    assert (tmp_path / "root" / "zeros").stat().st_size == 32 << 20
+    assert unpacked.stats.written == 32 << 20
