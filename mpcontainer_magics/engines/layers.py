@@ -116,12 +116,6 @@ class LayerStats:
     def unpack_s(self) -> float:
         return max(0.0, self.total_s - self.inflate_s - self.wait_s)
 
-    def add(self, other: LayerStats) -> None:
-        for name in ("compressed", "inflated", "written", "files"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("inflate_s", "wait_s", "total_s"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
 
 class UnpackLimit:
     """What one image may unpack to: ``max_size`` bytes of file data (None: no set size),

@@ -162,6 +162,8 @@ class BlobTap:
 
     def _attach(self, fd: int) -> None:
         with self._changed:
+            if self._finished:  # aborted: nobody will read it
+                return
             self._fd = os.dup(fd)
             self._changed.notify_all()
 
