@@ -579,3 +579,23 @@ def test_max_size_keyword_overrides_the_environment(registry_host, tmp_path, mon
     unpacked = asyncio.run(go(64 << 20))
     assert (tmp_path / "root" / "zeros").stat().st_size == 32 << 20
     assert unpacked.stats.written == 32 << 20
+
+
+def test_a_pull_cancelled_mid_layer_leaves_nothing(test_image, blob_cache):
+    # Ctrl-C while a layer is being unpacked from its download: the unpacking thread stops
+    # at its next read, and neither a partial blob nor a partial image stays.
+    async def pull_and_cancel() -> None:
+        async with mpc.connect(engine="embedded") as client:
+            task = asyncio.current_task()
+            assert task is not None
+
+            def on_progress(_platform: Platform, done: int, total: int | None) -> None:
+                if total and 4096 < done < total:  # the config is in; a layer is arriving
+                    task.cancel()
+
+            await client.pull(test_image, platforms="linux/s390x", on_progress=on_progress)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(pull_and_cancel())
+    assert [p.name for p in (blob_cache / "images").iterdir()] == []
+    assert not list((blob_cache / "blobs" / "sha256").glob(".partial-*"))
