@@ -380,6 +380,10 @@ class _Unpacker:
     ) -> None:
         self.root = root
         self.root_text = os.fspath(root)
+        # Directories resolved in this pass (name parts -> real parts). Only removing an
+        # entry can make one stale (new entries never replace an existing directory without
+        # removing it first), so every removal clears it.
+        self.resolved: dict[tuple[str, ...], list[str]] = {}
         self.limit = limit
         self.stats = LayerStats()
         self.kind = kind
@@ -439,6 +443,9 @@ class _Unpacker:
         replaced, as an upper layer's directory hides a lower file); without, None if any
         component is missing or not a directory.
         """
+        known = self.resolved.get(tuple(parts))
+        if known is not None:
+            return list(known)
         resolved: list[str] = []
         pending = parts[::-1]  # a stack: a symlink's target is pushed in front of the rest
         followed = 0
@@ -469,9 +476,11 @@ class _Unpacker:
                 if not create:
                     return None
                 if st is not None:
+                    self.resolved.clear()
                     os.unlink(path)
                 os.mkdir(path, 0o755)
             resolved.append(part)
+        self.resolved[tuple(parts)] = list(resolved)
         return resolved
 
     def _touch(self, parts: list[str]) -> None:
@@ -505,6 +514,7 @@ class _Unpacker:
         if st is None:
             return
         if "/".join(parts) not in self.touched:
+            self.resolved.clear()
             _remove(path, st)
         elif stat.S_ISDIR(st.st_mode):
             for child in sorted(os.listdir(path)):
@@ -542,6 +552,7 @@ class _Unpacker:
             return  # a hard link to itself: already in place
         existing = _lstat(path)
         if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
+            self.resolved.clear()
             _remove(path, existing)
         if member.isdir():
             if existing is None or not stat.S_ISDIR(existing.st_mode):
@@ -558,14 +569,25 @@ class _Unpacker:
             try:
                 self._write_data(tar, member, out)
                 os.fchmod(out, member.mode & 0o7777 & _NO_PRIVILEGE | 0o600)
+                self._own_and_date(out, member)  # by descriptor: no path lookups
             finally:
                 os.close(out)
+            self.stats.files += 1
+            return
         self.stats.files += 1
+        self._own_and_date(path, member)
+
+    def _own_and_date(self, target: int | Path, member: tarfile.TarInfo) -> None:
+        """Owner (as root only) and mtime of a new entry (a directory's mtime comes last)."""
+        by_path = not isinstance(target, int)
         if self.as_root:
             with contextlib.suppress(OSError):
-                os.lchown(path, member.uid, member.gid)
+                os.chown(target, member.uid, member.gid, follow_symlinks=not by_path)
         if not member.isdir():
-            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+            if by_path:
+                os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+            else:
+                os.utime(target, (member.mtime, member.mtime))
 
     def _write_data(self, tar: tarfile.TarFile, member: tarfile.TarInfo, out: int) -> None:
         """The member's data into file ``out``; a GNU-sparse one with holes where it has them.
