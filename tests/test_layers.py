@@ -476,6 +476,22 @@ def test_extract_archive_is_safe_too(root, outside):
     assert (root / str(outside).lstrip("/") / "x").exists() and not outside.exists()
 
 
+def test_a_directory_replaced_by_a_link_later_in_the_layer_is_resolved_again(root, outside):
+    # The unpacker remembers resolved directories within a pass; replacing one with a
+    # symlink must not leave a write going where the directory was resolved to before.
+    outside.mkdir()
+    apply(
+        root,
+        directory("a"),
+        file("a/x", b"first"),
+        symlink("a", str(outside)),  # absolute: it means <root>/<outside>, not the host's
+        file("a/y", b"second"),
+    )
+    assert list(outside.iterdir()) == []
+    assert (root / str(outside).lstrip("/") / "y").read_bytes() == b"second"
+    assert os.readlink(root / "a") == str(outside)
+
+
 # -- bombs: sparse members, and what an image may unpack to ------------------------------------
 
 GIB = 1 << 30
