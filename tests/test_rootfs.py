@@ -14,6 +14,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -599,3 +600,44 @@ def test_a_pull_cancelled_mid_layer_leaves_nothing(test_image, blob_cache):
         asyncio.run(pull_and_cancel())
     assert [p.name for p in (blob_cache / "images").iterdir()] == []
     assert not list((blob_cache / "blobs" / "sha256").glob(".partial-*"))
+
+
+STOPPED_KERNEL = """
+import asyncio, sys, threading
+import mpcontainer_magics as mpc
+
+image = sys.argv[1]
+loop = asyncio.new_event_loop()
+thread = threading.Thread(target=loop.run_forever)  # the magics' loop thread
+thread.start()
+
+def on_progress(_platform, done, total):
+    if total and 4096 < done < total:  # a layer is arriving: the kernel shuts down
+        print(f"stopping at {done} of {total}", flush=True)
+        loop.stop()
+
+async def pull():
+    client = await mpc.connect(engine="embedded")
+    await client.pull(image, platforms="linux/s390x", on_progress=on_progress)
+
+asyncio.run_coroutine_threadsafe(pull(), loop)
+thread.join()  # the loop stopped with the pull unfinished; now the interpreter exits
+print("exiting")
+"""
+
+
+def test_a_kernel_whose_loop_stops_mid_pull_still_exits(test_image, blob_cache, fault_proxy):
+    # The unpacking thread waits for a layer's bytes; with the loop gone none will come,
+    # and Python's exit joins that thread: it must give up rather than wait for ever.
+    # The proxy cuts every blob answer after 64 kB (each retry resumes and is cut again),
+    # so the loop surely stops while the layer is half-way.
+    fault_proxy.cut(r"^GET /v2/.+/blobs/", after=64_000, times=None)
+    image = f"{fault_proxy.address}/{test_image.partition('/')[2]}"
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_KERNEL, image],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a bound on waiting for the exit, not a speed assertion
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stopping at" in done.stdout and "exiting" in done.stdout, done.stdout

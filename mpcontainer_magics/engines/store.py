@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 MAX_DOWNLOADS = 6  # blob downloads at once per process (per event loop)
 _LOCK_POLL_S = (0.005, 0.1)  # first and longest wait between tries of another's lock
+_LOOP_CHECK_S = 0.5  # how often a waiting reader checks that the event loop still runs
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
@@ -125,6 +126,8 @@ async def _locked(lock: Path) -> AsyncIterator[None]:
             except BlockingIOError:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, longest)
+            except OSError:  # a filesystem without locks: kernels may then fetch it twice
+                break
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -151,6 +154,9 @@ class BlobTap:
 
     def __init__(self, digest: str) -> None:
         self.digest = check_digest(digest)
+        # The loop the download runs on: if it stops (a kernel shutting down) without
+        # finishing the tap, the reader must not wait for ever (exit joins its thread).
+        self._loop = asyncio.get_running_loop()
         self._changed = threading.Condition()
         self._fd: int | None = None  # a dup of the partial file, read with pread
         self._size = 0  # bytes written so far (less after a restart)
@@ -190,7 +196,7 @@ class BlobTap:
         """A stream of the blob's bytes; raises BlobUnavailable if its download failed."""
         with self._changed:
             while self._fd is None and not self._finished:
-                self._changed.wait()
+                self._wait()
             if self._error is not None:
                 raise BlobUnavailable(self.digest) from self._error
             if self._fd is None:  # it was in the cache already
@@ -198,6 +204,13 @@ class BlobTap:
                 return open(self._path, "rb", buffering=0)
             fd, self._fd = self._fd, None  # the reader owns the dup now
         return _Follower(self, fd, stats)
+
+    def _wait(self) -> None:
+        """Wait (holding ``_changed``) for news; the download's loop stopping is news too."""
+        self._changed.wait(_LOOP_CHECK_S)
+        if not self._finished and not self._loop.is_running():
+            self._finished = True
+            self._error = ImageError("the event loop downloading it stopped")
 
     def close(self) -> None:
         """Release the partial file if no reader took it."""
@@ -284,7 +297,7 @@ class _Follower(io.RawIOBase):
             with tap._changed:
                 started = time.perf_counter()
                 while self._position >= tap._size and not tap._finished:
-                    tap._changed.wait()
+                    tap._wait()
                 if self._stats is not None:
                     self._stats.wait_s += time.perf_counter() - started
                 if tap._error is not None:
