@@ -56,6 +56,7 @@ from common import (
     parser,
     print_table,
     run_quiet,
+    skopeo_copy_argv,
     timed,
     verdict,
 )
@@ -320,10 +321,7 @@ async def second_pulls(setup: Setup) -> Part:
 
 def skopeo_copy(image: str, platform: mpc.Platform, dest: Path) -> tuple[float, int]:
     """Wall seconds of ``skopeo copy`` of one platform into a new OCI layout; bytes of blobs."""
-    variant = ["--override-variant", platform.variant] if platform.variant else []
-    argv = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-os", platform.os,
-            "--override-arch", platform.architecture, *variant, f"docker://{image}",
-            f"oci:{dest}:bench"]  # fmt: skip
+    argv = skopeo_copy_argv(image, platform, dest)
     try:
         wall = timed(lambda: run_quiet(argv))
         index = json.loads((dest / "index.json").read_text())

@@ -36,7 +36,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import MB, machine, median, parse, parser, print_table, run_quiet, timed, verdict
+from common import (
+    MB,
+    machine,
+    median,
+    parse,
+    parser,
+    print_table,
+    run_quiet,
+    skopeo_copy_argv,
+    timed,
+    verdict,
+)
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines import layers
@@ -64,10 +75,7 @@ async def our_pull(image: str, platforms: Sequence[mpc.Platform], cache: Path) -
 
 def skopeo_copy(image: str, platform: mpc.Platform, dest: Path) -> tuple[float, float]:
     """Wall seconds of ``skopeo copy`` of one platform into a new OCI layout; then of sync."""
-    variant = ["--override-variant", platform.variant] if platform.variant else []
-    argv = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-os", platform.os,
-            "--override-arch", platform.architecture, *variant, f"docker://{image}",
-            f"oci:{dest}:bench"]  # fmt: skip
+    argv = skopeo_copy_argv(image, platform, dest)
     try:
         wall = timed(lambda: run_quiet(argv))
         return wall, timed(os.sync)

@@ -163,3 +163,11 @@ class MagicShell:
 
     def close(self) -> None:
         self.ip.run_line_magic("unload_ext", "mpcontainer_magics")
+
+
+def skopeo_copy_argv(image: str, platform: Any, dest: Any) -> list[str]:
+    """``skopeo copy`` of one platform of ``image`` (plain HTTP) into a new OCI layout."""
+    variant = ["--override-variant", platform.variant] if platform.variant else []
+    return ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--override-os", platform.os,
+            "--override-arch", platform.architecture, *variant, f"docker://{image}",
+            f"oci:{dest}:bench"]  # fmt: skip

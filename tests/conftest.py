@@ -20,21 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from environment import required_env
 
 from mpcontainer_magics.engines.base import LABEL_MANAGED, LABEL_PID, owner_is_gone
 from mpcontainer_magics.engines.proot import processes_using
 
 FIVE_PLATFORMS = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le,linux/arm/v7"
-
-
-def required_env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        message = f"{name} is not set: run the suite with `bash .ci/test`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
 
 
 @pytest.fixture(scope="session", autouse=True)

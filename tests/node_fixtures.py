@@ -17,13 +17,13 @@ set-up uses; `ran_on` reads a node's own event log to prove where a container ra
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from environment import required_env
 
 NODE_NAMES = ("ctx", "tls", "ssh", "podman")
 #: How long a node may take to answer again after `start_node` (dockerd needs ~1 s here).
@@ -43,14 +43,8 @@ class Node:
 
 
 def node_env(name: str) -> str:
-    """A MPC_TEST_NODE_* variable; skip without it, but fail under CI, where set-up sets it."""
-    value = os.environ.get(name)
-    if not value:
-        message = f"{name} is not set: run the suite with `bash .ci/test` (it runs .ci/nodes)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
+    """A MPC_TEST_NODE_* variable (`.ci/nodes` writes them); see required_env."""
+    return required_env(name)
 
 
 def nodes_from_env() -> dict[str, Node]:

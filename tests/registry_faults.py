@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import pytest
+from environment import required_env
 
 #: Docker Hub's answer once an address used up its anonymous pulls (read from Docker's docs).
 HUB_RATE_LIMIT_HEADERS = {
@@ -391,21 +392,10 @@ def refusing_address() -> Iterator[str]:
 # -- fixtures (conftest.py imports them) ---------------------------------------------------------
 
 
-def _env(name: str) -> str:
-    """A MPC_TEST_* variable; skip without it, but fail under CI, where set-up sets it."""
-    value = os.environ.get(name)
-    if not value:
-        message = f"{name} is not set: run the suite with `bash .ci/test`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
-
-
 @pytest.fixture
 def fault_proxy() -> Iterator[FaultProxy]:
     """A fresh FaultProxy in front of the test registry, with no faults yet."""
-    with FaultProxy(_env("MPC_TEST_REGISTRY")) as proxy:
+    with FaultProxy(required_env("MPC_TEST_REGISTRY")) as proxy:
         yield proxy
 
 
@@ -420,4 +410,4 @@ def refusing_registry() -> Iterator[str]:
 def mirror_host() -> str:
     """The mirror registry (.ci/setup): the test image as mpc/busybox:1.35 and as
     library/busybox:1.35, digests preserved."""
-    return _env("MPC_TEST_MIRROR")
+    return required_env("MPC_TEST_MIRROR")
