@@ -162,10 +162,7 @@ def limited(**headers: str) -> httpx.Response:
     ("headers", "says"),
     [
         ({"Retry-After": "3600"}, r"resets in 60 min \(at \d\d:\d\d:\d\d UTC\)"),
-        (
-            {"Retry-After": email.utils.formatdate(time.time() + 7300, usegmt=True)},
-            r"resets in 2 h",
-        ),
+        ({"Retry-After": "an HTTP date 2 h 5 min from now"}, r"resets in 2 h"),
         ({"RateLimit-Reset": "90"}, r"resets in 90 s"),
         (
             {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"},
@@ -174,6 +171,8 @@ def limited(**headers: str) -> httpx.Response:
     ],
 )
 def test_a_rate_limit_says_when_it_resets_and_the_ways_out(tmp_path, headers, says):
+    if headers.get("Retry-After", "").startswith("an HTTP date"):  # now, not at collection
+        headers = {"Retry-After": email.utils.formatdate(time.time() + 7500, usegmt=True)}
     with pytest.raises(RateLimited, match=says) as caught:
         resolve_with(lambda request: limited(**headers), "alpine:3.16", tmp_path)
     message = str(caught.value)

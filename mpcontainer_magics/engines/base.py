@@ -334,7 +334,24 @@ class Runtime(abc.ABC):
 
 
 class Runner(ImageSource, Runtime):
-    """All that running a command on N platforms needs (``runs.run_on_platforms``)."""
+    """All that running a command on N platforms needs (``runs.run_on_platforms``), and
+    what the user should be told of it."""
+
+    # Notes: what the user should hear with the next result (a mirror served an image, a
+    # cached resolution stood in for an unreachable registry, mounts were copied to a node).
+
+    def note(self, text: str) -> None:
+        """Leave ``text`` for the user, with the next result (the same note once)."""
+        pending: list[str] = self.__dict__.setdefault("_notes", [])
+        if text not in pending:
+            pending.append(text)
+
+    def take_notes(self) -> list[str]:
+        """What the user should be told since the last call (said once each)."""
+        pending: list[str] = self.__dict__.get("_notes", [])
+        taken = list(pending)
+        pending.clear()  # in place: copies of an engine (Fleet.on) share the list
+        return taken
 
 
 class Sessions(abc.ABC):
@@ -422,22 +439,6 @@ class Engine(Runner, Sessions, ImageStore):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Remove everything this process created and release connections."""
-
-    # Notes: what the user should hear with the next result (a mirror served an image, a
-    # cached resolution stood in for an unreachable registry, mounts were copied to a node).
-
-    def note(self, text: str) -> None:
-        """Leave ``text`` for the user, with the next result (the same note once)."""
-        pending: list[str] = self.__dict__.setdefault("_notes", [])
-        if text not in pending:
-            pending.append(text)
-
-    def take_notes(self) -> list[str]:
-        """What the user should be told since the last call (said once each)."""
-        pending: list[str] = self.__dict__.get("_notes", [])
-        taken = list(pending)
-        pending.clear()  # in place: copies of an engine (Fleet.on) share the list
-        return taken
 
 
 def file_digest(path: Path) -> str:
