@@ -5,6 +5,7 @@ and every test checks on the node itself (its event log) where a container ran."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import subprocess
@@ -453,31 +454,34 @@ def test_an_ssh_node_that_never_answers_is_unreachable_within_the_timeout(
     assert result[0].node == "local" and result[0].ok
 
 
+@contextlib.contextmanager
+def a_kernel_that_dies(*steps: str) -> Iterator[subprocess.Popen[str]]:
+    """A process that awaits ``steps`` (lines of an async main), says it is ready, and is
+    killed when the block ends, as a kernel dies: with no clean-up of its own."""
+    main = "".join(f"    {step}\n" for step in steps)
+    script = (
+        "import asyncio, mpcontainer_magics as mpc\nasync def main():\n"
+        f"{main}    print('ready', flush=True)\n    await asyncio.sleep(600)\nasyncio.run(main())\n"
+    )
+    kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout is not None and kernel.stdout.readline() == "ready\n"
+        yield kernel
+    finally:
+        kernel.kill()
+        kernel.wait()
+
+
 def test_what_a_killed_kernel_left_on_a_node_is_reaped_when_a_client_connects(
     test_nodes: dict[str, Node], test_image: str
 ):
     ctx = test_nodes["ctx"]
     nodes = json.dumps({"ctx": spec_of(ctx)})
-    kernel = subprocess.Popen(
-        [
-            sys.executable, "-c",
-            "import asyncio, sys, mpcontainer_magics as mpc\n"
-            "async def main():\n"
-            f"    c = await mpc.connect(nodes={nodes})\n"
-            f"    await c.session('left', platforms='linux/arm64', image={test_image!r})\n"
-            "    print('ready', flush=True)\n"
-            "    await asyncio.sleep(600)\n"
-            "asyncio.run(main())\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert kernel.stdout is not None and kernel.stdout.readline() == "ready\n"
+    with a_kernel_that_dies(
+        f"c = await mpc.connect(nodes={nodes})",
+        f"await c.session('left', platforms='linux/arm64', image={test_image!r})",
+    ):
         assert len(managed_on(ctx)) == 1  # its session's container, on the node
-    finally:
-        kernel.kill()  # as a kernel dies: no clean-up of its own
-        kernel.wait()
 
     async def connect_again() -> None:
         async with mpc.connect(nodes={"ctx": spec_of(ctx)}):
@@ -489,24 +493,8 @@ def test_what_a_killed_kernel_left_on_a_node_is_reaped_when_a_client_connects(
 
 def test_a_killed_kernels_ssh_tunnel_is_ended_by_the_next_load(test_nodes: dict[str, Node]):
     ssh = test_nodes["ssh"]
-    kernel = subprocess.Popen(
-        [
-            sys.executable, "-c",
-            "import asyncio, mpcontainer_magics as mpc\n"
-            "async def main():\n"
-            f"    await mpc.connect(nodes={{'ssh': {ssh.endpoint!r}}})\n"
-            "    print('ready', flush=True)\n"
-            "    await asyncio.sleep(600)\n"
-            "asyncio.run(main())\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert kernel.stdout is not None and kernel.stdout.readline() == "ready\n"
-    finally:
-        kernel.kill()
-        kernel.wait()
+    with a_kernel_that_dies(f"await mpc.connect(nodes={{'ssh': {ssh.endpoint!r}}})") as kernel:
+        pass
     tunnels = processes_naming(f"{TUNNEL_PREFIX}{kernel.pid}-".encode())
     assert tunnels, "the kernel's ssh tunnel should outlive it (a session of its own)"
     assert reap_tunnels() >= 1
