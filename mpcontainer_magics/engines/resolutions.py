@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 from ..errors import RateLimited, RegistryError
 from ..platforms import Platform
 from ..registry import Reference, ResolvedImage
+from ..registry.cache import write_atomically
 from ..registry.reference import display_host
 
 
@@ -65,8 +64,7 @@ class Resolutions:
         }
         # Only for when the registry is down: a read-only cache must not stop a pull.
         with contextlib.suppress(OSError):
-            self.root.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self._file(reference), json.dumps(saved))
+            write_atomically(self._file(reference), json.dumps(saved).encode())
 
     def recall(self, reference: str) -> Recalled | None:
         """What ``reference`` resolved to last time, if this cache knows."""
@@ -84,16 +82,3 @@ class Resolutions:
             mirror=saved.get("mirror"),
         )
         return Recalled(resolved, at)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Kernels sharing the cache never read half a file."""
-    handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise

@@ -135,11 +135,10 @@ class BrokenConnection(RegistryError):
         self.reason = reason
 
 
-def raise_if_transient(resp: httpx.Response) -> None:
+def raise_if_transient(resp: httpx.Response, registry: str) -> None:
+    """BrokenConnection for a 5xx answer of ``registry``: worth asking again."""
     if resp.status_code in TRANSIENT_STATUS:
-        raise BrokenConnection(
-            resp.url.host, f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
-        )
+        raise BrokenConnection(registry, f"HTTP {resp.status_code} {resp.reason_phrase}".strip())
 
 
 class RateLimit:

@@ -37,10 +37,18 @@ def content_path(root: Path, digest: str) -> Path:
     return root / "blobs" / algorithm / encoded
 
 
-def partial_file(path: Path) -> tuple[int, str]:
-    """A temporary file (fd, name) beside ``path``, to be renamed onto it once complete."""
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` so that kernels sharing the cache never read half of it: a temporary
+    file beside it, renamed onto it once complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    handle, partial = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
 
 
 class ManifestCache:
@@ -72,16 +80,5 @@ class ManifestCache:
         path = content_path(self.root, digest)
         if path.is_file():
             return
-        try:
-            handle, partial = partial_file(path)
-        except OSError:
-            return  # a read-only or full cache only costs the next resolve a GET
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(partial, path)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
+        with contextlib.suppress(OSError):  # a read-only or full cache: the next resolve GETs
+            write_atomically(path, data)

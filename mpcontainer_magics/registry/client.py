@@ -361,7 +361,7 @@ class RegistryClient:
                         raise oversized(ref, what, limit)
                     parts.append(chunk)
                 break
-            except (httpx.TransportError, BrokenConnection) as exc:
+            except httpx.TransportError as exc:  # the body broke off
                 if attempt == transfer.ATTEMPTS:
                     raise RegistryError(
                         f"lost the connection to registry {display_host(ref.registry)} while "
@@ -453,7 +453,7 @@ class RegistryClient:
         if started is None:
             uploads = self._url(ref, "blobs/uploads/")
             started = await self._request("POST", ref, "upload", uploads, scopes=scopes)
-            raise_if_transient(started)
+            raise_if_transient(started, ref.registry)
             if started.status_code != 202:
                 raise_for_push_status(started, ref, f"upload of blob {digest}")
         resp = await self._request(
@@ -465,7 +465,7 @@ class RegistryClient:
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             content=body,
         )
-        raise_if_transient(resp)
+        raise_if_transient(resp, ref.registry)
         if resp.status_code != 201:
             raise_for_push_status(resp, ref, f"upload of blob {digest}")
         stored = resp.headers.get("Docker-Content-Digest")
