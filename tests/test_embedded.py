@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Containers, alive
+from conftest import Containers, alive, tracees
 from tcp_proxy import TcpProxy
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
 from mpcontainer_magics.engines.proot import processes_using
 from mpcontainer_magics.engines.tree import LinkedFiles, clone_tree, diff
-from mpcontainer_magics.errors import EngineUnavailable
+from mpcontainer_magics.errors import EngineError, EngineUnavailable
+from mpcontainer_magics.session import KEEP_ALIVE
 
 ARM64 = "linux/arm64"
 
@@ -124,6 +125,27 @@ def test_proot_leaves_no_temporary_directory_when_it_is_killed(embedded, test_im
 
     run(main)
     assert set(Path("/tmp").glob("proot-*")) - before == set()
+
+
+def test_a_container_whose_proot_was_killed_runs_nothing_more(embedded, test_image, blob_cache):
+    # As `docker kill`: once its processes are gone it takes no exec, even in the moment
+    # before the engine has read the last of its output (a session's next cell ran there).
+    async def main(client: mpc.Client) -> None:
+        engine = client.engine
+        image = await engine.pull(test_image, mpc.Platform.parse("linux/amd64"))
+        async with engine.container(image, KEEP_ALIVE) as cid:
+            await engine.start(cid)
+            rootfs = blob_cache / "containers" / cid / "rootfs"
+            while not (guests := [g for p in processes_using(rootfs) for g in tracees(p)]):
+                await asyncio.sleep(0.01)
+            os.kill(*processes_using(rootfs), signal.SIGKILL)
+            while any(map(alive, guests)):
+                await asyncio.sleep(0)
+            assert (await engine.state(cid)).startswith("exited")
+            with pytest.raises(EngineError, match="is not running"):
+                await engine.attach_exec(cid, ["true"], lambda *_: None)
+
+    run(main)
 
 
 # -- private rootfs copies ---------------------------------------------------------------------

@@ -389,13 +389,13 @@ class EmbeddedEngine(EngineBase[_Container]):
         container.main = await self._spawn(container, container.argv, None)
         # As in Docker, a container whose command ended (or whose proot was killed) runs no
         # exec any more: a session's shell then fails, and the session says it stopped.
-        container.main.exited.add_done_callback(lambda _: _kill_execs(container))
+        container.main.when_ended(lambda: _kill_execs(container))
 
     async def attach_exec(
         self, container_id: str, argv: Sequence[str], on_output: OutputCallback
     ) -> AttachedProcess:
         container = self._get(container_id)
-        if container.main is None or container.main.exited.done():
+        if container.main is None or not container.main.command_running:
             raise EngineError(f"container {container_id[:12]} is not running")
         process = await self._spawn(container, argv, on_output, stdin=True, main=False)
         container.execs.add(process)
@@ -409,9 +409,9 @@ class EmbeddedEngine(EngineBase[_Container]):
         main = container.main
         if main is None:
             return "created"
-        if not main.exited.done():
+        if main.command_running:
             return "running"
-        return f"exited ({'?' if main.exited.exception() else main.exited.result()})"
+        return f"exited ({'?' if main.status is None else main.status})"
 
     async def remove(self, container_id: str) -> None:
         container = self._live.pop(container_id, None)

@@ -33,8 +33,9 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import EngineError, EngineUnavailable, InvalidArgument
 from ..platforms import Platform
@@ -323,10 +324,8 @@ class ProotProcess:
 
     async def _finish(self) -> None:
         await self._ended
-        code = self._process.returncode
+        code = self._proot_code()
         assert code is not None
-        if code < 0:  # proot itself was killed by a signal, as `docker kill` reports it
-            code = 128 - code
         # Normally a no-op (proot ends after its last tracee); after a SIGKILL from outside,
         # its guests would run on untraced, holding our pipes open.
         kill_processes(_left_by(self.pid))
@@ -347,6 +346,38 @@ class ProotProcess:
             self.exited.set_exception(EngineError(f"proot failed: {'; '.join(self._errors)}"))
         else:
             self.exited.set_result(self._statuses.get(self._main or -1, code))
+
+    def _proot_code(self) -> int | None:
+        code = self._process.returncode
+        if code is not None and code < 0:  # proot was killed by a signal: as `docker kill`
+            code = 128 - code
+        return code
+
+    @property
+    def status(self) -> int | None:
+        """The command's exit code; proot's own once proot is gone (killed from outside,
+        say) and the command's is not known yet; None while it runs."""
+        if self.exited.done() and not self.exited.exception():
+            return self.exited.result()
+        return self._proot_code()
+
+    @property
+    def command_running(self) -> bool:
+        """The command has not ended, and proot, which keeps it inside the rootfs, lives.
+        (``exited`` resolves only once proot's output is read: a moment later.)"""
+        return self.running and not self.exited.done()
+
+    def when_ended(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, as soon as ``command_running`` becomes false."""
+        futures = (self.exited, self._ended)
+
+        def first(_: asyncio.Future[Any]) -> None:
+            for future in futures:
+                future.remove_done_callback(first)
+            callback()
+
+        for future in futures:
+            future.add_done_callback(first)
 
     async def wait(self) -> int:
         """The command's exit code, once all of its output has been passed on."""
