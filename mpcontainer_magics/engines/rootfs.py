@@ -46,7 +46,7 @@ MAX_IMAGE_SIZE_ENV = "MPC_MAX_IMAGE_SIZE"
 #: Layers this big (compressed) unpack in a LayerWorker process while another one unpacks
 #: on this process's thread; smaller ones do not pay for starting a process (~0.1 s) and
 #: wait for the thread. One layer at a time unpacks on a thread: several, each making many
-#: short system calls, convoy on the GIL (5 busybox layers took twice as long as in turn).
+#: short system calls, convoy on the GIL (5 busybox layers ended later than one at a time).
 WORKER_MIN_SIZE = 4 << 20
 _THREAD_SLOT = threading.Lock()
 
