@@ -16,8 +16,8 @@ Targets, measured side by side in one run, every number a median:
 Then the split of one cold unpack (engines.rootfs.unpack_image, the pull's own path, with
 its counters): when the last blob byte arrived (network), inflating, waiting for bytes,
 tar parsing and file writes (unpack), and a ``sync`` after it (the writeback the pull left;
-not part of the pull's time, and measured for skopeo too). Creating a file costs ~0.5 ms on
-some disks (this VM's): the unpack's share then is mostly inodes, see the file count.
+not part of the pull's time, and measured for skopeo too). The unpack's share grows with the
+file count: creating a file costs ~15 us here, and up to 0.5 ms just after many were deleted.
 
 --quick: one round, --image the test image (small). The caches are new temporary
 directories under --scratch-base ($MPC_CACHE_DIR is pointed there), all removed at the end,
