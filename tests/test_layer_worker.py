@@ -46,9 +46,9 @@ def workers_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[LayerWorker]]
     used: list[LayerWorker] = []
 
     class Recorded(LayerWorker):
-        def run(self, source: Any, stats: LayerStats) -> None:
+        def run(self, open_source: Any, stats: LayerStats) -> bool:
             used.append(self)
-            super().run(source, stats)
+            return super().run(open_source, stats)
 
     monkeypatch.setattr(rootfs, "WORKER_MIN_SIZE", 0)
     monkeypatch.setattr(rootfs, "LayerWorker", Recorded)
@@ -116,6 +116,18 @@ def test_layers_in_workers_apply_in_order_under_one_limit(tmp_path, monkeypatch)
     assert used[1]._job["written"] == 100 + len(b"data")
 
 
+def test_without_a_process_to_start_the_layer_unpacks_on_the_thread(
+    tmp_path, monkeypatch, caplog
+):
+    registry = FakeRegistry([(GZIP_LAYER, gzip.compress(tar(file("etc/a", b"1"))))])
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # e.g. at ulimit -u
+    with workers_only(monkeypatch) as used:
+        image = registry.unpack(tmp_path / "root")
+    assert len(used) == 1
+    assert (image.root / "etc" / "a").read_bytes() == b"1"
+    assert "cannot start a process to unpack a layer" in caplog.text
+
+
 def bad_layers(outside: Path) -> list[tuple[str, bytes, dict[str, Any]]]:
     return [
         ("climbs above the root", tar(file("../escape")), {}),
@@ -142,7 +154,8 @@ def test_a_worker_raises_what_a_thread_raises(tmp_path, case):
             if how == "thread":
                 apply_layer(io.BytesIO(data), root, limit=limit)
             else:
-                LayerWorker(root, windows=False, limit=limit).run(io.BytesIO(data), LayerStats())
+                worker = LayerWorker(root, windows=False, limit=limit)
+                assert worker.run(lambda: io.BytesIO(data), LayerStats())
         return raised.value
 
     on_thread, by_worker = failure("thread"), failure("worker")
@@ -177,7 +190,7 @@ def test_a_killed_worker_stops_at_once_and_leaves_no_process(tmp_path):
 
     def run() -> None:
         try:
-            worker.run(layer, LayerStats())
+            worker.run(lambda: layer, LayerStats())
         except BaseException as exc:
             outcome.append(exc)
 
@@ -215,7 +228,7 @@ def test_a_worker_ends_with_its_kernel(tmp_path):
                         return b"\\0" * 512
 
                 LayerWorker(Path({str(tmp_path)!r}), windows=False,
-                            limit=UnpackLimit(None, None)).run(Endless(), LayerStats())
+                            limit=UnpackLimit(None, None)).run(Endless, LayerStats())
             """),
         ]
     )

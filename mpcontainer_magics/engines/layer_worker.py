@@ -20,12 +20,15 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,6 +37,11 @@ from ..errors import ImageError, MPCError
 from .layers import LayerStats, UnpackLimit, apply_layer
 
 __all__ = ["LayerWorker"]
+
+log = logging.getLogger(__name__)
+
+#: What gives a worker its layer: opened only once the worker runs.
+SourceOpener = Callable[[], contextlib.AbstractContextManager[BinaryIO]]
 
 _CHUNK = 1 << 20
 # The package's parent directory: the worker imports the same copy of the package.
@@ -58,26 +66,39 @@ class LayerWorker:
         self._process: subprocess.Popen[bytes] | None = None
         self._killed = threading.Event()
 
-    def run(self, source: BinaryIO, stats: LayerStats) -> None:
-        """Feed ``source`` (read to its end unless the worker stops early) to a worker; raise
-        what it raised, else add its counters to ``stats`` and its bytes to the limit."""
+    def run(self, open_source: SourceOpener, stats: LayerStats) -> bool:
+        """Feed the layer ``open_source()`` gives (read to its end unless the worker stops
+        early) to a worker process; raise what it raised, else add its counters to ``stats``
+        and its bytes to the limit. False, with nothing read, when no process could be
+        started (the caller then unpacks the layer itself)."""
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p
         )}  # fmt: skip
         argv = [sys.executable, "-m", __name__, json.dumps(self._job)]
-        with subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        ) as process:
-            self._process = process
+        # Its stderr (a crash's last words) goes to a file: a full pipe nobody reads while
+        # we feed its stdin would stop both of us.
+        with tempfile.TemporaryFile() as stderr:
             try:
+                process = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
+                )
+            except OSError as exc:
+                log.warning("cannot start a process to unpack a layer (%s): unpacking here", exc)
+                return False
+            with process:
+                self._process = process
                 if self._killed.is_set():
                     process.kill()
-                self._feed(source, process)
-                out, err = process.communicate()
-            except BaseException:
-                process.kill()
-                raise
-        self._take(out, err, process.returncode, stats)
+                try:
+                    with open_source() as source:
+                        self._feed(source, process)
+                    out, _ = process.communicate()
+                except BaseException:
+                    process.kill()
+                    raise
+            stderr.seek(0)
+            self._take(out, stderr.read(), process.returncode, stats)
+        return True
 
     def kill(self) -> None:
         self._killed.set()

@@ -249,12 +249,11 @@ async def _apply_tapped(
     worker = None if on_thread else LayerWorker(dest, windows=windows, limit=limit)
 
     def apply() -> None:
-        if worker is None:
-            with tap.open(stats) as source:
-                apply_layer(source, dest, windows=windows, limit=limit, stats=stats)
-        else:  # the worker counts its waiting for bytes itself
-            with tap.open(LayerStats()) as source:
-                worker.run(source, stats)
+        # The worker counts its waits for bytes itself.
+        if worker is not None and worker.run(lambda: tap.open(LayerStats()), stats):
+            return
+        with tap.open(stats) as source:
+            apply_layer(source, dest, windows=windows, limit=limit, stats=stats)
 
     work = asyncio.ensure_future(asyncio.to_thread(apply))
     try:
