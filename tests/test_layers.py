@@ -14,6 +14,7 @@ import re
 import stat
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -457,6 +458,56 @@ def test_unsupported_or_corrupt_layers(root, data, match):
     with pytest.raises(ImageError, match=match) as info:
         apply_layer(io.BytesIO(data), root)
     assert "\n" not in str(info.value)
+
+
+class Download(io.RawIOBase):
+    """A layer still downloading: ``data`` as it arrives, then (optionally) a failure."""
+
+    def __init__(self, data: bytes, then: BaseException | None = None) -> None:
+        super().__init__()
+        self.data, self.then = data, then
+        self.more = threading.Event()  # the rest "arrives" only when set
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if not self.data:
+            self.more.wait(5)
+            if self.then is not None:
+                raise self.then
+            return 0
+        size = min(len(buffer), len(self.data), 4096)
+        buffer[:size], self.data = self.data[:size], self.data[size:]
+        return size
+
+
+def reading_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mpc-layer-read"]
+
+
+def test_a_failing_download_fails_the_layer_with_its_own_error(root):
+    # The layer is read (and inflated) on a thread ahead of the unpacking: what went wrong
+    # there is raised here, as it was.
+    data = gzip.compress(tar(*(file(f"f{i}", os.urandom(3000)) for i in range(40))))
+    source = Download(data[: len(data) // 2], then=ImageError("the download failed"))
+    source.more.set()
+    with pytest.raises(ImageError, match=r"^the download failed$"):
+        apply_layer(source, root)
+    assert reading_threads() == []
+
+
+def test_the_read_ahead_has_ended_when_a_bad_layer_fails(root):
+    # Its owner closes the source next: a thread still in a read could then read a closed
+    # descriptor (or another file's, reusing its number).
+    members = [file("../escape"), *(file(f"f{i}", os.urandom(3000)) for i in range(40))]
+    source = Download(gzip.compress(tar(*members))[:8192])  # then the download stalls
+    more_arrives = threading.Timer(0.3, source.more.set)
+    more_arrives.start()
+    with pytest.raises(UnsafeLayer):
+        apply_layer(source, root)
+    assert reading_threads() == []
+    more_arrives.join()
 
 
 # --- plain archives ----------------------------------------------------------------------------
