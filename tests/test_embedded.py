@@ -203,6 +203,31 @@ def test_commits_and_copies_never_walk_proots_mount_points(
     assert (tmp_path / "copy/kept").is_file() and not (tmp_path / "copy/host-rootfs").exists()
 
 
+def test_proots_preload_placeholder_never_reaches_a_commit_or_a_copy(
+    embedded, test_image, blob_cache, tmp_path
+):
+    # Under qemu, proot binds /dev/null over /etc/ld.so.preload with an empty mode-000 file
+    # in the rootfs, and leaves it there when it is killed (as the leftovers of a command are,
+    # and a session's proot when it stops). Read as a user, it failed a notebook's commit.
+    async def main(client: mpc.Client) -> Any:
+        session = await client.session("preload", image=test_image, platforms=ARM64)
+        await session.run("echo mine > /etc/kept")
+        rootfs = embedded.rootfs(session.member().container_id)
+        placeholder = rootfs / "etc" / "ld.so.preload"
+        assert placeholder.exists() and placeholder.stat().st_mode & 0o777 == 0
+        (snapshot,) = await session.snapshots()
+        await session.copy_out("/etc", tmp_path / "etc")
+        image_dir = blob_cache / "images" / snapshot.image.image_id
+        (layer,) = image_dir.glob("diff-*.tar")
+        with tarfile.open(layer) as tar:
+            return os.listdir(image_dir / "rootfs" / "etc"), tar.getnames()
+
+    etc, layer = run(main)
+    assert "kept" in etc and "ld.so.preload" not in etc
+    assert "etc/kept" in layer and "etc/ld.so.preload" not in layer
+    assert sorted(os.listdir(tmp_path / "etc")) == sorted(etc)
+
+
 def test_a_container_copy_is_mostly_hard_links(embedded, test_image, blob_cache):
     async def main(client: mpc.Client) -> tuple[Path, Path]:
         image = await client.engine.pull(test_image, mpc.Platform.parse(ARM64))

@@ -116,9 +116,7 @@ def test_layers_in_workers_apply_in_order_under_one_limit(tmp_path, monkeypatch)
     assert used[1]._job["written"] == 100 + len(b"data")
 
 
-def test_without_a_process_to_start_the_layer_unpacks_on_the_thread(
-    tmp_path, monkeypatch, caplog
-):
+def test_without_a_process_to_start_the_layer_unpacks_on_the_thread(tmp_path, monkeypatch, caplog):
     registry = FakeRegistry([(GZIP_LAYER, gzip.compress(tar(file("etc/a", b"1"))))])
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # e.g. at ulimit -u
     with workers_only(monkeypatch) as used:

@@ -67,6 +67,7 @@ from .image_users import home_of, proot_user
 from .layers import extract_archive
 from .proot import (
     MOUNT_POINTS,
+    QEMU_MOUNT_POINTS,
     SYSTEM_BINDS,
     ProotProcess,
     find_proot,
@@ -327,7 +328,7 @@ class EmbeddedEngine(EngineBase[_Container]):
     def _command(self, container: _Container, argv: Sequence[str]) -> list[str]:
         platform = container.image.platform
         qemu = None
-        if platform.architecture != host_platform().architecture:
+        if _needs_qemu(platform):
             qemu = find_qemu(platform)
             if qemu is None:
                 name = f"qemu-{platform.qemu_arch or platform.architecture}-static"
@@ -442,9 +443,14 @@ class EmbeddedEngine(EngineBase[_Container]):
             if not found.is_symlink() and not found.exists():
                 raise missing_path(path)
             if found.is_dir() and not found.is_symlink():
-                # As `docker cp` of /: proot's own mount points (the host's / among them)
-                # are not the container's files.
-                skip = _proot_points(container) if found == root else frozenset()
+                # As `docker cp`: proot's own mount points (the host's / among them) are
+                # not the container's files.
+                below = "" if found == root else found.relative_to(root).as_posix() + "/"
+                skip = frozenset(
+                    point.removeprefix(below)
+                    for point in _proot_points(container)
+                    if point.startswith(below)
+                )
                 copy_tree(found, dest, skip=skip)
                 return True
             dest.mkdir()
@@ -562,10 +568,16 @@ class _EmbeddedProcess(AttachedProcess):
         await self._process.interrupt()
 
 
+def _needs_qemu(platform: Platform) -> bool:
+    return platform.architecture != host_platform().architecture
+
+
 def _proot_points(container: _Container) -> frozenset[str]:
     """The mount points proot made in a container's rootfs (those its image lacks)."""
     image_root = container.image_dir / "rootfs"
-    return frozenset(name for name in MOUNT_POINTS if not os.path.lexists(image_root / name))
+    emulated = _needs_qemu(container.image.platform)
+    names = (*MOUNT_POINTS, *(QEMU_MOUNT_POINTS if emulated else ()))
+    return frozenset(name for name in names if not os.path.lexists(image_root / name))
 
 
 def _kill_execs(container: _Container) -> None:

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 SYSTEM_BINDS = ("/dev", "/proc", "/sys")
 #: Directories proot creates in a rootfs as mount points (not part of what a command wrote).
 MOUNT_POINTS = ("dev", "proc", "sys", "host-rootfs")
+#: With qemu (-q), proot also binds /dev/null over /etc/ld.so.preload (qemu, a host program,
+#: must not preload the guest's libraries), making an empty mode-000 file there in the
+#: rootfs while it runs. It removes that when it ends by itself, not when it is killed (a
+#: command's leftovers, a stopped session): then the file stays, and only root can read it.
+QEMU_MOUNT_POINTS = ("etc/ld.so.preload",)
 
 _MARKERS = (b"proot info: ", b"proot warning: ", b"proot error: ", b"fatal error: see `proot")
 _ENDED = re.compile(rb"proot info: pid (\d+): (exited with status|terminated with signal) (\d+)")

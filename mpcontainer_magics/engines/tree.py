@@ -166,18 +166,7 @@ def clone_tree(
                     if recorded is not None and entry.inode() == recorded[0]:
                         os.link(entry.path, target)
                     else:
-                        _copy_file(entry, target)
-
-
-def _copy_file(entry: os.DirEntry[str], target: Path) -> None:
-    try:
-        shutil.copy2(entry.path, target, follow_symlinks=False)
-    except PermissionError:
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_IMODE(st.st_mode) or st.st_size:
-            raise
-        # An empty mode-000 file we cannot read: a mount point proot made while it ran
-        # (as for dev, proc...; seen at etc/ld.so.preload), not the container's content.
+                        shutil.copy2(entry.path, target, follow_symlinks=False)
 
 
 def copy_tree(source: Path, dest: Path, *, skip: frozenset[str] = frozenset()) -> None:
