@@ -1,8 +1,8 @@
 """Applying a layer in a process of its own, for pulls that unpack several at once.
 
 Unpacking is CPU work in Python (tar parsing) and many short system calls, each of which
-gives up the GIL: two unpacks on threads of one process convoy on it, and a 3-platform pull
-of golang took 2x as long as three separate processes (measured here, 2 CPUs). So while one
+gives up the GIL: unpacks on threads of one process convoy on it, and a 3-platform pull of
+golang took 1.4-1.9x as long as in three separate processes (measured here, 2 CPUs). So while one
 layer unpacks on a thread of the kernel, the others go to a worker each:
 ``python -m mpcontainer_magics.engines.layer_worker JOB`` reads the layer's bytes on stdin,
 applies them with ``layers.apply_layer`` (the same safe unpacker, the same limit) and prints
