@@ -69,6 +69,16 @@ log = logging.getLogger(__name__)
 MountsSpec = Sequence[str | Mount]
 
 
+def checked_network(network: str | None) -> str | None:
+    """A ``network=`` value: None, or a name as ``docker run --network`` takes it."""
+    if network is not None and (not isinstance(network, str) or not network.strip()):
+        raise InvalidArgument(
+            f"bad network {network!r}: give a name such as 'host', 'none', 'bridge' or one "
+            "of `docker network ls` (or None for the engine's default)"
+        )
+    return network
+
+
 def mounts_arg(spec: MountsSpec | None) -> list[Mount]:
     if isinstance(spec, str):
         raise InvalidArgument("mounts must be a list, e.g. mounts=['./data:/data:ro']")
@@ -145,13 +155,31 @@ class Client:
     """A connection to one engine, and to the nodes added to it. ``aclose()`` removes all
     it created, on every node."""
 
-    def __init__(self, engine: Engine, *, node_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        node_timeout: float = CONNECT_TIMEOUT_S,
+        network: str | None = None,
+    ) -> None:
         self.engine = engine  # the local one: always the node "local"
         self._node_timeout = node_timeout
         self._fleet: Fleet | None = None
         # What the builders (containers, directories) hold instead of this client.
         self._ctx = BuildContext(engine, Evaluator(engine, Workspace()))
         self._sessions: dict[str, Session] = {}
+        self.network = network
+
+    @property
+    def network(self) -> str | None:
+        """The network containers get when a call names none, as ``docker run --network``:
+        "none", "host", "bridge" or a network's name; None leaves it to the engine (Docker:
+        the daemon's default; the embedded engine always shares this machine's)."""
+        return self._ctx.evaluator.network
+
+    @network.setter
+    def network(self, network: str | None) -> None:
+        self._ctx.evaluator.network = checked_network(network)
 
     @property
     def fleet(self) -> Fleet:
@@ -229,16 +257,18 @@ class Client:
         platforms: PlatformsSpec = None,
         image: str | None = None,
         mounts: MountsSpec | None = None,
+        network: str | None = None,
         on_progress: PullProgressCallback | None = None,
     ) -> Session:
         """The session ``name``, started (or extended to more platforms) as needed.
 
         A new session needs nothing but a name: it defaults to DEFAULT_IMAGE on the native
-        platform. An existing one keeps its image and mounts; asking for others is an error.
+        platform and the client's ``network``. An existing one keeps its image, mounts and
+        network; asking for others is an error.
         ``on_progress(platform, done_bytes, total_bytes)`` follows the pull of each platform
         started now (as in :meth:`pull`).
         """
-        session = self._session_for(name, image, mounts)
+        session = self._session_for(name, image, mounts, network)
         if platforms is not None or not session.platforms:
             try:
                 await session.ensure(platforms, on_progress=on_progress)
@@ -249,19 +279,27 @@ class Client:
         self._sessions[name] = session
         return session
 
-    def _session_for(self, name: str, image: str | None, mounts: MountsSpec | None) -> Session:
+    def _session_for(
+        self, name: str, image: str | None, mounts: MountsSpec | None, network: str | None
+    ) -> Session:
         """The session ``name`` (a new one is not kept until it starts); refuses to change
-        the image or mounts of one that runs."""
+        the image, mounts or network of one that runs."""
         session = self._sessions.get(check_name(name))
         wanted_mounts = mounts_arg(mounts)
+        network = checked_network(network)
         if session is None:
-            return Session(self._runs_on, name, image or DEFAULT_IMAGE, wanted_mounts)
-        if (image and image != session.image) or (
-            mounts is not None and tuple(wanted_mounts) != session.mounts
+            return Session(
+                self._runs_on, name, image or DEFAULT_IMAGE, wanted_mounts, network or self.network
+            )
+        if (
+            (image and image != session.image)
+            or (mounts is not None and tuple(wanted_mounts) != session.mounts)
+            or (network is not None and network != session.network)
         ):
             raise SessionError(
                 f"session {name!r} runs {session.image}"
                 + (f" with mounts {', '.join(map(str, session.mounts))}" if session.mounts else "")
+                + (f" on network {session.network}" if session.network else "")
                 + f"; stop it first (%container stop {name}) or pick another session name"
             )
         return session
@@ -368,6 +406,7 @@ class Client:
         env: Mapping[str, object] | None = None,
         workdir: str | None = None,
         mounts: MountsSpec | None = None,
+        network: str | None = None,
         timeout: float | None = None,
         on_line: LineCallback | None = None,
         cross: bool = False,
@@ -391,7 +430,8 @@ class Client:
         output as it comes. Non-zero exits, timeouts and platforms without emulation are
         recorded in the result; call ``result.check()`` to turn them into exceptions.
         With nodes, each platform runs where the fleet places it (see :mod:`.engines.fleet`);
-        ``node="NAME"`` runs them all there, ``"linux/arm64@NAME"`` pins one.
+        ``node="NAME"`` runs them all there, ``"linux/arm64@NAME"`` pins one. ``network`` is
+        the containers' (as ``docker run --network``; default: the client's ``network``).
         """
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
             raise InvalidArgument(
@@ -413,8 +453,8 @@ class Client:
                 )
             script = command if isinstance(command, str) else shlex.join(argv)
             return await self._run_in_session(
-                session, script, platforms, image, mounts, on_targets, on_progress, node,
-                env=env, workdir=workdir, timeout=timeout, on_line=on_line,
+                session, script, platforms, image, mounts, network, on_targets, on_progress,
+                node, env=env, workdir=workdir, timeout=timeout, on_line=on_line,
             )  # fmt: skip
         image = image or DEFAULT_IMAGE
         targets = await self.targets(image, platforms, cross=cross, node=node)
@@ -428,6 +468,7 @@ class Client:
             env=env,
             workdir=workdir,
             mounts=mounts_arg(mounts),
+            network=checked_network(network) or self.network,
             timeout=timeout,
             on_line=on_line,
             on_progress=on_progress,
@@ -452,12 +493,13 @@ class Client:
         platforms: PlatformsSpec,
         image: str | None,
         mounts: MountsSpec | None,
+        network: str | None,
         on_targets: Callable[[list[Target]], None] | None,
         on_progress: PullProgressCallback | None,
         node: str | None,
         **run: Any,
     ) -> RunResult:
-        known = self._session_for(name, image, mounts)
+        known = self._session_for(name, image, mounts, network)
         if platforms is None and known.platforms:
             platforms = known.platforms  # where it runs already
         targets = known.placed(await self.targets(known.image, platforms, node=node))
@@ -471,7 +513,9 @@ class Client:
             for t in targets
             if t.runs != "no"
         )
-        live = await self.session(name, platforms=targets, image=image, mounts=mounts)
+        live = await self.session(
+            name, platforms=targets, image=image, mounts=mounts, network=network
+        )
         return self._with_notes(await live.run(script, platforms=targets, **run))
 
     async def pull(
@@ -645,6 +689,7 @@ class connect:
     JSON) is read. A node that does not answer within ``node_timeout`` seconds is kept,
     marked unreachable. ``registry_mirrors`` maps registries to mirrors tried first
     (``{"docker.io": ["mirror.example:5000"]}``; default: ``$MPC_REGISTRY_MIRRORS``).
+    ``network`` is what containers get when a call names none (see :attr:`Client.network`).
     """
 
     def __init__(
@@ -655,8 +700,10 @@ class connect:
         registry_mirrors: Mapping[str, Sequence[str]] | None = None,
         nodes: NodesSpec | None = None,
         node_timeout: float = CONNECT_TIMEOUT_S,
+        network: str | None = None,
     ) -> None:
         self._kind = engine
+        self._network = checked_network(network)
         self._insecure = tuple(insecure_registries)
         self._mirrors = registry_mirrors
         self._nodes = nodes_from(nodes if nodes is not None else os.environ.get("MPC_NODES"))
@@ -667,7 +714,7 @@ class connect:
         engine = await open_engine(
             self._kind, insecure_registries=self._insecure, registry_mirrors=self._mirrors
         )
-        client = Client(engine, node_timeout=self._node_timeout)
+        client = Client(engine, node_timeout=self._node_timeout, network=self._network)
         try:
             await asyncio.gather(*(client.fleet.add(n) for n in self._nodes))
         except BaseException:

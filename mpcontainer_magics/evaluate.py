@@ -82,6 +82,8 @@ class Evaluator:
 
     def __init__(self, engine: Engine, workspace: Workspace) -> None:
         self.engine = engine
+        #: The network ``with_exec`` commands run in (the client's; None: the engine's).
+        self.network: str | None = None
         self._workspace = workspace
         self._states: dict[ContainerRecipe, asyncio.Task[_State]] = {}
         self._dirs: dict[DirSource, asyncio.Task[Path]] = {}
@@ -178,6 +180,7 @@ class Evaluator:
             env=state.config.env_dict(),
             workdir=state.config.workdir or None,
             mounts=[Mount(str(copy), path) for path, copy in mounts],
+            network=self.network,
         ) as container_id:
             outcome = await self.engine.start_and_wait(
                 container_id, lambda stream, chunk: output[stream].extend(chunk)

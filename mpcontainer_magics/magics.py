@@ -88,6 +88,8 @@ _ONE_IMAGE = (
 )
 _FROM = _arg(
     "--from",
+    "-s",
+    "--session",  # what a session's cells say: `publish REF --session NAME` reads naturally
     dest="source",
     required=True,
     metavar="SESSION_OR_VAR",
@@ -243,6 +245,12 @@ class ContainerMagics(Magics):
     node_timeout = Float(
         3.0, help="Seconds a node may take to answer before it counts as down."
     ).tag(config=True)
+    network = Unicode(
+        "",
+        help="The network cells' containers get when --network names none, as `docker run "
+        '--network`: "none", "host", "bridge" or a network\'s name; "" is the engine\'s '
+        "default. The embedded engine always shares this machine's network.",
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         # Magics registers itself in shell.configurables, so `%config ContainerMagics.x` works.
@@ -299,6 +307,7 @@ class ContainerMagics(Magics):
             registry = self._client.engine.registry
             registry.insecure_registries = self.insecure_registries
             registry.registry_mirrors = self.registry_mirrors or mirrors_from_env()
+            self._client.network = self.network or None
             await self._follow_nodes_config(self._client)
             return self._client
 
@@ -378,6 +387,13 @@ class ContainerMagics(Magics):
         help="Run every platform on node NAME (see %%container nodes); PLATFORM@NAME in "
         "--platform pins one platform instead.",
     )
+    @argument(
+        "--network",
+        metavar="NAME",
+        help="The containers' network, as docker run --network: none, host, bridge or a "
+        "network's name (default: %%config ContainerMagics.network, else the engine's). A "
+        "session keeps the network it started with.",
+    )
     @argument("-o", "--out", metavar="VAR", help="Store the result object in this variable.")
     @argument(
         "--raise-error",
@@ -452,6 +468,7 @@ class ContainerMagics(Magics):
                 env=env,
                 workdir=args.workdir,
                 mounts=args.mount or None,
+                network=args.network,
                 timeout=args.timeout,
                 cross=args.cross,
                 session=args.session,

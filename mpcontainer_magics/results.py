@@ -140,11 +140,13 @@ class RunResult:
         timed_out = [str(r.platform) for r in self.results if r.timed_out]
         if timed_out:
             finished = [str(r.platform) for r in self.results if r.exit_code is not None]
+            kept = f"; results of {', '.join(finished)} are kept" if finished else ""
             raise RunTimeout(
                 f"{', '.join(timed_out)} did not finish within the {self.timeout:g} s limit and "
-                f"{'was' if len(timed_out) == 1 else 'were'} stopped; results of "
-                f"{', '.join(finished) or 'no platform'} are kept. Raise --timeout if the "
-                "command needs longer (emulated platforms are slower).",
+                f"{'was' if len(timed_out) == 1 else 'were'} stopped (what "
+                f"{'it' if len(timed_out) == 1 else 'each'} printed until then is in the "
+                f"result){kept}. Raise --timeout if the command needs longer (emulated "
+                "platforms are slower).",
                 self,
             )
         for r in self.results:

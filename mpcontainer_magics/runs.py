@@ -28,7 +28,7 @@ from .engines.base import (
     Runner,
     per_platform,
 )
-from .errors import EngineError, EngineUnavailable, InvalidArgument, MPCError
+from .errors import EngineError, EngineUnavailable, InvalidArgument, MPCError, SessionError
 from .platforms import Platform, cross_env
 from .results import PlatformResult, RunResult
 from .targets import PlatformsSpec, Target, engine_for, resolve
@@ -102,6 +102,7 @@ async def run_on_platforms(
     env: Mapping[str, object] | None = None,
     workdir: str | None = None,
     mounts: Sequence[Mount] = (),
+    network: str | None = None,
     timeout: float | None = None,
     on_line: LineCallback | None = None,
     on_progress: PullProgressCallback | None = None,
@@ -113,6 +114,7 @@ async def run_on_platforms(
     ``cross``, every run happens on the engine's native platform, once per target
     platform, with that target's cross-compilation variables (``platforms.cross_env``).
     ``on_progress(platform, done_bytes, total_bytes)`` follows each platform's pull.
+    ``network`` is each container's (as ``docker run --network``; None: the engine's).
     """
     started = time.perf_counter()
     env, workdir = checked_env(env), checked_workdir(workdir)
@@ -135,7 +137,13 @@ async def run_on_platforms(
         run_env = {**cross_env(target.platform, native), **env} if cross else env
         where = engine if cross else engine_for(engine, target)
         return lambda on_output: where.run(
-            image, argv, env=run_env, workdir=workdir, mounts=mounts, on_output=on_output
+            image,
+            argv,
+            env=run_env,
+            workdir=workdir,
+            mounts=mounts,
+            network=network,
+            on_output=on_output,
         )
 
     async def run_one(target: Target) -> PlatformResult:
@@ -209,7 +217,9 @@ async def run_streamed(
         exit_code, duration = outcome.exit_code, outcome.duration_s
     except asyncio.TimeoutError:
         error, duration = f"timed out after {timeout:g} s", time.perf_counter() - started
-    except EngineError as exc:
+    except (EngineError, SessionError) as exc:
+        # This platform's row says why (a session member that stopped, say); the other
+        # platforms run on: one failure never cancels their cells.
         error, exception, duration = str(exc), exc, time.perf_counter() - started
     return PlatformResult(
         platform=platform,

@@ -90,11 +90,19 @@ STATE_SETTLE_S = 2.0
 class Session:
     """Live containers of one image on several platforms; create with ``client.session()``."""
 
-    def __init__(self, engine: Engine, name: str, image: str, mounts: Sequence[Mount] = ()) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        image: str,
+        mounts: Sequence[Mount] = (),
+        network: str | None = None,
+    ) -> None:
         self._engine = engine
         self.name = check_name(name)
         self.image = image
         self.mounts = tuple(mounts)
+        self.network = network  # its containers' (None: the engine's default)
         self._members: dict[Platform, Member] = {}
         self._starting = asyncio.Lock()
 
@@ -182,7 +190,7 @@ class Session:
         image = await engine.pull(self.image, platform, on_progress=on_progress)
         labels = {LABEL_SESSION: self.name}
         async with engine.container(
-            image, KEEP_ALIVE, mounts=self.mounts, labels=labels, keep=True
+            image, KEEP_ALIVE, mounts=self.mounts, labels=labels, network=self.network, keep=True
         ) as container_id:
             shell = Shell(engine, container_id)
             try:

@@ -35,7 +35,7 @@ from .engines.base import (
     ExecOutcome,
     OutputCallback,
 )
-from .errors import SessionError
+from .errors import EngineError, SessionError
 
 STATE_DIR = "/tmp/.mpc-session"
 
@@ -214,7 +214,26 @@ class Shell:
             return process.exited.result()
         except asyncio.CancelledError:
             if self._pid and not process.exited.done():
-                await finish_despite_cancel(process.interrupt(self._pid))
+                await finish_despite_cancel(self._stop(process))
             raise
         finally:
             self._marks = None
+
+    async def _stop(self, process: AttachedProcess) -> None:
+        """Stop the cell that runs in ``process`` (Ctrl-C, a timeout). A shell that could
+        not be stopped is never written to again: the next cell gets a new one, and the user
+        is told why (with the next result), since the cancelled cell's row cannot say it."""
+        failure = ""
+        try:
+            await process.interrupt(self._pid)
+        except EngineError as exc:
+            failure = str(exc)
+        if process.exited.done() and not failure:
+            return
+        if self._process is process:
+            self._process = None
+        self._engine.note(
+            "a cell's shell could not be stopped"
+            + (f": {failure}" if failure else " (it ignored SIGINT, SIGTERM and SIGKILL)")
+            + "; the next cell runs in a new shell"
+        )

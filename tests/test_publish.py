@@ -317,6 +317,11 @@ def test_publish_a_session_with_the_magic(shell, registry_host, capsys):
         "linux/s390x" in text and '"mediaType": "application/vnd.oci.image.index.v1+json"' in text
     )
     assert docker_run(published.reference, "linux/s390x", "cat", "/srv/built-on") == "s390x\n"
+    # As a session's cells name it: --session is --from.
+    again = shell.run_line_magic("container", f"publish {ref} --session pub")
+    assert again.digest == published.digest
+    with pytest.raises(UsageError, match="--from/-s/--session"):
+        shell.run_line_magic("container", f"publish {ref}")
 
 
 def test_publish_from_a_variable_of_containers(shell, registry_host, test_image):

@@ -183,6 +183,14 @@ def test_timeouts_and_failures_are_rows_until_checked():
     assert exc.value.result is res
     assert "results of linux/amd64 are kept" in str(exc.value)
 
+    # Every platform timed out: what they printed is still kept, and the message says so.
+    slow = FakeEngine({ARM64: ([("stdout", b"partial\n"), ("stdout", b"never\n")], 0, 10)})
+    with pytest.raises(RunTimeout) as everything:
+        asyncio.run(run_on_platforms(slow, "img", ["sh"], "all", timeout=0.5)).check()
+    assert everything.value.result[ARM64].stdout == "partial\n"
+    assert "no platform" not in str(everything.value)
+    assert "what it printed until then is in the result" in str(everything.value)
+
     styles = res._repr_html_().split("</style>")[0]  # failed rows are highlighted
     assert "background-color: #fdd" in styles
     assert "_row1_col0" in styles and "_row2_col0" in styles and "_row0_col0" not in styles

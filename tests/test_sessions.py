@@ -419,7 +419,8 @@ def test_session_output_streams_while_the_cell_runs(shell):
 
 # -- a member killed from outside --------------------------------------------------------------
 
-MARKER = re.compile(r"[0-9a-f]{24}")  # the session protocol's per-cell token
+# The session protocol's per-cell token (not a digest in the table: "sha256:" + 64 digits).
+MARKER = re.compile(r"(?<![0-9a-f:])[0-9a-f]{24}(?![0-9a-f])")
 
 
 def bounded(call: Callable[[], Any], seconds: float) -> Any:
@@ -460,10 +461,15 @@ def kill_from_outside(engine_kind: str, docker_api: Any, blob_cache: Path, membe
 def test_a_member_killed_from_outside_fails_every_later_cell_at_once(
     shell, containers, engine_kind, docker_api, blob_cache, capsys
 ):
-    for attempt, how in enumerate(["main", "all", "main", "all"]):  # a hang was intermittent
+    # A hang here was intermittent (1 in 3): repeated, each time on a session of two
+    # platforms of which one is killed, the other running on.
+    repeats = 8 if engine_kind == "embedded" else 3
+    for attempt, how in enumerate(["main", "all"] * (repeats // 2) + ["main"] * (repeats % 2)):
         name = f"killed{attempt}"
-        cell(shell, f"--session {name} --platform linux/arm64", "cd /tmp; sleep 600 &")
-        (member,) = session_containers(containers, name)
+        cell(shell, f"--session {name} --platform linux/amd64,linux/arm64", "cd /tmp; sleep 600 &")
+        sessions = line(shell, "sessions")
+        (short,) = sessions[sessions.platform == "linux/arm64"].container
+        (member,) = [c for c in session_containers(containers, name) if c["Id"].startswith(short)]
         ran = kill_from_outside(engine_kind, docker_api, blob_cache, member["Id"], how)
         # Nothing of it runs on (a guest that lost its proot would run on the host's files).
         deadline = time.monotonic() + 5
@@ -472,10 +478,14 @@ def test_a_member_killed_from_outside_fails_every_later_cell_at_once(
         assert [pid for pid in ran if alive(pid)] == []
         capsys.readouterr()
         for _ in range(3):
+            started = time.monotonic()
             with pytest.raises(UsageError) as failed:
                 bounded(functools.partial(cell, shell, f"--session {name}", "echo here"), 10)
+            assert time.monotonic() - started < 2, "the cell did not fail at once"
             assert f"session {name!r} on linux/arm64 is not running any more" in str(failed.value)
             assert "and start it again" in str(failed.value)
+            # The member that lives answered: its row is in the result, not cancelled.
+            assert shell.user_ns["res"]["linux/amd64"].stdout == "here\n"
             out = capsys.readouterr()
             assert not MARKER.search(out.out + out.err), out
         line(shell, f"stop {name}")

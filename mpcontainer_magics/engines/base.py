@@ -211,6 +211,9 @@ class ContainerSpec:
     workdir: str | None = None
     mounts: tuple[Mount, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)  # besides owner_labels()
+    #: As ``docker run --network``: "none", "host", "bridge" or a network's name; None is
+    #: the engine's default (the client's ``network``, else the daemon's own).
+    network: str | None = None
 
 
 class AttachedProcess(abc.ABC):
@@ -273,10 +276,13 @@ class Runtime(abc.ABC):
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
         mounts: Sequence[Mount] = (),
+        network: str | None = None,
         on_output: OutputCallback | None = None,
     ) -> ExecOutcome:
         """Run ``argv`` in a new container of ``image``, removed afterwards."""
-        async with self.container(image, argv, env=env, workdir=workdir, mounts=mounts) as cid:
+        async with self.container(
+            image, argv, env=env, workdir=workdir, mounts=mounts, network=network
+        ) as cid:
             return await self.start_and_wait(cid, on_output)
 
     @asynccontextmanager
@@ -289,6 +295,7 @@ class Runtime(abc.ABC):
         workdir: str | None = None,
         mounts: Sequence[Mount] = (),
         labels: Mapping[str, str] | None = None,
+        network: str | None = None,
         keep: bool = False,
     ) -> AsyncIterator[str]:
         """A created (not started) container, removed on exit even when cancelled.
@@ -298,7 +305,9 @@ class Runtime(abc.ABC):
         behind: creation always completes, and is then undone if we were cancelled meanwhile.
         """
         argv = tuple(argv) if argv else None
-        spec = ContainerSpec(image, argv, dict(env or {}), workdir, tuple(mounts), labels or {})
+        spec = ContainerSpec(
+            image, argv, dict(env or {}), workdir, tuple(mounts), labels or {}, network
+        )
         create = asyncio.ensure_future(self.create(spec))
         try:
             container_id = await finish_despite_cancel(create)

@@ -33,6 +33,7 @@ from ..errors import (
     EmulationUnavailable,
     EngineError,
     ImageNotFound,
+    InvalidArgument,
     MPCError,
     PlatformNotOffered,
     RegistryError,
@@ -62,6 +63,7 @@ from .docker_errors import (
     exec_format_error,
     handler_without_f_flag,
     missing_interpreter,
+    missing_network,
     refused_start,
 )
 from .docker_streams import STDERR, frames
@@ -363,6 +365,9 @@ class DockerEngine(EngineBase[Platform]):
         binds = {
             m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
         }
+        host_config: dict[str, Any] = {"binds": binds} if binds else {}
+        if spec.network is not None:
+            host_config["network_mode"] = spec.network
         created = await self._docker(
             f"create a container of {image.reference} for {image.platform}",
             self._api.create_container,
@@ -373,8 +378,9 @@ class DockerEngine(EngineBase[Platform]):
             environment=dict(spec.env),
             working_dir=spec.workdir or None,
             labels={**owner_labels(), LABEL_ENGINE: self._instance, **spec.labels},
-            host_config=self._api.create_host_config(binds=binds) if binds else None,
+            host_config=self._api.create_host_config(**host_config) if host_config else None,
             detach=True,
+            refine=self._network_missing,
         )
         self._live[created["Id"]] = image.platform
         return str(created["Id"])
@@ -391,7 +397,7 @@ class DockerEngine(EngineBase[Platform]):
                 self._attach_start_wait,
                 container_id,
                 emit,
-                refine=lambda text: self._emulation_missing(platform, text),
+                refine=lambda text: self._start_refused(platform, text),
             )
         except DockerAPIError as exc:
             refused = refused_start(exc.explanation)
@@ -414,6 +420,19 @@ class DockerEngine(EngineBase[Platform]):
     @staticmethod
     def _emulation_missing(platform: Platform, text: str) -> MPCError | None:
         return EmulationUnavailable(platform, text) if exec_format_error(text) else None
+
+    def _network_missing(self, text: str) -> MPCError | None:
+        """A container's network that the daemon lacks (said at create or at start)."""
+        name = missing_network(text)
+        if name is None:
+            return None
+        return InvalidArgument(
+            f"{self._where} has no network {name!r}: create it (`docker network create "
+            f"{name}`), pick one of `docker network ls`, or use none or host"
+        )
+
+    def _start_refused(self, platform: Platform, text: str) -> MPCError | None:
+        return self._network_missing(text) or self._emulation_missing(platform, text)
 
     async def _emulation_failure(self, platform: Platform, stderr: str) -> MPCError | None:
         """Why a foreign command could not start, when emulation is the reason."""
@@ -473,7 +492,7 @@ class DockerEngine(EngineBase[Platform]):
             f"start a container on {platform}",
             self._api.start,
             container_id,
-            refine=lambda text: self._emulation_missing(platform, text),
+            refine=lambda text: self._start_refused(platform, text),
         )
 
     async def attach_exec(
@@ -690,24 +709,42 @@ class _DockerProcess(AttachedProcess):
             ) from None
 
     async def interrupt(self, group: int) -> None:
-        # Docker cannot signal an exec'd process, so a second exec signals its group (each
-        # exec leads a process group of its own: runc calls setsid).
-        await self._signal(f"kill -s INT -{int(group)}")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.exited), 2)
-        await self._signal(
-            f"kill -s TERM -{int(group)} 2>/dev/null || exit 0; sleep 1; "
-            f"kill -s KILL -{int(group)} 2>/dev/null; exit 0"
-        )
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.exited), 5)
+        # SIGINT first, as Ctrl-C; then SIGTERM and SIGKILL to what is left of the group (a
+        # non-interactive shell's background jobs ignore SIGINT).
+        for signal_name, grace_s in (("INT", 2.0), ("TERM", 1.0), ("KILL", 5.0)):
+            if self.exited.done():
+                return
+            await self._signal(signal_name, group)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
 
-    async def _signal(self, script: str) -> None:
+    async def _signal(self, signal_name: str, group: int) -> None:
+        """Send ``signal_name`` to process group ``group`` in the container.
+
+        Docker cannot signal an exec'd process, so a second exec does (each exec leads a
+        process group of its own: runc calls setsid). It runs the shell's ``kill`` in the
+        one form every POSIX shell reads alike: dash takes ``kill -s INT -1974`` for an
+        option, so the group follows ``--``. A group already gone is no failure; any other
+        is an EngineError, never swallowed.
+        """
         api = self._engine._api
+        argv = ["sh", "-c", 'kill -s "$0" -- "-$1"', signal_name, str(int(group))]
 
-        def signal() -> None:
-            exec_id = api.exec_create(self._container_id, ["sh", "-c", script])["Id"]
-            api.exec_start(exec_id)  # returns when the kill script is done
+        def signal() -> tuple[int, str]:
+            exec_id = api.exec_create(self._container_id, argv)["Id"]
+            said = api.exec_start(exec_id)  # returns when kill is done
+            code = api.exec_inspect(exec_id).get("ExitCode")
+            return int(code if code is not None else -1), said.decode("utf-8", "replace")
 
-        with contextlib.suppress(EngineError):
-            await self._engine._docker("signal a shell", signal)
+        code, said = await self._engine._docker("signal a shell", signal)
+        if code != 0 and not self.exited.done() and not _no_such_process(said):
+            raise EngineError(
+                f"could not send SIG{signal_name} to the shell's processes in container "
+                f"{self._container_id[:12]}: kill exited {code} ({said.strip()[:200]}); "
+                "stop the session and start it again"
+            )
+
+
+def _no_such_process(said: str) -> bool:
+    """``kill``'s complaint that the group is gone (dash, bash, busybox all say so)."""
+    return "no such process" in said.lower()

@@ -144,6 +144,15 @@ def refused_start(explained: str) -> tuple[int, str] | None:
     return code, explained.rpartition("container process: ")[2].removesuffix(": unknown")
 
 
+_NO_NETWORK = re.compile(r"\bnetwork (\S+) not found\b")
+
+
+def missing_network(explained: str) -> str | None:
+    """The network Docker says it lacks ("network NAME not found"), if that is the error."""
+    found = _NO_NETWORK.search(explained)
+    return found.group(1) if found else None
+
+
 #: What runc prints when execve finds no interpreter for a binary that exists: a foreign one
 #: whose binfmt handler was registered without the F flag (the interpreter path is then
 #: looked up inside the container, which lacks it).

@@ -41,6 +41,7 @@ from ..errors import (
     EngineError,
     EngineUnavailable,
     ExecUnsupported,
+    InvalidArgument,
 )
 from ..platforms import Platform, host_platform
 from ..registry import RegistryClient
@@ -63,6 +64,7 @@ from .base import (
 )
 from .common import EngineBase, missing_path, not_a_directory
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
+from .host_network import NETWORK_FILES, hostname, write_network_files
 from .image_users import home_of, proot_user
 from .layers import extract_archive
 from .proot import (
@@ -232,6 +234,12 @@ class EmbeddedEngine(EngineBase[_Container]):
         image = spec.image
         if image.platform.os != "linux":
             raise ExecUnsupported(image.platform)
+        if spec.network not in (None, "host"):
+            raise InvalidArgument(
+                f"the embedded engine cannot give a container the network {spec.network!r}: "
+                "proot shares this machine's network (as --network host does); for none, "
+                "bridge or a named network use the Docker engine"
+            )
         image_dir = await self._images.ensure(image)
         defaults = ImageConfig.from_oci(self._images.meta(image_dir)["config"].get("config"))
         container_id = secrets.token_hex(32)
@@ -294,13 +302,23 @@ class EmbeddedEngine(EngineBase[_Container]):
     def _env(defaults: ImageConfig, env: Mapping[str, str] | None, rootfs: Path) -> dict[str, str]:
         merged = {"PATH": DEFAULT_PATH, **defaults.env_dict(), **(env or {})}
         merged.setdefault("HOME", home_of(rootfs, defaults.user))
-        merged.setdefault("HOSTNAME", "mpc-embedded")
+        merged.setdefault("HOSTNAME", hostname())  # proot shares it, as --network host does
         return merged
 
     def _prepare(self, container: _Container, mounts: Sequence[Mount]) -> None:
-        """Make the working directory and mount points; copy read-only mounts in."""
+        """Make the working directory and mount points; copy read-only mounts in; bind the
+        network's files (resolv.conf, hosts, hostname) as Docker does."""
         rootfs = container.rootfs
         resolve_in_root(rootfs, container.workdir).mkdir(parents=True, exist_ok=True)
+        mounted = {posixpath.normpath(m.target) for m in mounts}
+        for host, guest in write_network_files(container.path / "network"):
+            if guest in mounted:
+                continue  # the user's own file wins
+            point = rootfs / guest.lstrip("/")
+            if not os.path.lexists(point) and point.parent.is_dir():
+                # Else proot would make a mode-000 placeholder, left if it is killed.
+                point.touch()
+            container.binds.append((host, guest))
         points = set()
         for mount in mounts:
             point = resolve_in_root(rootfs, mount.target)
@@ -573,10 +591,11 @@ def _needs_qemu(platform: Platform) -> bool:
 
 
 def _proot_points(container: _Container) -> frozenset[str]:
-    """The mount points proot made in a container's rootfs (those its image lacks)."""
+    """The mount points proot (or ``_prepare``) made in a container's rootfs: those its
+    image lacks, which are never part of what the container wrote."""
     image_root = container.image_dir / "rootfs"
     emulated = _needs_qemu(container.image.platform)
-    names = (*MOUNT_POINTS, *(QEMU_MOUNT_POINTS if emulated else ()))
+    names = (*MOUNT_POINTS, *NETWORK_FILES, *(QEMU_MOUNT_POINTS if emulated else ()))
     return frozenset(name for name in names if not os.path.lexists(image_root / name))
 
 

@@ -8,11 +8,15 @@ commands normally do to files they did not create (replace them: package manager
 *into* an existing file, which would change the image's inode too. So:
 
 - the directories where files are edited in place (``COPIED``: /etc, /root, /home, /tmp,
-  /usr/local, logs...) are real copies, as small as they are in images;
-- everything else is linked (symlinks too: they cannot be changed, only replaced), and each
-  image records the size and mtime of its linked files (``LinkedFiles``), so a write into one
-  is detected: a commit includes the file, and when the container ends the image is set aside
-  to be unpacked again from its cached layers.
+  /usr/local, logs...) are real copies, as small as they are in images; so are package
+  managers' databases and caches (dpkg's, apt's, debconf's, apk's, rpm's...), whose lock
+  files are locked and truncated in place: linked, two containers of one image would share
+  a lock (the second ``apt-get`` fails "locked by another process"), and every run would
+  count as a write into the image;
+- every other file is linked, and each image records the size and mtime of its linked
+  files (``LinkedFiles``), so a write into one is detected: a commit includes the file, and
+  when the container ends the image is set aside to be unpacked again from its cached layers.
+  Symlinks are made anew (``ls -l /bin/sh`` then counts one link, as in Docker).
 
 ``diff`` turns a container's tree into an OCI layer against its image's tree (new and changed
 entries, ``.wh.`` whiteouts for deleted ones). A linked file that kept its inode and its
@@ -35,7 +39,14 @@ from pathlib import Path
 from ..errors import InvalidArgument
 
 #: Directories (relative to the rootfs) that containers get real copies of.
-COPIED = ("etc", "root", "home", "tmp", "run", "usr/local", "var/log", "var/tmp", "var/spool")
+COPIED = (
+    *("etc", "root", "home", "tmp", "run", "usr/local", "var/log", "var/tmp", "var/spool"),
+    # Package managers' databases, caches and their lock files:
+    *("var/lib/dpkg", "var/lib/apt", "var/cache/apt", "var/cache/debconf"),  # Debian, Ubuntu
+    *("lib/apk/db", "var/cache/apk"),  # Alpine
+    *("var/lib/rpm", "usr/lib/sysimage/rpm", "var/lib/dnf", "var/cache/dnf"),  # Fedora, RHEL
+    *("var/lib/yum", "var/cache/yum", "var/lib/pacman"),  # older RHEL, Arch
+)
 MAX_LINKS = 40  # symlinks followed in one path (Linux's limit)
 
 
@@ -101,7 +112,8 @@ class LinkedFiles:
     @classmethod
     def load(cls, image_dir: Path) -> LinkedFiles:
         raw = json.loads((image_dir / cls.FILE).read_text())
-        return cls({rel: (e[0], e[1], e[2]) for rel, e in raw.items()})
+        # An image unpacked before a directory joined COPIED lists its files: copied now.
+        return cls({rel: (e[0], e[1], e[2]) for rel, e in raw.items() if not is_copied(rel)})
 
     def save(self, image_dir: Path) -> None:
         (image_dir / self.FILE).write_text(json.dumps(self.entries, separators=(",", ":")))
@@ -158,9 +170,8 @@ def clone_tree(
                     os.chmod(target, stat.S_IMODE(mode) | stat.S_IRWXU)  # exact: no umask
                     stack.append(child)
                 elif entry.is_symlink():
-                    # Shared too: a symlink cannot be changed, only replaced. A link is
-                    # much cheaper than a new inode on most filesystems.
-                    os.link(entry.path, target, follow_symlinks=False)
+                    # Made anew, not linked: `ls -l` would count the image's link too.
+                    os.symlink(os.readlink(entry.path), target)
                 elif entry.is_file(follow_symlinks=False):
                     recorded = known.get(child)
                     if recorded is not None and entry.inode() == recorded[0]:
