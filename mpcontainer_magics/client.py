@@ -39,6 +39,7 @@ from .engines.base import (
     PullProgressCallback,
     per_platform,
 )
+from .engines.cpu_models import models_from_env
 from .engines.endpoints import CONNECT_TIMEOUT_S, Node, nodes_from
 from .engines.fleet import Fleet, NodesReport, NodesSpec
 from .errors import EngineUnavailable, InvalidArgument, MPCError, SessionError
@@ -161,8 +162,10 @@ class Client:
         *,
         node_timeout: float = CONNECT_TIMEOUT_S,
         network: str | None = None,
+        cpu_models: Mapping[str, str | None] | None = None,
     ) -> None:
         self.engine = engine  # the local one: always the node "local"
+        self.cpu_models = cpu_models
         self._node_timeout = node_timeout
         self._fleet: Fleet | None = None
         # What the builders (containers, directories) hold instead of this client.
@@ -180,6 +183,18 @@ class Client:
     @network.setter
     def network(self, network: str | None) -> None:
         self._ctx.evaluator.network = checked_network(network)
+
+    @property
+    def cpu_models(self) -> dict[Platform, str]:
+        """The CPU model QEMU emulates per platform, where the user chose one ("" is QEMU's
+        own default); other emulated platforms get the fastest faithful model (see
+        :mod:`.engines.cpu_models`: arm64 gets ``max,pauth-impdef=on``). Set it to a
+        mapping such as ``{"linux/arm64": "cortex-a72"}``; None reads ``$MPC_CPU_MODELS``."""
+        return dict(self.engine.cpu_models.chosen)
+
+    @cpu_models.setter
+    def cpu_models(self, models: Mapping[str, str | None] | None) -> None:
+        self.engine.cpu_models.choose(models_from_env() if models is None else models)
 
     @property
     def fleet(self) -> Fleet:
@@ -689,7 +704,9 @@ class connect:
     JSON) is read. A node that does not answer within ``node_timeout`` seconds is kept,
     marked unreachable. ``registry_mirrors`` maps registries to mirrors tried first
     (``{"docker.io": ["mirror.example:5000"]}``; default: ``$MPC_REGISTRY_MIRRORS``).
-    ``network`` is what containers get when a call names none (see :attr:`Client.network`).
+    ``network`` is what containers get when a call names none (see :attr:`Client.network`);
+    ``cpu_models`` the CPU model QEMU emulates per platform (see :attr:`Client.cpu_models`;
+    default: ``$MPC_CPU_MODELS``, else the fastest faithful one).
     """
 
     def __init__(
@@ -701,9 +718,11 @@ class connect:
         nodes: NodesSpec | None = None,
         node_timeout: float = CONNECT_TIMEOUT_S,
         network: str | None = None,
+        cpu_models: Mapping[str, str | None] | None = None,
     ) -> None:
         self._kind = engine
         self._network = checked_network(network)
+        self._cpu_models = cpu_models
         self._insecure = tuple(insecure_registries)
         self._mirrors = registry_mirrors
         self._nodes = nodes_from(nodes if nodes is not None else os.environ.get("MPC_NODES"))
@@ -714,7 +733,12 @@ class connect:
         engine = await open_engine(
             self._kind, insecure_registries=self._insecure, registry_mirrors=self._mirrors
         )
-        client = Client(engine, node_timeout=self._node_timeout, network=self._network)
+        client = Client(
+            engine,
+            node_timeout=self._node_timeout,
+            network=self._network,
+            cpu_models=self._cpu_models,
+        )
         try:
             await asyncio.gather(*(client.fleet.add(n) for n in self._nodes))
         except BaseException:

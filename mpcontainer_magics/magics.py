@@ -245,6 +245,12 @@ class ContainerMagics(Magics):
     node_timeout = Float(
         3.0, help="Seconds a node may take to answer before it counts as down."
     ).tag(config=True)
+    cpu_models = Dict(
+        help="The CPU model QEMU emulates per platform, platform -> model as QEMU's -cpu "
+        'takes it ("" for QEMU\'s own default), e.g. {"linux/arm64": "cortex-a72"}; the '
+        "others get the fastest faithful model (arm64: max,pauth-impdef=on). Default: "
+        "$MPC_CPU_MODELS (that as JSON), which a JupyterHub can set for every kernel.",
+    ).tag(config=True)
     network = Unicode(
         "",
         help="The network cells' containers get when --network names none, as `docker run "
@@ -308,6 +314,7 @@ class ContainerMagics(Magics):
             registry.insecure_registries = self.insecure_registries
             registry.registry_mirrors = self.registry_mirrors or mirrors_from_env()
             self._client.network = self.network or None
+            self._client.cpu_models = self.cpu_models or None
             await self._follow_nodes_config(self._client)
             return self._client
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._aio import in_thread
+from .compressed_layers import CompressedLayer, CompressedLayers
 from .engines.base import LABEL_MANAGED, Engine, ImageConfig, PulledImage, file_digest
 from .errors import ImageError, InvalidArgument
 from .hostpaths import absolute, host_destination
@@ -159,17 +160,24 @@ def check_variants(snapshots: Sequence[Snapshot]) -> None:
 
 
 async def build_variant(engine: Engine, snapshot: Snapshot, work: Path) -> Variant:
-    """The blobs and manifest of one variant, written under ``work`` (a new directory)."""
+    """The blobs and manifest of one variant, written under ``work`` (a new directory).
+
+    Only what no one has yet is read from the engine: layers of the registry base image are
+    its blobs, and layers compressed before (:mod:`.compressed_layers`) are found again by
+    their diff_id, so publishing an unchanged session again exports nothing.
+    """
     work.mkdir(parents=True)
-    layer_files = await engine.save_layers(snapshot.image, work / "layers")
-    diff_ids = await asyncio.gather(*(asyncio.to_thread(file_digest, f) for f in layer_files))
+    diff_ids = await engine.layer_ids(snapshot.image)
     reused = await _base_layers(engine.registry, snapshot.origin, diff_ids)
-    fresh = await asyncio.gather(
-        *(asyncio.to_thread(_compress, f) for f in layer_files[len(reused) :])
-    )
-    for layer in layer_files:  # compressed (or reused) now; the tars are not needed
-        layer.unlink()
-    layers = (*reused, *fresh)
+    kept = CompressedLayers()
+    found = {i: kept.find(diff_ids[i]) for i in range(len(reused), len(diff_ids))}
+    missing = [i for i, layer in found.items() if layer is None]
+    if missing:
+        saved = await engine.save_layers(snapshot.image, work / "layers", only=missing)
+        made = await asyncio.gather(*(asyncio.to_thread(_compress, kept, f) for f in saved))
+        for index, (diff_id, layer) in zip(missing, made, strict=True):
+            diff_ids[index], found[index] = diff_id, layer  # the engine's word, checked
+    layers = (*reused, *(_fresh(found[i]) for i in sorted(found)))
     config_json = _canonical(
         {
             **snapshot.platform.to_oci(),
@@ -229,16 +237,27 @@ def _digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def _compress(layer: Path) -> Blob:
-    """gzip with no file name and time 0: the same layer always gives the same blob."""
+def _compress(kept: CompressedLayers, layer: Path) -> tuple[str, CompressedLayer]:
+    """The layer's diff_id and its blob, kept for later: gzip with no file name and time 0,
+    so the same layer always gives the same blob. The tar is gone afterwards."""
     packed = layer.with_suffix(".tar.gz")
+    tar_digest = hashlib.sha256()
     with (
         open(layer, "rb") as source,
         open(packed, "wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
     ):
-        shutil.copyfileobj(source, gz, 1 << 20)
-    return Blob(OCI_LAYER_GZIP, file_digest(packed), packed.stat().st_size, path=packed)
+        while chunk := source.read(1 << 20):
+            tar_digest.update(chunk)
+            gz.write(chunk)
+    layer.unlink()
+    diff_id = f"sha256:{tar_digest.hexdigest()}"
+    return diff_id, kept.keep(diff_id, packed, file_digest(packed))
+
+
+def _fresh(layer: CompressedLayer | None) -> Blob:
+    assert layer is not None
+    return Blob(OCI_LAYER_GZIP, layer.digest, layer.size, path=layer.path)
 
 
 def _write_blob(work: Path, media_type: str, data: bytes) -> Blob:

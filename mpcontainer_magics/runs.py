@@ -28,6 +28,7 @@ from .engines.base import (
     Runner,
     per_platform,
 )
+from .engines.cpu_models import refusal_note, refused_by_qemu
 from .errors import EngineError, EngineUnavailable, InvalidArgument, MPCError, SessionError
 from .platforms import Platform, cross_env
 from .results import PlatformResult, RunResult
@@ -162,7 +163,18 @@ async def run_on_platforms(
         )
 
     results = await gather_or_cancel(run_one(t) for t in targets)
-    return RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
+    result = RunResult(image, argv, results, timeout=timeout, wall_s=time.perf_counter() - started)
+    result.notes += emulator_notes(results)
+    return result
+
+
+def emulator_notes(results: Sequence[PlatformResult]) -> list[str]:
+    """What rows whose program QEMU refused to start (over its CPU model) should say."""
+    return [
+        refusal_note(r.platform, said)
+        for r in results
+        if r.emulated and (said := refused_by_qemu(r.stderr)) is not None
+    ]
 
 
 def unplaced(target: Target) -> PlatformResult:

@@ -45,7 +45,14 @@ from .hostpaths import absolute, host_destination
 from .platforms import Platform
 from .publish import Snapshot
 from .results import RunResult
-from .runs import Launch, LineCallback, checked_env, checked_workdir, run_streamed
+from .runs import (
+    Launch,
+    LineCallback,
+    checked_env,
+    checked_workdir,
+    emulator_notes,
+    run_streamed,
+)
 from .shell import Shell
 from .targets import PlatformsSpec, Target, engine_for, resolve
 
@@ -248,7 +255,7 @@ class Session:
             )
             for member in members
         )
-        return RunResult(
+        result = RunResult(
             self.image,
             ["sh", "-c", script],
             results,
@@ -256,6 +263,8 @@ class Session:
             wall_s=time.perf_counter() - began,
             session=self.name,
         )
+        result.notes += emulator_notes(results)
+        return result
 
     def _launcher(
         self, member: Member, script: str, env: Mapping[str, str], workdir: str | None

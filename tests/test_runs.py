@@ -16,6 +16,7 @@ import pytest
 import mpcontainer_magics as mpc
 from mpcontainer_magics._loop import LoopThread
 from mpcontainer_magics.engines.base import ContainerSpec, ExecOutcome, PulledImage, Runner
+from mpcontainer_magics.engines.cpu_models import CpuModels
 from mpcontainer_magics.errors import EmulationUnavailable, ImageNotFound, NonZeroExit, RunTimeout
 from mpcontainer_magics.platforms import Platform, parse_platforms
 from mpcontainer_magics.runs import run_on_platforms
@@ -33,6 +34,7 @@ class FakeEngine(Runner):
     name = "fake"
 
     def __init__(self, script: Mapping[Platform, tuple[list[tuple[str, bytes]], int, float]]):
+        self.cpu_models = CpuModels()  # what a client chooses for its engine
         self.script = script
         self.cancelled: list[Platform] = []
         self.missing: set[Platform] = set()

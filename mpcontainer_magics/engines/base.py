@@ -13,8 +13,8 @@ only with the part it uses:
 - :class:`Sessions`: long-lived containers: ``start`` + ``attach_exec`` keep a shell we
   talk to, ``state`` says whether it still runs;
 - :class:`ImageStore`: files and snapshots: ``copy_to`` / ``copy_from`` move directories,
-  ``commit`` snapshots a container, ``read_image`` / ``save_layers`` / ``image_config`` read
-  an image, ``image_from_directory`` makes one of a host directory;
+  ``commit`` snapshots a container, ``read_image`` / ``layer_ids`` / ``save_layers`` /
+  ``image_config`` read an image, ``image_from_directory`` makes one of a host directory;
 - :class:`Engine`: all of them, plus what a client does once (``version``, ``reap_orphans``,
   ``aclose``), and notes for the user (``note``, ``take_notes``: shown with the next
   result). Docker and the embedded engine share their bookkeeping in ``common.EngineBase``.
@@ -42,6 +42,7 @@ from .._aio import finish_despite_cancel
 from ..errors import InvalidArgument
 from ..platforms import Platform
 from .archives import stream_digest
+from .cpu_models import CpuModels
 
 if TYPE_CHECKING:
     from ..registry import RegistryClient  # imports httpx: not at %load_ext time
@@ -411,8 +412,16 @@ class ImageStore(abc.ABC):
         """How containers of ``image`` run by default (env, workdir, entrypoint, cmd)."""
 
     @abc.abstractmethod
-    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
-        """The image's layers as uncompressed tar files in ``dest``, bottom layer first."""
+    async def layer_ids(self, image: PulledImage) -> list[str]:
+        """The digests of the image's uncompressed layers (its diff_ids), bottom layer
+        first, without reading the layers."""
+
+    @abc.abstractmethod
+    async def save_layers(
+        self, image: PulledImage, dest: Path, only: Sequence[int] | None = None
+    ) -> list[Path]:
+        """The image's layers as uncompressed tar files in ``dest``, bottom layer first;
+        with ``only``, just the layers of those indexes, in that order."""
 
     @abc.abstractmethod
     async def read_image(self, image: PulledImage, dest: Path) -> None:
@@ -432,6 +441,8 @@ class Engine(Runner, Sessions, ImageStore):
     chosen: str = ""
     #: Reads images straight from registries (for files of platforms that cannot run here).
     registry: RegistryClient
+    #: The CPU model QEMU emulates per platform (a client shares one with all its engines).
+    cpu_models: CpuModels
 
     @abc.abstractmethod
     async def emulated_platforms(self) -> list[Platform]:

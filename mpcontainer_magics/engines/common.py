@@ -12,6 +12,8 @@
 - Bookkeeping: the containers an engine made (``_live``) and the images it made (``_made``,
   oldest first), removed by ``aclose`` in the one safe order: containers, then images
   newest first (a snapshot goes before the snapshot it was made from), then connections.
+- CPU models: which model QEMU emulates for an emulated platform (:mod:`.cpu_models`),
+  proven once per engine by ``_try_cpu_model`` and given to containers as ``QEMU_CPU``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .._aio import once
 from ..errors import EngineError, InvalidArgument, RegistryError
 from ..platforms import Platform
 from .base import Engine, ProgressCallback, PulledImage
+from .cpu_models import CpuModels, ModelCheck, with_model
 from .resolutions import Resolutions
 from .store import default_cache_dir
 
@@ -83,8 +86,15 @@ def not_a_directory(target: str, why: str) -> InvalidArgument:
 class EngineBase(Engine, Generic[C]):
     """The shared half of an engine; a subclass says how to fetch and how to remove."""
 
-    def __init__(self, registry: RegistryClient, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, registry: RegistryClient, cache_dir: Path | None = None, where: str = ""
+    ) -> None:
         self.registry = registry
+        #: The CPU models emulated platforms get; the client shares one with all its engines.
+        self.cpu_models = CpuModels()
+        self._models = ModelCheck(
+            self._try_cpu_model, where or f"the {self.name} engine", self.note
+        )
         self.resolutions = Resolutions(cache_dir or default_cache_dir())
         self._resolved: dict[str, ResolvedImage] = {}
         # Names resolved from the cache: the registry's error, and what a pull then says.
@@ -169,6 +179,24 @@ class EngineBase(Engine, Generic[C]):
             self.note(self._offline[reference][1])
         progress.finish(size)
         return image
+
+    # -- CPU models --------------------------------------------------------------------------
+
+    async def _with_cpu_model(self, platform: Platform, env: dict[str, str]) -> dict[str, str]:
+        """``env`` of a container of ``platform``, with the CPU model its emulator should
+        use (``QEMU_CPU``) when it is emulated here and the user set none."""
+        if not await self._emulates(platform):
+            return env
+        return with_model(env, await self._models.model_for(platform, self.cpu_models))
+
+    @abc.abstractmethod
+    async def _emulates(self, platform: Platform) -> bool:
+        """Whether containers of ``platform`` run under QEMU on this engine."""
+
+    @abc.abstractmethod
+    async def _try_cpu_model(self, platform: Platform, model: str) -> str | None:
+        """Run a tiny program of ``platform`` with ``QEMU_CPU=model``: None when it ran,
+        else what QEMU said."""
 
     @abc.abstractmethod
     async def _fetch(

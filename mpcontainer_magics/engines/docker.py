@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 
+from .._aio import finish_despite_cancel
 from ..errors import (
     EmulationUnavailable,
     EngineError,
@@ -68,7 +69,7 @@ from .docker_errors import (
 )
 from .docker_streams import STDERR, frames
 from .layers import apply_layer, extract_archive
-from .probe import ProbeCache, ProbeReport, run_probe
+from .probe import ProbeCache, ProbeReport, cpu_model_refused, run_probe
 
 if TYPE_CHECKING:
     from docker.api.client import APIClient
@@ -106,9 +107,10 @@ class DockerEngine(EngineBase[Platform]):
         remote: bool = False,
         cache_dir: Path | None = None,
     ) -> None:
-        super().__init__(registry, cache_dir)
+        where = where or api.base_url  # for messages: the address the user gave
+        super().__init__(registry, cache_dir, f"Docker at {where}")
         self._api = api
-        self._where = where or api.base_url  # for messages: the address the user gave
+        self._where = where
         self._remote = remote  # reached through a local socket (ssh) but not on this machine
         self._native: Platform | None = None
         self._instance = secrets.token_hex(8)  # LABEL_ENGINE of what this engine creates
@@ -230,6 +232,17 @@ class DockerEngine(EngineBase[Platform]):
         labels = {**owner_labels(), LABEL_ENGINE: self._instance}
         return await run_probe(self._api, self._docker, await self.native_platform(), labels)
 
+    async def _emulates(self, platform: Platform) -> bool:
+        native = await self.native_platform()
+        return platform.architecture != native.architecture and (
+            platform.architecture not in binfmt.KERNEL_RUNS.get(native.architecture, ())
+        )
+
+    async def _try_cpu_model(self, platform: Platform, model: str) -> str | None:
+        labels = {**owner_labels(), LABEL_ENGINE: self._instance}
+        native = await self.native_platform()
+        return await cpu_model_refused(self._api, self._docker, native, labels, platform, model)
+
     @property
     def is_local(self) -> bool:
         """True when the daemon runs on this machine, so host paths mean the same to it."""
@@ -268,6 +281,18 @@ class DockerEngine(EngineBase[Platform]):
             self.registry.daemon_mirrors = {HUB: self._daemon_mirrors}
 
     async def _fetch(
+        self, reference: str, platform: Platform, refresh: bool, on_progress: PullProgress
+    ) -> tuple[PulledImage, int]:
+        # The platform's CPU model is proven while its image downloads (a container, ~0.3 s),
+        # and before the pull returns: nothing of ours runs on after it (a Ctrl-C waits).
+        proving = asyncio.ensure_future(self._with_cpu_model(platform, {}))
+        try:
+            return await self._fetch_pinned(reference, platform, refresh, on_progress)
+        finally:
+            with contextlib.suppress(MPCError):  # a refused model: creating will say so
+                await finish_despite_cancel(proving)
+
+    async def _fetch_pinned(
         self, reference: str, platform: Platform, refresh: bool, on_progress: PullProgress
     ) -> tuple[PulledImage, int]:
         try:
@@ -368,6 +393,9 @@ class DockerEngine(EngineBase[Platform]):
         host_config: dict[str, Any] = {"binds": binds} if binds else {}
         if spec.network is not None:
             host_config["network_mode"] = spec.network
+        env = dict(spec.env)
+        if spec.argv is not None:  # only what runs needs a CPU
+            env = await self._with_cpu_model(image.platform, env)
         created = await self._docker(
             f"create a container of {image.reference} for {image.platform}",
             self._api.create_container,
@@ -375,7 +403,7 @@ class DockerEngine(EngineBase[Platform]):
             # An argv replaces any image ENTRYPOINT and drops its CMD. A container that is
             # only created to be copied from or committed never starts: any argv will do.
             entrypoint=list(spec.argv or ["/mpc-never-started"]),
-            environment=dict(spec.env),
+            environment=env,
             working_dir=spec.workdir or None,
             labels={**owner_labels(), LABEL_ENGINE: self._instance, **spec.labels},
             host_config=self._api.create_host_config(**host_config) if host_config else None,
@@ -622,9 +650,22 @@ class DockerEngine(EngineBase[Platform]):
         snapshot = PulledImage(f"snapshot of {container_id[:12]}", platform, made["Id"], None)
         return self._made_here(snapshot)
 
-    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
+    async def layer_ids(self, image: PulledImage) -> list[str]:
+        info = await self._docker(
+            f"inspect image {image.reference}", self._api.inspect_image, image.image_id
+        )
+        return list((info.get("RootFS") or {}).get("Layers") or [])
+
+    async def save_layers(
+        self, image: PulledImage, dest: Path, only: Sequence[int] | None = None
+    ) -> list[Path]:
         return await self._docker(
-            f"export {image.reference}", docker_images.save_layers, self._api, image.image_id, dest
+            f"export {image.reference}",
+            docker_images.save_layers,
+            self._api,
+            image.image_id,
+            dest,
+            only,
         )
 
     async def read_image(self, image: PulledImage, dest: Path) -> None:

@@ -15,7 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -210,20 +210,23 @@ def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
     return found
 
 
-def save_layers(api: APIClient, image_id: str, dest: Path) -> list[Path]:
-    """``docker save``'s layers of ``image_id`` as tar files in ``dest``, bottom first."""
+def save_layers(
+    api: APIClient, image_id: str, dest: Path, only: Sequence[int] | None = None
+) -> list[Path]:
+    """``docker save``'s layers of ``image_id`` as tar files in ``dest``, bottom first
+    (with ``only``, those of these indexes, in that order)."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile() as archive:
         for chunk in api.get_image(image_id):
             archive.write(chunk)
         archive.seek(0)
         with tarfile.open(fileobj=archive) as saved:
-            manifest = json.load(_member(saved, "manifest.json"))
+            names = json.load(_member(saved, "manifest.json"))[0]["Layers"]
             layers = []
-            for number, name in enumerate(manifest[0]["Layers"]):
+            for number in range(len(names)) if only is None else only:
                 layers.append(dest / f"layer-{number}.tar")
                 with open(layers[-1], "wb") as out:
-                    shutil.copyfileobj(_member(saved, name), out, 1 << 20)
+                    shutil.copyfileobj(_member(saved, names[number]), out, 1 << 20)
             return layers
 
 

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,12 @@ from .base import (
     owner_labels,
 )
 from .common import EngineBase, missing_path, not_a_directory
+from .cpu_models import run_with_model
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .host_network import NETWORK_FILES, hostname, write_network_files
 from .image_users import home_of, proot_user
 from .layers import extract_archive
+from .probe import program_for
 from .proot import (
     MOUNT_POINTS,
     QEMU_MOUNT_POINTS,
@@ -185,6 +188,17 @@ class EmbeddedEngine(EngineBase[_Container]):
         found = _PROOT_VERSION.search(out.decode("utf-8", "replace"))
         return f"proot {found.group(1) if found else '(version unknown)'}"
 
+    async def _emulates(self, platform: Platform) -> bool:
+        return _needs_qemu(platform)
+
+    async def _try_cpu_model(self, platform: Platform, model: str) -> str | None:
+        qemu, name = find_qemu(platform), program_for(platform)
+        if qemu is None or name is None:
+            return None  # nothing to try it with: running the container will say why
+        probes = resources.files("mpcontainer_magics").joinpath("probes")
+        with resources.as_file(probes.joinpath(name)) as program:
+            return await run_with_model(qemu, program, model)
+
     async def emulated_platforms(self) -> list[Platform]:
         """Foreign platforms whose qemu-user binary is installed (proot runs it with -q)."""
         native = await self.native_platform()
@@ -207,8 +221,13 @@ class EmbeddedEngine(EngineBase[_Container]):
     async def image_config(self, image: PulledImage) -> ImageConfig:
         return await self._images.config(image)
 
-    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
-        return await self._images.save_layers(image, dest)
+    async def layer_ids(self, image: PulledImage) -> list[str]:
+        return await self._images.layer_ids(image)
+
+    async def save_layers(
+        self, image: PulledImage, dest: Path, only: Sequence[int] | None = None
+    ) -> list[Path]:
+        return await self._images.save_layers(image, dest, only)
 
     async def read_image(self, image: PulledImage, dest: Path) -> None:
         await self._images.read(image, dest)
@@ -252,13 +271,14 @@ class EmbeddedEngine(EngineBase[_Container]):
         try:
             linked = await self._linked(image_dir)
             await in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
+            env = self._env(defaults, spec.env, path / "rootfs")
             container = _Container(
                 container_id,
                 path,
                 image,
                 image_dir,
                 spec.argv,
-                self._env(defaults, spec.env, path / "rootfs"),
+                await self._with_cpu_model(image.platform, env) if spec.argv else env,
                 spec.workdir or defaults.workdir or "/",
                 await in_thread(proot_user, path / "rootfs", defaults.user),
                 [],

@@ -157,15 +157,24 @@ class ImageDirectories:
 
     # -- reading images ----------------------------------------------------------------------
 
-    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
-        """The image's layers as uncompressed tar files in ``dest``, bottom layer first."""
+    async def layer_ids(self, image: PulledImage) -> list[str]:
+        """The image's diff_ids, from its config (pulled, or written when it was made)."""
+        meta = self.meta(await self.ensure(image))
+        return list(meta["config"].get("rootfs", {}).get("diff_ids") or [])
+
+    async def save_layers(
+        self, image: PulledImage, dest: Path, only: Sequence[int] | None = None
+    ) -> list[Path]:
+        """The image's layers as uncompressed tar files in ``dest``, bottom layer first
+        (with ``only``, those of these indexes, in that order)."""
         image_dir = await self.ensure(image)
         layers = self.meta(image_dir)["layers"]
 
         def save() -> list[Path]:
             dest.mkdir(parents=True, exist_ok=True)
             saved = []
-            for number, layer in enumerate(layers):
+            for number in range(len(layers)) if only is None else only:
+                layer = layers[number]
                 saved.append(dest / f"layer-{number}.tar")
                 if "file" in layer:
                     shutil.copyfile(image_dir / layer["file"], saved[-1])

@@ -180,6 +180,7 @@ class Fleet(Engine):
     ) -> None:
         self.local = local
         self.registry: RegistryClient = local.registry
+        self.cpu_models = local.cpu_models  # one choice for every node
         self.chosen = local.chosen
         self.connect_timeout = connect_timeout
         self._members: dict[str, Member] = {LOCAL: Member(LOCAL, local.name, engine=local)}
@@ -266,6 +267,7 @@ class Fleet(Engine):
             node.endpoint,
             remote=connection.tunnel is not None,
         )
+        member.engine.cpu_models = self.cpu_models
         member.error = None
         await self._learn(member)
         if member.reachable:
@@ -568,8 +570,13 @@ class Fleet(Engine):
     async def image_config(self, image: PulledImage) -> ImageConfig:
         return await self._of_image(image).image_config(image)
 
-    async def save_layers(self, image: PulledImage, dest: Path) -> list[Path]:
-        return await self._of_image(image).save_layers(image, dest)
+    async def layer_ids(self, image: PulledImage) -> list[str]:
+        return await self._of_image(image).layer_ids(image)
+
+    async def save_layers(
+        self, image: PulledImage, dest: Path, only: Sequence[int] | None = None
+    ) -> list[Path]:
+        return await self._of_image(image).save_layers(image, dest, only)
 
     async def read_image(self, image: PulledImage, dest: Path) -> None:
         await self._of_image(image).read_image(image, dest)

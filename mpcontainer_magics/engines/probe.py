@@ -35,6 +35,7 @@ from .._aio import gather_or_cancel
 from ..errors import EngineError
 from ..platforms import Platform
 from .base import LABEL_MANAGED
+from .cpu_models import QEMU_CPU
 from .docker_streams import STDOUT, frames
 
 if TYPE_CHECKING:
@@ -182,26 +183,37 @@ def _ensure_image(api: APIClient, image: ProbeImage) -> None:
 
 
 def _run_one(
-    api: APIClient, image_id: str, argv: Sequence[str], labels: Mapping[str, str]
-) -> tuple[int, bytes]:
-    """Run ``argv`` in a container of its own and remove it: (exit code, stdout). A start
-    the engine refuses (exec format error, or no interpreter) counts as NOT_EXECUTED."""
+    api: APIClient,
+    image_id: str,
+    argv: Sequence[str],
+    labels: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in a container of its own and remove it: (exit code, stdout, stderr).
+    A start the engine refuses (exec format error, or no interpreter) is NOT_EXECUTED."""
     import docker.errors
 
     created = api.create_container(
-        image_id, entrypoint=list(argv), labels=dict(labels), network_disabled=True, detach=True
+        image_id,
+        entrypoint=list(argv),
+        environment=dict(env or {}),
+        labels=dict(labels),
+        network_disabled=True,
+        detach=True,
     )
     container_id = created["Id"]
     try:
-        sock = api.attach_socket(container_id, params={"stdout": 1, "stream": 1})
+        sock = api.attach_socket(container_id, params={"stdout": 1, "stderr": 1, "stream": 1})
         try:
             sock_of = getattr(sock, "_sock", sock)
             sock_of.settimeout(PROBE_TIMEOUT_S)
             try:
                 api.start(container_id)
             except docker.errors.APIError:
-                return NOT_EXECUTED, b""
-            out = b"".join(data for stream, data in frames(sock) if stream == STDOUT)
+                return NOT_EXECUTED, b"", b""
+            out, err = bytearray(), bytearray()
+            for stream, data in frames(sock):
+                (out if stream == STDOUT else err).extend(data)
         except TimeoutError:
             raise EngineError(
                 f"a probe program ({argv[0]}) did not end within {PROBE_TIMEOUT_S:.0f} s: the "
@@ -209,7 +221,8 @@ def _run_one(
             ) from None
         finally:
             sock.close()
-        return int(api.wait(container_id, timeout=PROBE_TIMEOUT_S)["StatusCode"]), out
+        code = int(api.wait(container_id, timeout=PROBE_TIMEOUT_S)["StatusCode"])
+        return code, bytes(out), bytes(err)
     finally:
         api.remove_container(container_id, force=True)
 
@@ -255,7 +268,7 @@ async def exit_codes(
     paths = [f"/{name}" for name in PROGRAMS]
     action = "run the probe programs"
     if runner is not None:
-        code, out = await docker(action, _run_one, api, image_id, [f"/{runner}", *paths], labels)
+        code, out, _ = await docker(action, _run_one, api, image_id, [f"/{runner}", *paths], labels)
         if code != 0:
             raise EngineError(f"the probe runner {runner} failed with exit code {code}")
         codes = _exit_codes(out, len(paths))
@@ -263,8 +276,46 @@ async def exit_codes(
         ran = await gather_or_cancel(
             docker(action, _run_one, api, image_id, [path], labels) for path in paths
         )
-        codes = [code for code, _ in ran]
+        codes = [code for code, _, _ in ran]
     return dict(zip(PROGRAMS, codes, strict=True))
+
+
+def program_for(platform: Platform) -> str | None:
+    """The probe program of ``platform``'s architecture (its variant aside), if any."""
+    return next(
+        (name for name, p in PLATFORM_PROGRAMS.items() if p.architecture == platform.architecture),
+        None,
+    )
+
+
+async def cpu_model_refused(
+    api: APIClient,
+    docker: DockerCall,
+    native: Platform,
+    labels: Mapping[str, str],
+    platform: Platform,
+    model: str,
+) -> str | None:
+    """Run ``platform``'s probe program with ``QEMU_CPU=model``: None when it ran, else
+    why not (what QEMU said). See :mod:`.cpu_models`."""
+    name = program_for(platform)
+    if name is None:
+        return f"no probe program for {platform.architecture}"
+    image = probe_image(native)
+    await docker("load the probe image", _ensure_image, api, image)
+    code, _, err = await docker(
+        f"try CPU model {model} for {platform}",
+        _run_one,
+        api,
+        image.image_id,
+        [f"/{name}"],
+        labels,
+        {QEMU_CPU: model},
+    )
+    if code in (0, NOT_EXECUTED):  # it ran; or nothing runs it, which the run will say
+        return None
+    said = err.decode("utf-8", "replace").strip().splitlines()
+    return said[-1][:200] if said else f"exit code {code}"
 
 
 def _report(native: Platform, codes: Mapping[str, int], took_s: float) -> ProbeReport:

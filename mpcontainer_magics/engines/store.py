@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -55,6 +56,25 @@ class BlobStore:
 
     def path(self, digest: str) -> Path:
         return content_path(self.root, digest)
+
+    def add(self, source: Path, digest: str) -> Path:
+        """Put the local file ``source``, whose content the caller knows to be ``digest``,
+        into the store (a hard link where it can, a copy otherwise); its path there."""
+        path = self.path(digest)
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+        try:
+            try:
+                os.link(source, partial)
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copyfile(source, partial)
+            os.replace(partial, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+        return path
 
     async def fetch(
         self,
