@@ -751,25 +751,28 @@ class _DockerProcess(AttachedProcess):
 
     async def interrupt(self, group: int) -> None:
         # SIGINT first, as Ctrl-C; then SIGTERM and SIGKILL to what is left of the group (a
-        # non-interactive shell's background jobs ignore SIGINT).
-        for signal_name, grace_s in (("INT", 2.0), ("TERM", 1.0), ("KILL", 5.0)):
-            if self.exited.done():
-                return
-            await self._signal(signal_name, group)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
+        # non-interactive shell's background jobs ignore SIGINT), unless it is gone.
+        await self._signal("INT", group)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 2)
+        if await self._signal("TERM", group):
+            await asyncio.sleep(1)
+            await self._signal("KILL", group)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 5)
 
-    async def _signal(self, signal_name: str, group: int) -> None:
-        """Send ``signal_name`` to process group ``group`` in the container.
+    async def _signal(self, signal_name: str, group: int) -> bool:
+        """Send ``signal_name`` to process group ``group`` in the container; False when the
+        group is gone.
 
         Docker cannot signal an exec'd process, so a second exec does (each exec leads a
         process group of its own: runc calls setsid). It runs the shell's ``kill`` in the
-        one form every POSIX shell reads alike: dash takes ``kill -s INT -1974`` for an
-        option, so the group follows ``--``. A group already gone is no failure; any other
-        is an EngineError, never swallowed.
+        one form dash, bash and busybox all read alike, ``kill -INT -1974``: dash takes
+        ``kill -s INT -1974`` for an option, and busybox takes the ``--`` POSIX adds for
+        that for a PID. A group already gone is no failure; any other is an EngineError.
         """
         api = self._engine._api
-        argv = ["sh", "-c", 'kill -s "$0" -- "-$1"', signal_name, str(int(group))]
+        argv = ["sh", "-c", 'kill -"$0" -"$1"', signal_name, str(int(group))]
 
         def signal() -> tuple[int, str]:
             exec_id = api.exec_create(self._container_id, argv)["Id"]
@@ -778,12 +781,15 @@ class _DockerProcess(AttachedProcess):
             return int(code if code is not None else -1), said.decode("utf-8", "replace")
 
         code, said = await self._engine._docker("signal a shell", signal)
-        if code != 0 and not self.exited.done() and not _no_such_process(said):
-            raise EngineError(
-                f"could not send SIG{signal_name} to the shell's processes in container "
-                f"{self._container_id[:12]}: kill exited {code} ({said.strip()[:200]}); "
-                "stop the session and start it again"
-            )
+        if code == 0:
+            return True
+        if _no_such_process(said):
+            return False
+        raise EngineError(
+            f"could not send SIG{signal_name} to the shell's processes in container "
+            f"{self._container_id[:12]}: kill exited {code} ({said.strip()[:200]}); "
+            "stop the session and start it again"
+        )
 
 
 def _no_such_process(said: str) -> bool:
