@@ -30,6 +30,7 @@ from tcp_proxy import TcpProxy
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_PID, process_start_ticks
+from mpcontainer_magics.engines.container_trees import ContainerTrees, changed_since
 from mpcontainer_magics.engines.proot import processes_using
 from mpcontainer_magics.engines.tree import LinkedFiles, clone_tree, diff
 from mpcontainer_magics.errors import EngineError, EngineUnavailable
@@ -213,8 +214,7 @@ def test_proots_preload_placeholder_never_reaches_a_commit_or_a_copy(
         session = await client.session("preload", image=test_image, platforms=ARM64)
         await session.run("echo mine > /etc/kept")
         rootfs = embedded.rootfs(session.member().container_id)
-        placeholder = rootfs / "etc" / "ld.so.preload"
-        assert placeholder.exists() and placeholder.stat().st_mode & 0o777 == 0
+        assert (rootfs / "etc" / "ld.so.preload").exists()  # made before proot would
         (snapshot,) = await session.snapshots()
         await session.copy_out("/etc", tmp_path / "etc")
         image_dir = blob_cache / "images" / snapshot.image.image_id
@@ -238,6 +238,71 @@ def test_a_container_copy_is_mostly_hard_links(embedded, test_image, blob_cache)
 
     linked, original = run(main)
     assert linked == original
+
+
+def test_a_cell_that_changes_nothing_hands_its_tree_to_the_next(embedded, test_image, blob_cache):
+    # Most of a warm one-off cell was making, then removing, a private copy of the image: a
+    # tree its command left as it was is the next container's. One that changed is not.
+    spares = blob_cache / "spares"
+    mode = "stat -c %a /etc/passwd; ls /new-file 2>&1; :"
+
+    async def main(client: mpc.Client) -> tuple[str, str]:
+        before = await client.run(mode, image=test_image, platforms=ARM64)
+        (kept,) = spares.iterdir()
+        tree = (kept / "rootfs").stat().st_ino
+        await client.run("cat /etc/passwd; ls -R /bin", image=test_image, platforms=ARM64)
+        assert [(p / "rootfs").stat().st_ino for p in spares.iterdir()] == [tree]
+        await client.run("echo x > /new-file; chmod 600 /etc/passwd", image=test_image,
+                         platforms=ARM64)  # fmt: skip
+        assert list(spares.iterdir()) == []  # changed: removed, not handed on
+        after = await client.run(mode, image=test_image, platforms=ARM64)
+        return before[0].stdout, after[0].stdout
+
+    before, after = run(main)
+    assert after == before and "No such file" in before
+    assert not spares.exists() or list(spares.iterdir()) == []  # gone with the client
+
+
+def test_a_write_into_the_image_drops_every_spare_of_it(embedded, test_image, blob_cache):
+    look = "wc -c < /bin/busybox"
+
+    async def main(client: mpc.Client) -> tuple[str, str]:
+        two = [client.run(look, image=test_image, platforms=ARM64) for _ in range(2)]
+        before = (await asyncio.gather(*two))[0]
+        assert len(list((blob_cache / "spares").iterdir())) == 2  # both linking the image
+        # Through one spare's hard link, into the image's inode, which the other links too.
+        await client.run("echo x >> /bin/busybox", image=test_image, platforms=ARM64)
+        after = await client.run(look, image=test_image, platforms=ARM64)
+        return before[0].stdout, after[0].stdout
+
+    before, after = run(main)
+    assert after == before
+
+
+def test_a_tree_counts_as_changed_by_anything_a_command_can_do(tmp_path):
+    image, tree = tmp_path / "image", tmp_path / "tree"
+    (image / "etc").mkdir(parents=True)
+    (image / "etc" / "conf").write_text("a\n")
+    (image / "bin").mkdir()
+    (image / "bin" / "tool").write_text("#!/bin/sh\n")
+    (image / "bin" / "sh").symlink_to("tool")
+    changes = {
+        "nothing": lambda: None,
+        "a new file": lambda: (tree / "new").write_text("x"),
+        "a write into a file": lambda: (tree / "etc" / "conf").write_text("b\n"),
+        "a write through a link into the image": lambda: (image / "bin" / "tool").write_text("!"),
+        "a removal": lambda: (tree / "bin" / "sh").unlink(),
+        "a rename": lambda: (tree / "etc" / "conf").rename(tree / "etc" / "conf2"),
+        "a mode": lambda: (tree / "bin").chmod(0o700),
+        "a hard link": lambda: os.link(tree / "etc" / "conf", tree / "conf"),
+    }
+    for name, change in changes.items():
+        shutil.rmtree(tree, ignore_errors=True)
+        clone_tree(image, tree, link=LinkedFiles.scan(image))
+        ContainerTrees.mark_ready(tmp_path)
+        ready = (tmp_path / "ready").stat().st_ctime_ns
+        change()
+        assert changed_since(tree, ready, frozenset()) == (name != "nothing"), name
 
 
 def test_diff_records_changes_deletions_and_same_size_edits(tmp_path):

@@ -64,6 +64,7 @@ from .base import (
     owner_labels,
 )
 from .common import EngineBase, missing_path, not_a_directory
+from .container_trees import ContainerTrees
 from .cpu_models import run_with_model
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .host_network import NETWORK_FILES, hostname, write_network_files
@@ -131,6 +132,7 @@ class EmbeddedEngine(EngineBase[_Container]):
         self._cache = cache_dir
         self._images = ImageDirectories(cache_dir, BlobStore(cache_dir), registry)
         self._containers_dir = cache_dir / "containers"
+        self._trees = ContainerTrees(cache_dir / "spares")
         self._creating: set[Path] = set()  # container directories not in _live yet
         self._linked_files: dict[Path, LinkedFiles] = {}  # per image directory
 
@@ -263,14 +265,11 @@ class EmbeddedEngine(EngineBase[_Container]):
         defaults = ImageConfig.from_oci(self._images.meta(image_dir)["config"].get("config"))
         container_id = secrets.token_hex(32)
         path = self._containers_dir / container_id
-        path.mkdir(parents=True)
         self._creating.add(path)
-        (path / "container.json").write_text(
-            json.dumps({"image": image.image_id, "labels": {**owner_labels(), **spec.labels}})
-        )
+        meta = json.dumps({"image": image.image_id, "labels": {**owner_labels(), **spec.labels}})
         try:
             linked = await self._linked(image_dir)
-            await in_thread(clone_tree, image_dir / "rootfs", path / "rootfs", link=linked)
+            await in_thread(self._trees.make, image_dir, path, linked, meta)
             env = self._env(defaults, spec.env, path / "rootfs")
             container = _Container(
                 container_id,
@@ -283,7 +282,8 @@ class EmbeddedEngine(EngineBase[_Container]):
                 await in_thread(proot_user, path / "rootfs", defaults.user),
                 [],
             )
-            await in_thread(self._prepare, container, spec.mounts)
+            if await in_thread(self._prepare, container, spec.mounts):
+                await in_thread(self._trees.mark_ready, path)
         except BaseException:
             await in_thread(remove_tree, path)
             self._creating.discard(path)
@@ -315,6 +315,7 @@ class EmbeddedEngine(EngineBase[_Container]):
             trash = image_dir.with_name(f"{work_prefix()}damaged")
             os.rename(image_dir, trash)
             remove_tree(trash)
+        self._trees.drop(image_dir)  # they link the same files
         self._linked_files.pop(image_dir, None)
         self._images.forget(container.image)
 
@@ -325,19 +326,31 @@ class EmbeddedEngine(EngineBase[_Container]):
         merged.setdefault("HOSTNAME", hostname())  # proot shares it, as --network host does
         return merged
 
-    def _prepare(self, container: _Container, mounts: Sequence[Mount]) -> None:
+    def _prepare(self, container: _Container, mounts: Sequence[Mount]) -> bool:
         """Make the working directory and mount points; copy read-only mounts in; bind the
-        network's files (resolv.conf, hosts, hostname) as Docker does."""
+        network's files (resolv.conf, hosts, hostname) as Docker does. True when the tree is
+        still a copy of the image's, but for proot's mount points (see container_trees)."""
         rootfs = container.rootfs
-        resolve_in_root(rootfs, container.workdir).mkdir(parents=True, exist_ok=True)
+        workdir = resolve_in_root(rootfs, container.workdir)
+        pristine = not mounts and workdir.is_dir()
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Made now, not by proot as it starts (which would change the tree under a command
+        # that changes nothing, and leaves mode-000 placeholders when it is killed).
+        emulated = _needs_qemu(container.image.platform)
+        directories = [*SYSTEM_BINDS, *(["/host-rootfs"] if emulated else [])]
+        files = [f"/{name}" for name in (*NETWORK_FILES, *(QEMU_MOUNT_POINTS if emulated else ()))]
+        for point in (rootfs / p.lstrip("/") for p in directories):
+            if not os.path.lexists(point):
+                point.mkdir()
+        for point in (rootfs / p.lstrip("/") for p in files):
+            real_parent = point.parent.is_dir() and not point.parent.is_symlink()
+            if real_parent and not os.path.lexists(point):
+                point.touch()
         mounted = {posixpath.normpath(m.target) for m in mounts}
         for host, guest in write_network_files(container.path / "network"):
             if guest in mounted:
                 continue  # the user's own file wins
             point = rootfs / guest.lstrip("/")
-            if not os.path.lexists(point) and point.parent.is_dir():
-                # Else proot would make a mode-000 placeholder, left if it is killed.
-                point.touch()
             container.binds.append((host, guest))
         points = set()
         for mount in mounts:
@@ -356,6 +369,7 @@ class EmbeddedEngine(EngineBase[_Container]):
             if not mount.read_only:
                 container.binds.append((mount.source, "/" + str(point.relative_to(rootfs))))
         container.mount_points = frozenset(points)
+        return pristine
 
     def _get(self, container_id: str) -> _Container:
         container = self._live.get(container_id)
@@ -463,6 +477,8 @@ class EmbeddedEngine(EngineBase[_Container]):
     def _remove_dir(self, container: _Container) -> None:
         for process in [p for p in (container.main, *container.execs) if p is not None]:
             process.kill_now()
+        if self._trees.hand_on(container.image_dir, container.path, _proot_points(container)):
+            return  # unchanged: the next container of its image takes it
         self._check_shared_files(container)
         remove_tree(container.path)
 
@@ -562,6 +578,7 @@ class EmbeddedEngine(EngineBase[_Container]):
                 reaped += 1
         for base, meta_name in (
             (self._containers_dir, "container.json"),
+            (self._trees.spares_dir, "container.json"),
             (images, "image.json"),
         ):
             if not base.is_dir():
@@ -587,6 +604,7 @@ class EmbeddedEngine(EngineBase[_Container]):
             with contextlib.suppress(OSError):
                 remove_tree(path)
         self._creating.clear()
+        self._trees.clear()
 
     def _remove_image_now(self, image_id: str) -> None:
         remove_tree(self._images.root / image_id)

@@ -41,8 +41,8 @@ def hosts_file(host_hosts: str, name: str) -> str:
 
 
 def write_network_files(directory: Path) -> list[tuple[str, str]]:
-    """Write the files into the new directory ``directory``; the (host, guest) binds."""
-    directory.mkdir()
+    """Write the files into ``directory``; the (host, guest) binds."""
+    directory.mkdir(exist_ok=True)
     name = hostname()
     contents = {
         "etc/resolv.conf": _read("/etc/resolv.conf"),
