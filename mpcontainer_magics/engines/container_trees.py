@@ -66,20 +66,8 @@ class ContainerTrees:
 
     @staticmethod
     def mark_ready(path: Path) -> None:
-        """Stamp the container directory ``path``: its tree is set up, a command may run.
-
-        The stamp's ctime must be later than every change of the set-up. Inode times come
-        from the kernel's coarse clock, so wait for its next tick (a few milliseconds at
-        most); and since Linux 6.13 a change may get the last fine-grained time handed out
-        instead, ahead of that clock: a change of an inode whose time was read gets a new
-        fine-grained one, so the stamp is read, then changed once more."""
-        tick = time.clock_gettime_ns(_COARSE_CLOCK)
-        while time.clock_gettime_ns(_COARSE_CLOCK) == tick:
-            time.sleep(0.0005)
-        stamp = path / READY
-        stamp.write_bytes(b"")
-        stamp.stat()
-        stamp.chmod(0o600)
+        """Stamp the container directory ``path``: its tree is set up, a command may run."""
+        stamp(path / READY)
 
     def hand_on(self, image_dir: Path, path: Path, skip: Iterable[str]) -> bool:
         """Keep the container directory ``path`` as a spare of ``image_dir`` if its tree is
@@ -109,6 +97,23 @@ class ContainerTrees:
     def clear(self) -> None:
         for image_dir in list(self._spares):
             self.drop(image_dir)
+
+
+def stamp(path: Path) -> int:
+    """(Re)write the empty file ``path``, whose ctime is then later than that of every
+    change made before and no later than that of any change made after; that ctime.
+
+    Inode times come from the kernel's coarse clock, so first wait for its next tick (a few
+    milliseconds at most). Since Linux 6.13 a change may get the last fine-grained time
+    handed out instead, ahead of that clock, and a change of an inode whose time was read
+    gets a new fine-grained one: so the stamp is read, then changed once more."""
+    tick = time.clock_gettime_ns(_COARSE_CLOCK)
+    while time.clock_gettime_ns(_COARSE_CLOCK) == tick:
+        time.sleep(0.0005)
+    path.write_bytes(b"")
+    path.stat()
+    path.chmod(0o600)
+    return path.stat().st_ctime_ns
 
 
 def changed_since(root: Path, ctime_ns: int, skip: frozenset[str]) -> bool:

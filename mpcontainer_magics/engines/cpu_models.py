@@ -125,6 +125,7 @@ class ModelCheck:
         self._where = where
         self._note = note
         self._tried: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+        self._said: set[tuple[str, str]] = set()
 
     async def model_for(self, platform: Platform, models: CpuModels) -> str:
         """The model an emulated ``platform`` gets here ("" for QEMU's own default)."""
@@ -141,10 +142,12 @@ class ModelCheck:
                 f"({refused}); choose another (`qemu-{platform.qemu_arch} -cpu help` lists "
                 f"them) or '' for QEMU's default in cpu_models"
             )
-        self._note(
-            f"{platform}: the QEMU of {self._where} does not take CPU model {model!r} "
-            f"({refused}); its default CPU runs such code slower"
-        )
+        if key not in self._said:
+            self._said.add(key)
+            self._note(
+                f"{platform}: the QEMU of {self._where} does not take CPU model {model!r} "
+                f"({refused}); its default CPU is used instead, which may be slower"
+            )
         return ""
 
 

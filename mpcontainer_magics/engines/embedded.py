@@ -64,7 +64,7 @@ from .base import (
     owner_labels,
 )
 from .common import EngineBase, missing_path, not_a_directory
-from .container_trees import ContainerTrees
+from .container_trees import ContainerTrees, changed_since, stamp
 from .cpu_models import run_with_model
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .host_network import NETWORK_FILES, hostname, write_network_files
@@ -115,6 +115,8 @@ class _Container:
     mount_points: frozenset[str] = frozenset()  # relative to the rootfs; contents not ours
     main: ProotProcess | None = None
     execs: set[ProotProcess] = field(default_factory=set)
+    # The last commit: the image made, of which config, and its stamp's ctime.
+    committed: tuple[PulledImage, dict[str, Any], int] | None = None
 
     @property
     def rootfs(self) -> Path:
@@ -515,6 +517,30 @@ class EmbeddedEngine(EngineBase[_Container]):
 
     async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
         container = self._get(container_id)
+        if await in_thread(self._unchanged_since_commit, container, config):
+            assert container.committed is not None
+            return container.committed[0]  # a session published again, say
+        made = await self._commit(container, config)
+        # After the commit, whose hard links change the ctimes of the files it links: a
+        # command's write while a commit runs would land in neither, as with `docker commit`.
+        committed = await in_thread(stamp, container.path / "committed")
+        container.committed = (made, config.to_oci(), committed)
+        return made
+
+    def _unchanged_since_commit(self, container: _Container, config: ImageConfig) -> bool:
+        """Whether the last commit of ``container`` (an image still here, of ``config``)
+        is what a commit now would make: nothing in the tree changed since (see
+        :mod:`.container_trees`; mounts' contents are never committed)."""
+        if container.committed is None:
+            return False
+        image, committed_config, since = container.committed
+        if committed_config != config.to_oci() or image.image_id not in self._made:
+            return False
+        skip = _proot_points(container) | container.mount_points
+        return not changed_since(container.rootfs, since, skip)
+
+    async def _commit(self, container: _Container, config: ImageConfig) -> PulledImage:
+        container_id = container.id
         parent_dir = container.image_dir
         parent = self._images.meta(parent_dir)
         image = PulledImage(
