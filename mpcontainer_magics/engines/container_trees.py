@@ -99,6 +99,19 @@ class ContainerTrees:
             self.drop(image_dir)
 
 
+def make_points(rootfs: Path, directories: Iterable[str], files: Iterable[str]) -> None:
+    """Make the mount points proot binds over (paths relative to ``rootfs``) that the tree
+    lacks, before it runs: proot would make each as it starts, changing the tree under a
+    command that changes nothing (and leave a mode-000 placeholder when killed)."""
+    for point in (rootfs / p for p in directories):
+        if not os.path.lexists(point):
+            point.mkdir()
+    for point in (rootfs / p for p in files):
+        real_parent = point.parent.is_dir() and not point.parent.is_symlink()
+        if real_parent and not os.path.lexists(point):
+            point.touch()
+
+
 def stamp(path: Path) -> int:
     """(Re)write the empty file ``path``, whose ctime is then later than that of every
     change made before and no later than that of any change made after; that ctime.

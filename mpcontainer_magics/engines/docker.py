@@ -67,6 +67,7 @@ from .docker_errors import (
     missing_network,
     refused_start,
 )
+from .docker_exec import DockerProcess
 from .docker_streams import STDERR, frames
 from .layers import apply_layer, extract_archive
 from .probe import ProbeCache, ProbeReport, cpu_model_refused, run_probe
@@ -77,10 +78,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Writes up to this size go straight into a socket's send buffer (Linux's minimum is
-#: larger), so they never wait for the reader.
-SOCKET_BUFFER_FLOOR = 16 * 1024
 
 #: The directory bit of a Go ``os.FileMode``, as in the stat header of Docker's archive API.
 GO_MODE_DIR = 1 << 31
@@ -566,7 +563,9 @@ class DockerEngine(EngineBase[Platform]):
                     loop.call_soon_threadsafe(settle, code)
 
         threading.Thread(target=pump, name="mpc-docker-attached", daemon=True).start()
-        return _DockerProcess(self, container_id, getattr(sock, "_sock", sock), exited)
+        return DockerProcess(
+            self._api, self._docker, container_id, getattr(sock, "_sock", sock), exited
+        )
 
     async def state(self, container_id: str) -> str:
         try:
@@ -724,74 +723,3 @@ class DockerEngine(EngineBase[Platform]):
 
     def _disconnect(self) -> None:
         self._api.close()
-
-
-class _DockerProcess(AttachedProcess):
-    def __init__(
-        self, engine: DockerEngine, container_id: str, stdin: Any, exited: asyncio.Future[int]
-    ) -> None:
-        self._engine = engine
-        self._container_id = container_id
-        self._stdin = stdin
-        self.exited = exited
-
-    async def write(self, data: bytes) -> None:
-        try:
-            if len(data) <= SOCKET_BUFFER_FLOOR:
-                # Fits in the socket's send buffer, so it cannot block; a thread hop per
-                # platform would cost more than the rest of a builtin-only cell.
-                self._stdin.sendall(data)
-            else:
-                await self._engine._call(self._stdin.sendall, data)
-        except OSError as exc:
-            raise EngineError(
-                f"lost the connection to a shell in container {self._container_id[:12]}: "
-                f"{exc}; the session's container may have stopped: start the session again"
-            ) from None
-
-    async def interrupt(self, group: int) -> None:
-        # SIGINT first, as Ctrl-C; then SIGTERM and SIGKILL to what is left of the group (a
-        # non-interactive shell's background jobs ignore SIGINT), unless it is gone.
-        await self._signal("INT", group)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.exited), 2)
-        if await self._signal("TERM", group):
-            await asyncio.sleep(1)
-            await self._signal("KILL", group)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.exited), 5)
-
-    async def _signal(self, signal_name: str, group: int) -> bool:
-        """Send ``signal_name`` to process group ``group`` in the container; False when the
-        group is gone.
-
-        Docker cannot signal an exec'd process, so a second exec does (each exec leads a
-        process group of its own: runc calls setsid). It runs the shell's ``kill`` in the
-        one form dash, bash and busybox all read alike, ``kill -INT -1974``: dash takes
-        ``kill -s INT -1974`` for an option, and busybox takes the ``--`` POSIX adds for
-        that for a PID. A group already gone is no failure; any other is an EngineError.
-        """
-        api = self._engine._api
-        argv = ["sh", "-c", 'kill -"$0" -"$1"', signal_name, str(int(group))]
-
-        def signal() -> tuple[int, str]:
-            exec_id = api.exec_create(self._container_id, argv)["Id"]
-            said = api.exec_start(exec_id)  # returns when kill is done
-            code = api.exec_inspect(exec_id).get("ExitCode")
-            return int(code if code is not None else -1), said.decode("utf-8", "replace")
-
-        code, said = await self._engine._docker("signal a shell", signal)
-        if code == 0:
-            return True
-        if _no_such_process(said):
-            return False
-        raise EngineError(
-            f"could not send SIG{signal_name} to the shell's processes in container "
-            f"{self._container_id[:12]}: kill exited {code} ({said.strip()[:200]}); "
-            "stop the session and start it again"
-        )
-
-
-def _no_such_process(said: str) -> bool:
-    """``kill``'s complaint that the group is gone (dash, bash, busybox all say so)."""
-    return "no such process" in said.lower()

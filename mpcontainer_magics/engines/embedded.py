@@ -64,7 +64,7 @@ from .base import (
     owner_labels,
 )
 from .common import EngineBase, missing_path, not_a_directory
-from .container_trees import ContainerTrees, changed_since, stamp
+from .container_trees import ContainerTrees, changed_since, make_points, stamp
 from .cpu_models import run_with_model
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .host_network import NETWORK_FILES, hostname, write_network_files
@@ -336,24 +336,16 @@ class EmbeddedEngine(EngineBase[_Container]):
         workdir = resolve_in_root(rootfs, container.workdir)
         pristine = not mounts and workdir.is_dir()
         workdir.mkdir(parents=True, exist_ok=True)
-        # Made now, not by proot as it starts (which would change the tree under a command
-        # that changes nothing, and leaves mode-000 placeholders when it is killed).
         emulated = _needs_qemu(container.image.platform)
-        directories = [*SYSTEM_BINDS, *(["/host-rootfs"] if emulated else [])]
-        files = [f"/{name}" for name in (*NETWORK_FILES, *(QEMU_MOUNT_POINTS if emulated else ()))]
-        for point in (rootfs / p.lstrip("/") for p in directories):
-            if not os.path.lexists(point):
-                point.mkdir()
-        for point in (rootfs / p.lstrip("/") for p in files):
-            real_parent = point.parent.is_dir() and not point.parent.is_symlink()
-            if real_parent and not os.path.lexists(point):
-                point.touch()
+        make_points(
+            rootfs,
+            [*(p.lstrip("/") for p in SYSTEM_BINDS), *(["host-rootfs"] if emulated else [])],
+            [*NETWORK_FILES, *(QEMU_MOUNT_POINTS if emulated else ())],
+        )
         mounted = {posixpath.normpath(m.target) for m in mounts}
         for host, guest in write_network_files(container.path / "network"):
-            if guest in mounted:
-                continue  # the user's own file wins
-            point = rootfs / guest.lstrip("/")
-            container.binds.append((host, guest))
+            if guest not in mounted:  # else the user's own file wins
+                container.binds.append((host, guest))
         points = set()
         for mount in mounts:
             point = resolve_in_root(rootfs, mount.target)
