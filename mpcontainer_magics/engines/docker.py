@@ -563,9 +563,8 @@ class DockerEngine(EngineBase[Platform]):
                     loop.call_soon_threadsafe(settle, code)
 
         threading.Thread(target=pump, name="mpc-docker-attached", daemon=True).start()
-        return DockerProcess(
-            self._api, self._docker, container_id, getattr(sock, "_sock", sock), exited
-        )
+        stdin = getattr(sock, "_sock", sock)
+        return DockerProcess(self._api, self._docker, container_id, created["Id"], stdin, exited)
 
     async def state(self, container_id: str) -> str:
         try:

@@ -22,20 +22,23 @@ SOCKET_BUFFER_FLOOR = 16 * 1024
 
 
 class DockerProcess(AttachedProcess):
-    """``docker exec -i``'s process: ``stdin`` is the exec's socket; ``docker`` runs
-    blocking docker-py work on a thread, its errors translated (the engine's ``_docker``)."""
+    """``docker exec -i``'s process (``exec_id``): ``stdin`` is the exec's socket, and
+    ``exited`` resolves once its output ends; ``docker`` runs blocking docker-py work on a
+    thread, its errors translated (the engine's ``_docker``)."""
 
     def __init__(
         self,
         api: APIClient,
         docker: DockerCall,
         container_id: str,
+        exec_id: str,
         stdin: Any,
         exited: asyncio.Future[int],
     ) -> None:
         self._api = api
         self._docker = docker
         self._container_id = container_id
+        self._exec_id = exec_id
         self._stdin = stdin
         self.exited = exited
 
@@ -55,15 +58,26 @@ class DockerProcess(AttachedProcess):
 
     async def interrupt(self, group: int) -> None:
         # SIGINT first, as Ctrl-C; then SIGTERM and SIGKILL to what is left of the group (a
-        # non-interactive shell's background jobs ignore SIGINT), unless it is gone.
+        # non-interactive shell's background jobs ignore SIGINT), unless it is gone. The
+        # output ends only when those jobs end too: the shell's own end is Docker's to say.
         await self._signal("INT", group)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.exited), 2)
+        await self._shell_ended(within_s=2)
         if await self._signal("TERM", group):
-            await asyncio.sleep(1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.exited), 1)
             await self._signal("KILL", group)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
+
+    async def _shell_ended(self, within_s: float) -> None:
+        """Wait until the exec'd process itself has ended, at most ``within_s`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while not self.exited.done() and loop.time() < deadline:
+            info = await self._docker("inspect a shell", self._api.exec_inspect, self._exec_id)
+            if not info.get("Running"):
+                return
+            await asyncio.sleep(0.05)
 
     async def _signal(self, signal_name: str, group: int) -> bool:
         """Send ``signal_name`` to process group ``group`` in the container; False when the
