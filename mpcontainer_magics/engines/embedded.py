@@ -30,7 +30,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -135,6 +135,10 @@ class EmbeddedEngine(EngineBase[_Container]):
         self._images = ImageDirectories(cache_dir, BlobStore(cache_dir), registry)
         self._containers_dir = cache_dir / "containers"
         self._trees = ContainerTrees(cache_dir / "spares")
+        # After a container goes, its tree is handed on or removed in the background (see
+        # remove): what is under way, per image, and the removals.
+        self._settling: dict[Path, set[asyncio.Task[None]]] = {}
+        self._removing: set[asyncio.Task[None]] = set()
         self._creating: set[Path] = set()  # container directories not in _live yet
         self._linked_files: dict[Path, LinkedFiles] = {}  # per image directory
 
@@ -263,6 +267,10 @@ class EmbeddedEngine(EngineBase[_Container]):
                 "proot shares this machine's network (as --network host does); for none, "
                 "bridge or a named network use the Docker engine"
             )
+        # A tree of the image being handed on is cheaper to wait for than to make (and
+        # its container may have written into the image, which is then unpacked again).
+        settling = self._settling.get(self._images.path(image), ())
+        await asyncio.gather(*settling, return_exceptions=True)
         image_dir = await self._images.ensure(image)
         defaults = ImageConfig.from_oci(self._images.meta(image_dir)["config"].get("config"))
         container_id = secrets.token_hex(32)
@@ -299,15 +307,15 @@ class EmbeddedEngine(EngineBase[_Container]):
             self._linked_files[image_dir] = await in_thread(LinkedFiles.load, image_dir)
         return self._linked_files[image_dir]
 
-    def _check_shared_files(self, container: _Container) -> None:
-        """Before a container goes: did it write into a file it shares with its image?
+    def _check_shared_files(self, container: _Container, rootfs: Path) -> None:
+        """When a container goes: did it write into a file it shares with its image?
 
         Then that image is no longer its layers: it is set aside (and deleted), so the next
         container of it is made from a fresh unpack of the cached layers.
         """
         image_dir = container.image_dir
         linked = self._linked_files.get(image_dir)
-        if linked is None or not linked.written_in_place(container.rootfs):
+        if linked is None or not linked.written_in_place(rootfs):
             return
         log.warning(
             "a container of %s wrote into files it shares with the image; unpacking it again",
@@ -461,20 +469,38 @@ class EmbeddedEngine(EngineBase[_Container]):
         return f"exited ({'?' if main.status is None else main.status})"
 
     async def remove(self, container_id: str) -> None:
+        """Kill the container's processes and take its directory away; then, in the
+        background (a cell's result need not wait), hand its tree on or remove it."""
         container = self._live.pop(container_id, None)
         if container is None:
             return
         for process in [p for p in (container.main, *container.execs) if p is not None]:
             await process.kill()
-        await in_thread(self._remove_dir, container)
+        retired = await in_thread(self._retire, container)
+        settling = self._settling.setdefault(container.image_dir, set())
+        _in_background(settling, self._settle(container, retired))
+
+    def _retire(self, container: _Container) -> Path:
+        _kill_all(container)
+        return self._trees.retire(container.path)
+
+    async def _settle(self, container: _Container, retired: Path) -> None:
+        points = _proot_points(container)
+        if await in_thread(self._trees.hand_on, container.image_dir, retired, points):
+            return  # unchanged: the next container of its image takes it
+        await in_thread(self._check_shared_files, container, retired / "rootfs")
+        gone = await in_thread(self._trees.discard, retired)
+        _in_background(self._removing, in_thread(remove_tree, gone))
 
     def _remove_dir(self, container: _Container) -> None:
-        for process in [p for p in (container.main, *container.execs) if p is not None]:
-            process.kill_now()
-        if self._trees.hand_on(container.image_dir, container.path, _proot_points(container)):
-            return  # unchanged: the next container of its image takes it
-        self._check_shared_files(container)
+        _kill_all(container)
+        self._check_shared_files(container, container.rootfs)
         remove_tree(container.path)
+
+    async def aclose(self) -> None:
+        for under_way in (*self._settling.values(), self._removing):
+            await asyncio.gather(*under_way, return_exceptions=True)
+        await super().aclose()
 
     # -- files and snapshots -----------------------------------------------------------------
 
@@ -653,6 +679,24 @@ def _proot_points(container: _Container) -> frozenset[str]:
     emulated = _needs_qemu(container.image.platform)
     names = (*MOUNT_POINTS, *NETWORK_FILES, *(QEMU_MOUNT_POINTS if emulated else ()))
     return frozenset(name for name in names if not os.path.lexists(image_root / name))
+
+
+def _kill_all(container: _Container) -> None:
+    for process in [p for p in (container.main, *container.execs) if p is not None]:
+        process.kill_now()
+
+
+def _in_background(tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> None:
+    """Run ``work`` as a task kept in ``tasks`` until it ends (its failure logged)."""
+    task = asyncio.ensure_future(work)
+    tasks.add(task)
+
+    def done(finished: asyncio.Task[None]) -> None:
+        tasks.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.warning("cleaning up a container failed: %s", finished.exception())
+
+    task.add_done_callback(done)
 
 
 def _kill_execs(container: _Container) -> None:
