@@ -6,8 +6,8 @@ Usage:
       An mmdebstrap tarball -> one image layer, cleaned as Docker's official debian images
       are: no device nodes under /dev (the empty directory stays), no /etc/resolv.conf,
       /etc/hostname or /etc/hosts (mmdebstrap copies the build host's in; a container engine
-      provides its own at run time), member names without "./". Owners, modes, mtimes, hard
-      links, symlinks (merged-/usr: bin -> usr/bin) and xattrs are kept.
+      provides its own at run time), no apt *.bin caches, member names without "./". Owners,
+      modes, mtimes, hard links, symlinks (merged-/usr: bin -> usr/bin) and xattrs are kept.
   build_distro_image.py docker-layer SAVED_TAR OUT CREATED_BY
       The top layer of a `docker save` tarball (a `docker commit` of one RUN step), byte for
       byte as Docker made it (whiteouts included); only compressed here.
@@ -19,10 +19,11 @@ Usage:
       ARCH (platforms as in build_test_image.py), each made of the given layers, bottom
       first. Prints "index DIGEST", then "ARCH DIGEST" for each platform's manifest.
 
-A layer OUT is OUT.tar.gz (the blob) plus OUT.json (digest, size, diff_id, created_by). Every
-layer is checked against the rules the tests rely on: none of the three files above, no
-device nodes, and no apt lists or *.bin caches left behind. Everything is reproducible for
-the same input: gzip without name and mtime, and configs dated SOURCE_DATE_EPOCH.
+A layer OUT is OUT.tar.gz (the blob) plus OUT.json (digest, size, diff_id, created_by, and
+created: its newest mtime). Every layer is checked against the rules the tests rely on: none
+of the three files above, no device nodes, and no apt lists or *.bin caches left behind.
+Everything is reproducible for the same input: gzip without name and mtime, configs dated by
+their layers.
 """
 
 from __future__ import annotations
@@ -48,12 +49,8 @@ APT_DIRS = ("var/lib/apt/lists/", "var/cache/apt/")
 COPYBUF = 1 << 20
 
 
-def epoch() -> int:
-    return int(os.environ.get("SOURCE_DATE_EPOCH", bti.MTIME))
-
-
-def created() -> str:
-    when = datetime.datetime.fromtimestamp(epoch(), datetime.timezone.utc)
+def iso(timestamp: float) -> str:
+    when = datetime.datetime.fromtimestamp(int(timestamp), datetime.timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -77,28 +74,34 @@ def check(members: list[tarfile.TarInfo], what: str) -> None:
         raise SystemExit(f"{what}: not a clean image layer:\n  " + "\n  ".join(problems))
 
 
-def write_json(out: str, desc: dict, diff_id: str, created_by: str) -> None:
-    with open(out + ".json", "w") as f:
-        json.dump({**desc, "diff_id": diff_id, "created_by": created_by}, f, indent=2)
-        f.write("\n")
-
-
 class _LayerWriter:
-    """OUT.tar.gz written through gzip, hashing the compressed and the plain stream."""
+    """OUT.tar.gz written through gzip, hashing the compressed and the plain stream; a context
+    manager that publishes OUT.tar.gz and OUT.json on success and removes its temp file on
+    failure."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, created_by: str) -> None:
         self.out = out
-        fd, self.tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".layer-")
+        self.created_by = created_by
+        self.newest = 0.0  # the newest mtime in the layer: its date in the image config
+
+    def __enter__(self) -> _LayerWriter:
+        fd, self.tmp = tempfile.mkstemp(
+            dir=os.path.dirname(os.path.abspath(self.out)), prefix=".layer-"
+        )
         self.raw = os.fdopen(fd, "wb")
         self.compressed = _HashingSink(self.raw)
         self.gz = gzip.GzipFile(
             filename="", mode="wb", fileobj=self.compressed, mtime=0, compresslevel=COMPRESSLEVEL
         )
         self.plain = _HashingSink(self.gz)
+        return self
 
-    def finish(self, created_by: str) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.gz.close()
         self.raw.close()
+        if exc_type is not None:
+            os.unlink(self.tmp)
+            return
         os.chmod(self.tmp, 0o644)
         os.replace(self.tmp, self.out + ".tar.gz")
         desc = {
@@ -106,7 +109,18 @@ class _LayerWriter:
             "digest": f"sha256:{self.compressed.sha.hexdigest()}",
             "size": self.compressed.size,
         }
-        write_json(self.out, desc, f"sha256:{self.plain.sha.hexdigest()}", created_by)
+        with open(self.out + ".json", "w") as f:
+            json.dump(
+                {
+                    **desc,
+                    "diff_id": f"sha256:{self.plain.sha.hexdigest()}",
+                    "created": iso(self.newest),
+                    "created_by": self.created_by,
+                },
+                f,
+                indent=2,
+            )
+            f.write("\n")
         print(
             f"    {os.path.basename(self.out)}: {desc['size'] / 1e6:.1f} MB gzip "
             f"({self.plain.size / 1e6:.1f} MB tar), {desc['digest']}",
@@ -118,11 +132,21 @@ def _strip(name: str) -> str:
     return name[2:] if name.startswith("./") else name
 
 
+def _dropped(name: str) -> bool:
+    """What a rootfs layer leaves out. apt's *.bin caches: mmdebstrap deletes the files that
+    apt's Dir::Cache settings name, and the image's docker-clean sets those to empty."""
+    return (
+        name.startswith("dev/")
+        or name in HOST_FILES
+        or (name.startswith("var/cache/apt/") and name.endswith(".bin") and name.count("/") == 3)
+    )
+
+
 def rootfs_layer(rootfs: str, out: str, created_by: str) -> None:
-    layer = _LayerWriter(out)
     kept: list[tarfile.TarInfo] = []
     dropped: set[str] = set()
     with (
+        _LayerWriter(out, created_by) as layer,
         tarfile.open(rootfs, "r:") as src,
         tarfile.open(fileobj=layer.plain, mode="w", format=tarfile.PAX_FORMAT) as dst,
     ):
@@ -130,7 +154,7 @@ def rootfs_layer(rootfs: str, out: str, created_by: str) -> None:
             name = _strip(ti.name)
             if name in ("", "."):
                 continue  # the root: a layer never carries it (the engine owns its mode)
-            if name.startswith("dev/") or name in HOST_FILES:
+            if _dropped(name):
                 dropped.add(name)
                 continue
             ti.name = name
@@ -144,8 +168,8 @@ def rootfs_layer(rootfs: str, out: str, created_by: str) -> None:
             }
             dst.addfile(ti, src.extractfile(ti) if ti.isreg() else None)
             kept.append(ti)
-    check(kept, rootfs)
-    layer.finish(created_by)
+            layer.newest = max(layer.newest, ti.mtime)
+        check(kept, rootfs)
 
 
 def docker_layer(saved: str, out: str, created_by: str) -> None:
@@ -156,18 +180,19 @@ def docker_layer(saved: str, out: str, created_by: str) -> None:
         config = json.load(save.extractfile(manifest[0]["Config"]))
         top = manifest[0]["Layers"][-1]
         with tarfile.open(fileobj=save.extractfile(top), mode="r:") as layer_tar:
-            check(layer_tar.getmembers(), f"{saved}:{top}")
-        layer = _LayerWriter(out)
-        shutil.copyfileobj(save.extractfile(top), layer.plain, COPYBUF)
-    want = config["rootfs"]["diff_ids"][-1]
-    got = f"sha256:{layer.plain.sha.hexdigest()}"
-    if got != want:
-        raise SystemExit(f"{saved}: top layer is {got}, but the image config says {want}")
-    layer.finish(created_by)
+            members = layer_tar.getmembers()
+        check(members, f"{saved}:{top}")
+        with _LayerWriter(out, created_by) as layer:
+            layer.newest = max(ti.mtime for ti in members)
+            shutil.copyfileobj(save.extractfile(top), layer.plain, COPYBUF)
+            want = config["rootfs"]["diff_ids"][-1]
+            got = f"sha256:{layer.plain.sha.hexdigest()}"
+            if got != want:
+                raise SystemExit(f"{saved}: top layer is {got}, but its image config says {want}")
 
 
 def file_layer(out: str, created_by: str, files: dict[str, str]) -> None:
-    mtime = epoch()
+    mtime = int(max(os.stat(src).st_mtime for src in files.values()))
     entries: dict[str, tuple[tarfile.TarInfo, str | None]] = {}
     for path, src in files.items():
         parts = path.strip("/").split("/")
@@ -177,8 +202,12 @@ def file_layer(out: str, created_by: str, files: dict[str, str]) -> None:
         st = os.stat(src)
         ti = bti._info("/".join(parts), tarfile.REGTYPE, st.st_mode & 0o777, st.st_size)
         entries[ti.name] = (ti, src)
-    layer = _LayerWriter(out)
-    with tarfile.open(fileobj=layer.plain, mode="w", format=tarfile.PAX_FORMAT) as dst:
+    check([ti for ti, _ in entries.values()], out)
+    with (
+        _LayerWriter(out, created_by) as layer,
+        tarfile.open(fileobj=layer.plain, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        layer.newest = mtime
         for name in sorted(entries):
             ti, src = entries[name]
             ti.mtime = mtime
@@ -187,8 +216,6 @@ def file_layer(out: str, created_by: str, files: dict[str, str]) -> None:
             else:
                 with open(src, "rb") as f:
                     dst.addfile(ti, f)
-    check([ti for ti, _ in entries.values()], out)
-    layer.finish(created_by)
 
 
 def image(out: str, tag: str, platforms: dict[str, list[str]]) -> None:
@@ -196,7 +223,6 @@ def image(out: str, tag: str, platforms: dict[str, list[str]]) -> None:
         shutil.rmtree(out)
     layout = bti.Layout(out)
     blobs = os.path.join(out, "blobs", "sha256")
-    when = created()
     descriptors = {}
     for arch, layer_names in platforms.items():
         layers = []
@@ -212,11 +238,13 @@ def image(out: str, tag: str, platforms: dict[str, list[str]]) -> None:
                     shutil.copyfile(name + ".tar.gz", dest)
         platform = bti.PLATFORMS[arch]
         config = {
-            "created": when,
+            "created": max(la["created"] for la in layers),
             **platform,
             "config": {"Env": ENV, "Cmd": ["bash"]},
             "rootfs": {"type": "layers", "diff_ids": [la["diff_id"] for la in layers]},
-            "history": [{"created": when, "created_by": la["created_by"]} for la in layers],
+            "history": [
+                {"created": la["created"], "created_by": la["created_by"]} for la in layers
+            ],
         }
         manifest = {
             "schemaVersion": 2,

@@ -50,7 +50,7 @@ from .platforms import Platform, cross_env, host_platform, parse_platforms
 # engines and pandas' friends; the background start-up imports them on its own thread.
 _LAZY = {
     "Client": "client",
-    "PlatformReport": "client",
+    "PlatformReport": "platform_report",
     "connect": "client",
     "Container": "container",
     "Directory": "directory",
@@ -69,7 +69,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .client import Client, PlatformReport, connect
+    from .client import Client, connect
     from .container import Container
     from .directory import Directory, File, GitRef, GitRepository, Host
     from .engines.base import Mount
@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from .engines.fleet import NodesReport
     from .evaluate import ExecResult
     from .magics import ContainerMagics
+    from .platform_report import PlatformReport
     from .publish import Published
     from .results import PlatformResult, RunResult
     from .session import Session

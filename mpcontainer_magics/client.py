@@ -24,7 +24,7 @@ import math
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ._aio import finish_despite_cancel, gather_or_cancel
@@ -44,17 +44,17 @@ from .engines.endpoints import CONNECT_TIMEOUT_S, Node, nodes_from
 from .engines.fleet import Fleet, NodesReport, NodesSpec
 from .errors import EngineUnavailable, InvalidArgument, MPCError, SessionError
 from .evaluate import BuildContext, Evaluator
+from .platform_report import PlatformReport
 from .platforms import Platform, parse_platforms
 from .publish import Published, Snapshot
 from .recipes import ContainerRecipe, Empty
 from .results import RunResult
-from .runs import LineCallback, checked_env, checked_workdir, run_on_platforms
+from .runs import LineCallback, checked_env, checked_network, checked_workdir, run_on_platforms
 from .session import Session, check_name, sessions_frame
 from .targets import (
     PlatformsSpec,
     Target,
     engine_for,
-    how_it_runs,
     requested_platforms,
     resolve,
 )
@@ -70,77 +70,10 @@ log = logging.getLogger(__name__)
 MountsSpec = Sequence[str | Mount]
 
 
-def checked_network(network: str | None) -> str | None:
-    """A ``network=`` value: None, or a name as ``docker run --network`` takes it."""
-    if network is not None and (not isinstance(network, str) or not network.strip()):
-        raise InvalidArgument(
-            f"bad network {network!r}: give a name such as 'host', 'none', 'bridge' or one "
-            "of `docker network ls` (or None for the engine's default)"
-        )
-    return network
-
-
 def mounts_arg(spec: MountsSpec | None) -> list[Mount]:
     if isinstance(spec, str):
         raise InvalidArgument("mounts must be a list, e.g. mounts=['./data:/data:ro']")
     return [m.checked() if isinstance(m, Mount) else Mount.parse(m) for m in spec or ()]
-
-
-@dataclass(frozen=True, repr=False)
-class PlatformReport:
-    """What an engine can run, and (for an image) what the image offers."""
-
-    engine: str
-    native: Platform
-    emulated: tuple[Platform, ...]
-    image: str | None = None
-    offered: tuple[Platform, ...] = ()
-    chosen: str = ""  # why this engine, when "auto" picked it
-    placed: tuple[Target, ...] = ()  # with nodes: where each platform would run
-
-    def target(self, platform: Platform) -> Target:
-        """How ``platform`` runs (with nodes: where), and why (see :mod:`.targets`)."""
-        for target in self.placed:
-            if target.platform.matches(platform):
-                return target
-        return how_it_runs(self.engine, platform, self.native, self.emulated)
-
-    def runnable(self, platform: Platform) -> str:
-        """ "native", "emulated" or "no emulation" (also for non-Linux platforms)."""
-        runs = self.target(platform).runs
-        return "no emulation" if runs == "no" else runs
-
-    def _how(self, platform: Platform) -> str:
-        """ "emulated", or with nodes "emulated on ctx"."""
-        node = self.target(platform).node
-        return f"{self.runnable(platform)} on {node}" if node else self.runnable(platform)
-
-    def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        listed = list(self.offered) if self.image else [self.native, *self.emulated]
-        if not self.placed:
-            rows = [{"platform": str(p), "runs": self.runnable(p)} for p in listed]
-            return pd.DataFrame(rows, columns=["platform", "runs"])
-        listed += [t.platform for t in self.placed if t.platform not in listed]
-        targets = [self.target(p) for p in listed]
-        rows = [
-            {"platform": str(t.platform), "runs": self.runnable(t.platform), "node": t.node,
-             "why": t.why}
-            for t in targets
-        ]  # fmt: skip
-        return pd.DataFrame(rows, columns=["platform", "runs", "node", "why"])
-
-    def __repr__(self) -> str:
-        lines = [
-            f"engine: {self.engine}" + (f" ({self.chosen})" if self.chosen else ""),
-            f"native platform: {self.native}",
-            "emulated platforms: " + (", ".join(map(str, self.emulated)) or "none"),
-        ]
-        if self.image:
-            offered = ", ".join(f"{p} ({self._how(p)})" for p in self.offered)
-            lines.append(f"{self.image} offers: {offered or 'nothing'}")
-        return "\n".join(lines)
 
 
 class Pulled(list[PulledImage]):

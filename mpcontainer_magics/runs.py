@@ -94,6 +94,16 @@ def checked_workdir(workdir: str | None) -> str | None:
     return workdir
 
 
+def checked_network(network: str | None) -> str | None:
+    """A ``network=`` value: None, or a name as ``docker run --network`` takes it."""
+    if network is not None and (not isinstance(network, str) or not network.strip()):
+        raise InvalidArgument(
+            f"bad network {network!r}: give a name such as 'host', 'none', 'bridge' or one "
+            "of `docker network ls` (or None for the engine's default)"
+        )
+    return network
+
+
 async def run_on_platforms(
     engine: Runner,
     image: str,

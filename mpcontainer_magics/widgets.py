@@ -35,9 +35,10 @@ from typing import Any
 import ipywidgets as w
 
 from ._loop import CLEANUP_SECONDS, LoopThread
-from .client import Client, PlatformReport, open_engine
+from .client import Client, open_engine
 from .defaults import DEFAULT_IMAGE
 from .errors import InvalidArgument, MPCError
+from .platform_report import PlatformReport
 from .platforms import Platform
 from .publish import Published
 from .results import RunResult

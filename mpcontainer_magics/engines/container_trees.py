@@ -24,16 +24,34 @@ container's does, so a dead kernel's are reaped like its containers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
+import posixpath
 import re
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-from .tree import LinkedFiles, clone_tree, remove_tree
+from .._aio import in_thread
+from .archives import write_copy
+from .common import missing_path, not_a_directory
+from .layers import extract_archive
+from .tree import (
+    LinkedFiles,
+    clone_tree,
+    copy_tree,
+    remove_tree,
+    resolve_in_root,
+    resolve_parent_in_root,
+)
+
+log = logging.getLogger(__name__)
 
 #: Trees kept per image: enough for a cell's containers of one platform to follow each other.
 SPARES_PER_IMAGE = 2
@@ -46,13 +64,56 @@ _COARSE_CLOCK = 5
 
 
 class ContainerTrees:
-    """The trees of one engine's containers, and the spares it keeps in ``spares_dir``
-    (blocking calls, safe from several threads)."""
+    """The trees of one engine's containers, and the spares it keeps in ``spares_dir``.
+
+    The blocking calls are safe from several threads. A container's tree is handed on or
+    removed in the background (``retire``), so a cell's result never waits for it; the
+    next container of the same image waits for its hand-on (``settled``)."""
 
     def __init__(self, spares_dir: Path) -> None:
         self.spares_dir = spares_dir
         self._spares: dict[Path, list[Path]] = {}  # image directory -> spare directories
         self._lock = threading.Lock()
+        self._settling: dict[Path, set[asyncio.Task[None]]] = {}  # per image directory
+        self._removing: set[asyncio.Task[None]] = set()
+
+    async def settled(self, image_dir: Path) -> None:
+        """Once the trees of ``image_dir``'s containers that just went are handed on."""
+        await asyncio.gather(*self._settling.get(image_dir, ()), return_exceptions=True)
+
+    async def retire(
+        self,
+        image_dir: Path,
+        path: Path,
+        skip: Iterable[str],
+        on_changed: Callable[[Path], None],
+    ) -> None:
+        """The container of the directory ``path`` is gone (its processes killed): take the
+        directory away now; then, in the background, hand its tree on to the next container
+        of ``image_dir``, or, if the tree changed, call ``on_changed(rootfs)`` (blocking: it
+        runs on a thread) and remove it."""
+        retired = await in_thread(self._move_away, path)
+        settling = self._settling.setdefault(image_dir, set())
+        _in_background(settling, self._settle(image_dir, retired, skip, on_changed))
+
+    async def _settle(
+        self,
+        image_dir: Path,
+        retired: Path,
+        skip: Iterable[str],
+        on_changed: Callable[[Path], None],
+    ) -> None:
+        if await in_thread(self._hand_on, image_dir, retired, skip):
+            return
+        await in_thread(on_changed, retired / "rootfs")
+        gone = retired.with_name(f"{GONE}{retired.name}")  # never taken for a spare
+        await in_thread(os.rename, retired, gone)
+        _in_background(self._removing, in_thread(remove_tree, gone))
+
+    async def wait(self) -> None:
+        """Until nothing is under way in the background."""
+        for under_way in (*self._settling.values(), self._removing):
+            await asyncio.gather(*under_way, return_exceptions=True)
 
     def make(self, image_dir: Path, path: Path, linked: LinkedFiles, meta: str) -> None:
         """Make the container directory ``path`` (new): ``meta`` as its container.json (first,
@@ -79,15 +140,13 @@ class ContainerTrees:
         """Stamp the container directory ``path``: its tree is set up, a command may run."""
         stamp(path / READY)
 
-    def retire(self, path: Path) -> Path:
-        """Move the container directory ``path`` out of the containers (its container is
-        gone) to where it waits for :meth:`hand_on`; its path there."""
+    def _move_away(self, path: Path) -> Path:
         self.spares_dir.mkdir(exist_ok=True)
         retired = self.spares_dir / path.name
         os.rename(path, retired)
         return retired
 
-    def hand_on(self, image_dir: Path, path: Path, skip: Iterable[str]) -> bool:
+    def _hand_on(self, image_dir: Path, path: Path, skip: Iterable[str]) -> bool:
         """Keep the retired directory ``path`` as a spare of ``image_dir`` if its tree is as
         it was when marked ready (``skip``: paths that are not the tree's, such as proot's
         mount points); False when it must be removed instead."""
@@ -105,13 +164,6 @@ class ContainerTrees:
             return True
         return False
 
-    def discard(self, path: Path) -> Path:
-        """Rename the retired directory ``path`` for removal (a tree that changed): a spare
-        never looks like one being removed."""
-        gone = path.with_name(f"{GONE}{path.name}")
-        os.rename(path, gone)
-        return gone
-
     def drop(self, image_dir: Path) -> None:
         """Remove the spares of ``image_dir`` (a container wrote into the image's files)."""
         with self._lock:
@@ -123,6 +175,21 @@ class ContainerTrees:
     def clear(self) -> None:
         for image_dir in list(self._spares):
             self.drop(image_dir)
+
+
+def _in_background(tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> None:
+    """Run ``work`` as a task kept in ``tasks`` until it ends (its failure logged)."""
+    task = asyncio.ensure_future(work)
+    tasks.add(task)
+
+    def done(finished: asyncio.Task[None]) -> None:
+        tasks.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.warning(
+                "handing on or removing a container's tree failed: %s", finished.exception()
+            )
+
+    task.add_done_callback(done)
 
 
 def make_points(rootfs: Path, directories: Iterable[str], files: Iterable[str]) -> None:
@@ -189,3 +256,43 @@ def changed_since(root: Path, reference: Path, skip: Iterable[str] = ()) -> bool
 def _glob_escaped(path: str) -> str:
     """``path`` as a find -path pattern matching only itself."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", path)
+
+
+def copy_into(source: Path, rootfs: Path, target: str) -> None:
+    """Merge host ``source`` into ``target`` of ``rootfs``, safely, as ``docker cp`` does.
+
+    Through a tar and the layer unpacker: whatever symlinks the container planted, nothing
+    is written outside ``rootfs`` (a link to /etc is the container's /etc, not the host's).
+    Unlike a layer, a copy never replaces a file by a directory: Docker refuses that too.
+    """
+    above = posixpath.normpath("/" + target)
+    if not (source.is_dir() and not source.is_symlink()):
+        above = posixpath.dirname(above)  # a file may replace a file
+    path = "/"
+    for part in (p for p in above.split("/") if p):
+        path = posixpath.join(path, part)
+        found = resolve_in_root(rootfs, path)
+        if os.path.lexists(found) and not found.is_dir():
+            raise not_a_directory(target, f"{path} is not a directory")
+    with tempfile.TemporaryFile() as archive:
+        write_copy(archive, source, target)
+        archive.seek(0)
+        extract_archive(archive, rootfs)  # type: ignore[arg-type]
+
+
+def copy_out(root: Path, path: str, dest: Path, skip: Iterable[str]) -> bool:
+    """Copy ``path`` of the tree ``root`` into the new host directory ``dest``, as ``docker
+    cp`` does (a directory's contents land in ``dest``, a file as ``dest/<name>``); paths
+    in ``skip`` (relative to ``root``: mount points) are left out. True for a directory."""
+    found = resolve_parent_in_root(root, path)
+    if not found.is_symlink() and not found.exists():
+        raise missing_path(path)
+    if found.is_dir() and not found.is_symlink():
+        below = "" if found == root else found.relative_to(root).as_posix() + "/"
+        copy_tree(
+            found, dest, skip=frozenset(p.removeprefix(below) for p in skip if p.startswith(below))
+        )
+        return True
+    dest.mkdir()
+    shutil.copy2(found, dest / found.name, follow_symlinks=False)
+    return False

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -28,9 +29,8 @@ import posixpath
 import re
 import secrets
 import shutil
-import tempfile
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..platforms import Platform, host_platform
 from ..registry import RegistryClient
-from .archives import write_copy, write_layer
+from .archives import write_layer
 from .base import (
     EMULATION_CANDIDATES,
     LABEL_PID,
@@ -63,13 +63,19 @@ from .base import (
     owner_is_gone,
     owner_labels,
 )
-from .common import EngineBase, missing_path, not_a_directory
-from .container_trees import ContainerTrees, changed_since, make_points, stamp
+from .common import EngineBase
+from .container_trees import (
+    ContainerTrees,
+    changed_since,
+    copy_into,
+    copy_out,
+    make_points,
+    stamp,
+)
 from .cpu_models import run_with_model
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .host_network import NETWORK_FILES, hostname, write_network_files
 from .image_users import home_of, proot_user
-from .layers import extract_archive
 from .probe import program_for
 from .proot import (
     MOUNT_POINTS,
@@ -91,7 +97,6 @@ from .tree import (
     diff,
     remove_tree,
     resolve_in_root,
-    resolve_parent_in_root,
 )
 
 log = logging.getLogger(__name__)
@@ -135,10 +140,6 @@ class EmbeddedEngine(EngineBase[_Container]):
         self._images = ImageDirectories(cache_dir, BlobStore(cache_dir), registry)
         self._containers_dir = cache_dir / "containers"
         self._trees = ContainerTrees(cache_dir / "spares")
-        # After a container goes, its tree is handed on or removed in the background (see
-        # remove): what is under way, per image, and the removals.
-        self._settling: dict[Path, set[asyncio.Task[None]]] = {}
-        self._removing: set[asyncio.Task[None]] = set()
         self._creating: set[Path] = set()  # container directories not in _live yet
         self._linked_files: dict[Path, LinkedFiles] = {}  # per image directory
 
@@ -269,8 +270,7 @@ class EmbeddedEngine(EngineBase[_Container]):
             )
         # A tree of the image being handed on is cheaper to wait for than to make (and
         # its container may have written into the image, which is then unpacked again).
-        settling = self._settling.get(self._images.path(image), ())
-        await asyncio.gather(*settling, return_exceptions=True)
+        await self._trees.settled(self._images.path(image))
         image_dir = await self._images.ensure(image)
         defaults = ImageConfig.from_oci(self._images.meta(image_dir)["config"].get("config"))
         container_id = secrets.token_hex(32)
@@ -360,7 +360,7 @@ class EmbeddedEngine(EngineBase[_Container]):
             if mount.read_only:
                 # proot cannot make a bind read-only: the container gets a copy, so the
                 # host's files stay untouched whatever it does.
-                _copy_into(Path(mount.source), rootfs, mount.target)
+                copy_into(Path(mount.source), rootfs, mount.target)
             elif not point.exists():
                 if os.path.isdir(mount.source):
                     point.mkdir(parents=True)
@@ -476,21 +476,13 @@ class EmbeddedEngine(EngineBase[_Container]):
             return
         for process in [p for p in (container.main, *container.execs) if p is not None]:
             await process.kill()
-        retired = await in_thread(self._retire, container)
-        settling = self._settling.setdefault(container.image_dir, set())
-        _in_background(settling, self._settle(container, retired))
-
-    def _retire(self, container: _Container) -> Path:
-        _kill_all(container)
-        return self._trees.retire(container.path)
-
-    async def _settle(self, container: _Container, retired: Path) -> None:
-        points = _proot_points(container)
-        if await in_thread(self._trees.hand_on, container.image_dir, retired, points):
-            return  # unchanged: the next container of its image takes it
-        await in_thread(self._check_shared_files, container, retired / "rootfs")
-        gone = await in_thread(self._trees.discard, retired)
-        _in_background(self._removing, in_thread(remove_tree, gone))
+        await in_thread(_kill_all, container)
+        await self._trees.retire(
+            container.image_dir,
+            container.path,
+            _proot_points(container),
+            functools.partial(self._check_shared_files, container),
+        )
 
     def _remove_dir(self, container: _Container) -> None:
         _kill_all(container)
@@ -498,40 +490,21 @@ class EmbeddedEngine(EngineBase[_Container]):
         remove_tree(container.path)
 
     async def aclose(self) -> None:
-        for under_way in (*self._settling.values(), self._removing):
-            await asyncio.gather(*under_way, return_exceptions=True)
+        await self._trees.wait()
         await super().aclose()
 
     # -- files and snapshots -----------------------------------------------------------------
 
     async def copy_to(self, container_id: str, source: Path, target: str) -> None:
         container = self._get(container_id)
-        await in_thread(_copy_into, source, container.rootfs, target)
+        await in_thread(copy_into, source, container.rootfs, target)
 
     async def copy_from(self, container_id: str, path: str, dest: Path) -> bool:
         container = self._get(container_id)
-
-        def copy() -> bool:
-            root = container.rootfs
-            found = resolve_parent_in_root(root, path)
-            if not found.is_symlink() and not found.exists():
-                raise missing_path(path)
-            if found.is_dir() and not found.is_symlink():
-                # As `docker cp`: proot's own mount points (the host's / among them) are
-                # not the container's files.
-                below = "" if found == root else found.relative_to(root).as_posix() + "/"
-                skip = frozenset(
-                    point.removeprefix(below)
-                    for point in _proot_points(container)
-                    if point.startswith(below)
-                )
-                copy_tree(found, dest, skip=skip)
-                return True
-            dest.mkdir()
-            shutil.copy2(found, dest / found.name, follow_symlinks=False)
-            return False
-
-        return await in_thread(copy)
+        # As `docker cp`: proot's own mount points (the host's / among them) are not the
+        # container's files.
+        points = _proot_points(container)
+        return await in_thread(copy_out, container.rootfs, path, dest, points)
 
     async def commit(self, container_id: str, config: ImageConfig) -> PulledImage:
         container = self._get(container_id)
@@ -686,41 +659,6 @@ def _kill_all(container: _Container) -> None:
         process.kill_now()
 
 
-def _in_background(tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> None:
-    """Run ``work`` as a task kept in ``tasks`` until it ends (its failure logged)."""
-    task = asyncio.ensure_future(work)
-    tasks.add(task)
-
-    def done(finished: asyncio.Task[None]) -> None:
-        tasks.discard(finished)
-        if not finished.cancelled() and finished.exception() is not None:
-            log.warning("cleaning up a container failed: %s", finished.exception())
-
-    task.add_done_callback(done)
-
-
 def _kill_execs(container: _Container) -> None:
     for process in list(container.execs):
         process.kill_now()
-
-
-def _copy_into(source: Path, rootfs: Path, target: str) -> None:
-    """Merge host ``source`` into ``target`` of ``rootfs``, safely, as ``docker cp`` does.
-
-    Through a tar and the layer unpacker: whatever symlinks the container planted, nothing
-    is written outside ``rootfs`` (a link to /etc is the container's /etc, not the host's).
-    Unlike a layer, a copy never replaces a file by a directory: Docker refuses that too.
-    """
-    above = posixpath.normpath("/" + target)
-    if not (source.is_dir() and not source.is_symlink()):
-        above = posixpath.dirname(above)  # a file may replace a file
-    path = "/"
-    for part in (p for p in above.split("/") if p):
-        path = posixpath.join(path, part)
-        found = resolve_in_root(rootfs, path)
-        if os.path.lexists(found) and not found.is_dir():
-            raise not_a_directory(target, f"{path} is not a directory")
-    with tempfile.TemporaryFile() as archive:
-        write_copy(archive, source, target)
-        archive.seek(0)
-        extract_archive(archive, rootfs)  # type: ignore[arg-type]
