@@ -220,20 +220,21 @@ class Shell:
             self._marks = None
 
     async def _stop(self, process: AttachedProcess) -> None:
-        """Stop the cell that runs in ``process`` (Ctrl-C, a timeout). A shell that could
-        not be stopped is never written to again: the next cell gets a new one, and the user
-        is told why (with the next result), since the cancelled cell's row cannot say it."""
+        """Stop the cell that runs in ``process`` (Ctrl-C, a timeout). The next cell gets a
+        new shell (this one ended, or never may); one that could not be stopped is never
+        written to again, and the user is told why with the next result, since the
+        cancelled cell's row cannot say it."""
         failure = ""
         try:
             await process.interrupt(self._pid)
+            if await process.running():
+                failure = "it ignored SIGINT, SIGTERM and SIGKILL"
         except EngineError as exc:
             failure = str(exc)
-        if process.exited.done() and not failure:
-            return
         if self._process is process:
-            self._process = None
-        self._engine.note(
-            "a cell's shell could not be stopped"
-            + (f": {failure}" if failure else " (it ignored SIGINT, SIGTERM and SIGKILL)")
-            + "; the next cell runs in a new shell"
-        )
+            self._process = None  # its output may outlive it (a job started with setsid)
+        if failure:
+            self._engine.note(
+                f"a cell's shell could not be stopped: {failure}; the next cell runs in a new "
+                "shell"
+            )

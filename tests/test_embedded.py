@@ -416,6 +416,7 @@ def test_orphans_and_their_processes_are_reaped(ip, test_image, embedded, blob_c
         from IPython.testing.globalipapp import start_ipython
         ip = start_ipython()
         ip.run_line_magic("load_ext", "mpcontainer_magics")
+        ip.run_cell_magic("container", "--image {test_image}", "true")  # leaves a spare tree
         ip.run_cell_magic("container", "--session s --image {test_image}", "true")
         print("started", flush=True)
         ip.run_cell_magic("container", "--image {test_image}", "sleep 600")
@@ -448,6 +449,7 @@ def _kill_and_reap(
     # As if it had died half-way through unpacking an image.
     half_made = cache / "images" / f".work-{proc.pid}-{process_start_ticks(proc.pid)}-x"
     (half_made / "rootfs").mkdir(parents=True)
+    assert spares_of(cache, proc.pid) != []
     proc.send_signal(signal.SIGKILL)  # no atexit, no clean-up
     proc.wait()
 
@@ -456,9 +458,19 @@ def _kill_and_reap(
         reaped = ip.magics_manager.registry["ContainerMagics"].startup.result(timeout=60)
     finally:
         ip.run_line_magic("unload_ext", "mpcontainer_magics")
-    assert reaped >= 3
+    assert reaped >= 4
     assert embedded.managed(**theirs) == [] and not half_made.exists()
+    assert spares_of(cache, proc.pid) == []
     assert not any(processes_using(root) for root in roots)
+
+
+def spares_of(cache: Path, pid: int) -> list[Path]:
+    """The trees kept for later containers by the process ``pid``."""
+    return [
+        meta.parent
+        for meta in (cache / "spares").glob("*/container.json")
+        if json.loads(meta.read_text())["labels"].get(LABEL_PID) == str(pid)
+    ]
 
 
 # -- no root, no daemon ------------------------------------------------------------------------

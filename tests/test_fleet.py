@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import mpcontainer_magics as mpc
+from mpcontainer_magics.engines.cpu_models import CpuModels
 from mpcontainer_magics.engines.endpoints import Node, endpoint_kind, nodes_from
 from mpcontainer_magics.engines.fleet import Fleet, Member
 from mpcontainer_magics.platforms import Platform, parse_platforms
@@ -26,6 +27,7 @@ class NamedEngine:
     name = "docker"
     registry = None
     chosen = ""
+    cpu_models = CpuModels()
 
     async def version(self) -> str:
         return "Docker (a stand-in)"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mpcontainer_magics.engines.base import AttachedProcess
+from mpcontainer_magics.errors import EngineError
 from mpcontainer_magics.shell import Shell, _Marks
 
 TOKEN = "0123456789abcdef01234567"
@@ -94,17 +95,66 @@ class ScriptedShell(AttachedProcess):
         self.on_output("stdout", f"{token}:{status}\n".encode())
         self.on_output("stderr", f"{token}\n".encode())
 
+    async def running(self) -> bool:
+        return not self.exited.done()
+
     async def interrupt(self, group: int) -> None:
         raise AssertionError("not interrupted here")
 
 
+class UnstoppableShell(ScriptedShell):
+    """A shell whose interrupt fails (dash misread kill's arguments), or, with ``ends``,
+    works but leaves its output held by a job it started (setsid)."""
+
+    ends = False
+
+    async def interrupt(self, group: int) -> None:
+        if not self.ends:
+            raise EngineError(f"could not send SIGINT to group {group}: kill exited 2")
+        self.ended = True
+
+    async def running(self) -> bool:
+        return not getattr(self, "ended", False)
+
+
 class ScriptedEngine:
-    def __init__(self) -> None:
+    def __init__(self, shell: type[ScriptedShell] = ScriptedShell) -> None:
+        self.shell = shell
         self.shells: list[ScriptedShell] = []
+        self.notes: list[str] = []
 
     async def attach_exec(self, container_id: str, argv: Any, on_output: Any) -> ScriptedShell:
-        self.shells.append(ScriptedShell(on_output, pid=11 + len(self.shells)))
+        self.shells.append(self.shell(on_output, pid=11 + len(self.shells)))
         return self.shells[-1]
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+@pytest.mark.parametrize("ends", [False, True])
+def test_a_cell_whose_shell_cannot_be_stopped_gets_a_new_shell_next(ends):
+    # The old shell must never get the next cell: it would run after the stuck one, and its
+    # end marks would show in the next cell's output. Only a real failure is reported.
+    UnstoppableShell.ends = ends
+
+    async def main() -> tuple[ScriptedEngine, int]:
+        engine = ScriptedEngine(UnstoppableShell)
+        shell = Shell(engine, "c")  # type: ignore[arg-type]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(shell.run("sleep 60"), 0.1)
+        second = asyncio.ensure_future(shell.run("pwd"))
+        while len(engine.shells) < 2 or len(engine.shells[1].tokens) < 2:
+            await asyncio.sleep(0)
+        engine.shells[1].answer(engine.shells[1].tokens[1], "0")
+        return engine, (await second).exit_code
+
+    engine, code = asyncio.run(asyncio.wait_for(main(), 10))
+    assert code == 0 and len(engine.shells) == 2
+    if ends:
+        assert engine.notes == []
+    else:
+        (note,) = engine.notes
+        assert note.startswith("a cell's shell could not be stopped: could not send SIGINT")
 
 
 def test_a_replaced_shells_late_marks_never_show_in_a_later_cell():

@@ -228,6 +228,11 @@ class AttachedProcess(abc.ABC):
         """Send ``data`` to the process's stdin."""
 
     @abc.abstractmethod
+    async def running(self) -> bool:
+        """Whether the process itself still runs (``exited`` may come later: a job it
+        started, say a server started with ``setsid``, may hold its output open)."""
+
+    @abc.abstractmethod
     async def interrupt(self, group: int) -> None:
         """Stop process group ``group`` (as seen in the container) and everything in it.
 

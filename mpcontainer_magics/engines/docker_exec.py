@@ -69,14 +69,17 @@ class DockerProcess(AttachedProcess):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
 
+    async def running(self) -> bool:
+        if self.exited.done():
+            return False
+        info = await self._docker("inspect a shell", self._api.exec_inspect, self._exec_id)
+        return bool(info.get("Running"))
+
     async def _shell_ended(self, within_s: float) -> None:
         """Wait until the exec'd process itself has ended, at most ``within_s`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within_s
-        while not self.exited.done() and loop.time() < deadline:
-            info = await self._docker("inspect a shell", self._api.exec_inspect, self._exec_id)
-            if not info.get("Running"):
-                return
+        while loop.time() < deadline and await self.running():
             await asyncio.sleep(0.05)
 
     async def _signal(self, signal_name: str, group: int) -> bool:

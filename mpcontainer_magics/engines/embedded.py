@@ -9,8 +9,12 @@ Layout of the cache (``$MPC_CACHE_DIR``, else ``$XDG_CACHE_HOME/mpcontainer_magi
     blobs/sha256/<hex>        verified blobs (store.BlobStore), shared with publish/export
     images/                   unpacked images (embedded_images)
     refs/                     what names resolved to (resolutions, shared with Docker)
-    containers/<id>/          a container: container.json (labels for reaping) and rootfs/,
-                              a private copy of the image's rootfs (tree.clone_tree)
+    containers/<id>/          a container: container.json (labels for reaping), rootfs/,
+                              a private copy of the image's rootfs (tree.clone_tree), and
+                              network/, its resolv.conf, hosts and hostname (host_network)
+    spares/<id>/              trees of containers that went unchanged, for the next
+                              container of their image (container_trees)
+    layers/sha256/<hex>       blobs published layers were compressed to (compressed_layers)
 
 Runs and sessions are proot processes over a container's rootfs (``proot.ProotProcess``).
 Every container and snapshot is labelled with its owner process, as Docker ones are, so
@@ -635,6 +639,9 @@ class _EmbeddedProcess(AttachedProcess):
 
     async def write(self, data: bytes) -> None:
         await self._process.write(data)
+
+    async def running(self) -> bool:
+        return not self._process.exited.done()  # the command's end, whatever holds output
 
     async def interrupt(self, group: int) -> None:
         # The guest's processes share proot's process group (proot does not start new ones).
