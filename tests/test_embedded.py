@@ -416,8 +416,9 @@ def test_orphans_and_their_processes_are_reaped(ip, test_image, embedded, blob_c
         from IPython.testing.globalipapp import start_ipython
         ip = start_ipython()
         ip.run_line_magic("load_ext", "mpcontainer_magics")
-        ip.run_cell_magic("container", "--image {test_image}", "true")  # leaves a spare tree
         ip.run_cell_magic("container", "--session s --image {test_image}", "true")
+        # Leaves its tree for a later arm64 container (the others run on amd64).
+        ip.run_cell_magic("container", "--image {test_image} --platform linux/arm64", "true")
         print("started", flush=True)
         ip.run_cell_magic("container", "--image {test_image}", "sleep 600")
         """
