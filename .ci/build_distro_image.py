@@ -254,15 +254,7 @@ def image(out: str, tag: str, platforms: dict[str, list[str]]) -> None:
         }
         descriptors[arch] = layout.blob(bti.dumps(manifest), bti.MT_MANIFEST, platform=platform)
     index_desc = layout.blob(bti.dumps(bti.image_index(descriptors.values())), bti.MT_INDEX)
-    top = {
-        "schemaVersion": 2,
-        "mediaType": bti.MT_INDEX,
-        "manifests": [{**index_desc, "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    }
-    with open(os.path.join(out, "index.json"), "wb") as f:
-        f.write(bti.dumps(top))
-    with open(os.path.join(out, "oci-layout"), "wb") as f:
-        f.write(bti.dumps({"imageLayoutVersion": "1.0.0"}))
+    bti.write_top(out, {tag: index_desc})
     print("index", index_desc["digest"])
     for arch, desc in descriptors.items():
         print(arch, desc["digest"])

@@ -164,6 +164,22 @@ class Layout:
         return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data), **extra}
 
 
+def write_top(out: str, references: dict[str, dict]) -> None:
+    """The layout's index.json, naming each descriptor by its reference, and oci-layout."""
+    top = {
+        "schemaVersion": 2,
+        "mediaType": MT_INDEX,
+        "manifests": [
+            {**descriptor, "annotations": {"org.opencontainers.image.ref.name": reference}}
+            for reference, descriptor in references.items()
+        ],
+    }
+    with open(os.path.join(out, "index.json"), "wb") as f:
+        f.write(dumps(top))
+    with open(os.path.join(out, "oci-layout"), "wb") as f:
+        f.write(dumps({"imageLayoutVersion": "1.0.0"}))
+
+
 def dumps(obj: dict) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n"
 
@@ -233,19 +249,7 @@ def main(argv: list[str]) -> int:
     windows_desc = layout.blob(dumps(image_index(windows)), MT_INDEX)
 
     amd64_only = {k: v for k, v in descriptors["amd64"].items() if k != "platform"}
-    top = {
-        "schemaVersion": 2,
-        "mediaType": MT_INDEX,
-        "manifests": [
-            {**index_desc, "annotations": {"org.opencontainers.image.ref.name": "1.35"}},
-            {**amd64_only, "annotations": {"org.opencontainers.image.ref.name": "amd64only"}},
-            {**windows_desc, "annotations": {"org.opencontainers.image.ref.name": "windows"}},
-        ],
-    }
-    with open(os.path.join(out, "index.json"), "wb") as f:
-        f.write(dumps(top))
-    with open(os.path.join(out, "oci-layout"), "wb") as f:
-        f.write(dumps({"imageLayoutVersion": "1.0.0"}))
+    write_top(out, {"1.35": index_desc, "amd64only": amd64_only, "windows": windows_desc})
     print(f"    index {index_desc['digest']}, windows {windows_desc['digest']}", file=sys.stderr)
     return 0
 

@@ -262,15 +262,7 @@ def main(argv: list[str]) -> int:
         }
         descriptors.append(layout.blob(bti.dumps(manifest), bti.MT_MANIFEST, platform=platform))
     index_desc = layout.blob(bti.dumps(bti.image_index(descriptors)), bti.MT_INDEX)
-    top = {
-        "schemaVersion": 2,
-        "mediaType": bti.MT_INDEX,
-        "manifests": [{**index_desc, "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    }
-    with open(os.path.join(out, "index.json"), "wb") as f:
-        f.write(bti.dumps(top))
-    with open(os.path.join(out, "oci-layout"), "wb") as f:
-        f.write(bti.dumps({"imageLayoutVersion": "1.0.0"}))
+    bti.write_top(out, {tag: index_desc})
     print(f"    index {index_desc['digest']}", file=sys.stderr)
     return 0
 

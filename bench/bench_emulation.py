@@ -1,6 +1,6 @@
 """Emulation benchmark: real distro workloads through our cells, against ``docker run``.
 
-Run: .venv/bin/python bench/bench_emulation.py [--repeat 3] [--fib 35] [--loop 300000]
+Run: .venv/bin/python bench/bench_emulation.py [--repeat 5] [--fib 35] [--loop 300000]
      [--shell-loop 100000] [--quick]
 (needs the Docker engine with QEMU binfmt emulation, proot and qemu-user-static, and the
 images .ci/distro_images builds: source /var/lib/mpcontainer-test/env.sh).
@@ -102,22 +102,26 @@ def use(shell: MagicShell, engine: str, image: str) -> None:
 
 
 def measure_workloads(shell: MagicShell, args: argparse.Namespace) -> list[Row]:
+    """Each workload in our cell and in ``docker run``, round by round (the peer measured
+    beside each engine's cells, so that the machine's load moves both alike)."""
     rows: list[Row] = []
     for name, image, platform, argv, target in workloads(args):
         pinned = pinned_for(image, platform)
         docker_run(pinned, platform, argv)  # untimed: the first start loads the image
-        peer = median([docker_run(pinned, platform, argv) for _ in range(args.repeat)])
         line, body = f"--platform {platform}", shlex.join(argv)
         for engine in ENGINES:
             use(shell, engine, image)
             shell.cell(line, body)  # untimed: pulls, proves the CPU model
-            ours = median([shell.cell(line, body)[0] for _ in range(args.repeat)])
-            ratio = ours / peer
+            ours, peer = [], []
+            for _ in range(args.repeat):
+                peer.append(docker_run(pinned, platform, argv))
+                ours.append(shell.cell(line, body)[0])
+            ratio = median(ours) / median(peer)
             rows.append(
                 (
                     f"{name} on {platform}, {engine}",
-                    f"{ours:.2f} s",
-                    f"docker run {peer:.2f} s; target <= {target}",
+                    f"{median(ours):.2f} s",
+                    f"docker run {median(peer):.2f} s; target <= {target}",
                     f"{ratio:.2f} {verdict(ratio <= target)}",
                 )
             )
@@ -182,7 +186,7 @@ def measure_warm_cells(shell: MagicShell, args: argparse.Namespace) -> list[Row]
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parser(__doc__)
-    options.add_argument("--repeat", type=int, default=3, help="rounds of each measure")
+    options.add_argument("--repeat", type=int, default=5, help="rounds of each measure")
     options.add_argument("--fib", type=int, default=35, help="fib-pac's N")
     options.add_argument("--loop", type=int, default=300_000, help="Python loop iterations")
     options.add_argument("--shell-loop", type=int, default=100_000, help="dash loop iterations")

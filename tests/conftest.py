@@ -12,10 +12,12 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +237,44 @@ def tracees(tracer: int) -> list[int]:
             if f"TracerPid:\t{tracer}\n" in Path(f"/proc/{pid}/status").read_text():
                 found.append(pid)
     return found
+
+
+# The session protocol's per-cell token (not a digest in the table: "sha256:" + 64 digits).
+MARKER = re.compile(r"(?<![0-9a-f:])[0-9a-f]{24}(?![0-9a-f])")
+
+
+def bounded(call: Callable[[], Any], seconds: float) -> Any:
+    """``call()`` in a thread, failing the test if it has not returned within ``seconds``."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"the cell did not return within {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def layers_exported(client: Any) -> list[int]:
+    """A list that grows by the number of layers each export from ``client``'s engine
+    reads (``save_layers``): what publishing had to read back from the engine."""
+    exported: list[int] = []
+    save_layers = client.engine.save_layers
+
+    async def counted(image: Any, dest: Any, only: Any = None) -> Any:
+        saved = await save_layers(image, dest, only)
+        exported.append(len(saved))
+        return saved
+
+    client.engine.save_layers = counted
+    return exported
 
 
 class StampedOutput(io.StringIO):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import shutil
 import signal
 import subprocess
@@ -21,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MARKER, bounded, layers_exported
 from environment import required_env
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
 
-# The session protocol's per-cell token (not a digest of the table: those follow "sha256:").
-MARKER = re.compile(r"(?<![0-9a-f:])[0-9a-f]{24}(?![0-9a-f])")
 TWO = "linux/amd64,linux/arm64"
 STILL_SLEEPING = (
     "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done "
@@ -71,25 +69,6 @@ def network(engine_kind: str) -> str:
 def cell(shell: Any, line: str, body: str) -> mpc.RunResult:
     shell.run_cell_magic("container", f"{line} --out res", body)
     return shell.user_ns["res"]
-
-
-def bounded(call: Any, seconds: float) -> Any:
-    """``call()`` in a thread; the test fails if it has not returned within ``seconds``."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=target, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"it did not return within {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 # -- dash: a session's timeout and Ctrl-C ------------------------------------------------------
@@ -228,15 +207,7 @@ def test_publishing_a_session_again_over_a_big_base_reads_nothing(
     ref = f"{registry_host}/mpc-test/dev-session:{engine_kind}"
 
     async def main(client: mpc.Client) -> list[tuple[mpc.Published, int]]:
-        exported: list[int] = []
-        save_layers = client.engine.save_layers
-
-        async def counted(image: Any, dest: Any, only: Any = None) -> Any:
-            saved = await save_layers(image, dest, only)
-            exported.append(len(saved))
-            return saved
-
-        client.engine.save_layers = counted  # type: ignore[method-assign]
+        exported = layers_exported(client)
         session = await client.session("big", image=debian_dev, platforms="linux/arm64")
         await session.run("echo built > /srv/out")
         published = []

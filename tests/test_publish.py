@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import layers_exported
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
@@ -164,15 +165,7 @@ def test_a_session_published_again_exports_only_what_changed(test_image, registr
     ref = fresh_ref(registry_host)
 
     async def main(client: mpc.Client) -> list[tuple[mpc.Published, list[int]]]:
-        exported: list[int] = []
-        save_layers = client.engine.save_layers
-
-        async def counted(image: Any, dest: Any, only: Any = None) -> Any:
-            saved = await save_layers(image, dest, only)
-            exported.append(len(saved))
-            return saved
-
-        client.engine.save_layers = counted  # type: ignore[method-assign]
+        exported = layers_exported(client)
         session = await client.session("again", platforms="linux/arm64,linux/s390x",
                                        image=test_image)  # fmt: skip
         published = []

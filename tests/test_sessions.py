@@ -9,16 +9,14 @@ import asyncio
 import contextlib
 import functools
 import os
-import re
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Containers, StampedOutput, alive, tracees
+from conftest import MARKER, Containers, StampedOutput, alive, bounded, tracees
 from IPython.core.error import UsageError
 
 import mpcontainer_magics as mpc
@@ -418,28 +416,6 @@ def test_session_output_streams_while_the_cell_runs(shell):
 
 
 # -- a member killed from outside --------------------------------------------------------------
-
-# The session protocol's per-cell token (not a digest in the table: "sha256:" + 64 digits).
-MARKER = re.compile(r"(?<![0-9a-f:])[0-9a-f]{24}(?![0-9a-f])")
-
-
-def bounded(call: Callable[[], Any], seconds: float) -> Any:
-    """``call()`` in a thread, failing the test if it has not returned within ``seconds``."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=target, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"the cell did not return within {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 def kill_from_outside(engine_kind: str, docker_api: Any, blob_cache: Path, member: str, how: str):
