@@ -452,8 +452,23 @@ def cp_seconds(flags: str, tree: Path) -> float:
         shutil.rmtree(copy, ignore_errors=True)
 
 
-async def copy_round(client: mpc.Client, pulled: Any, reference: str, tree: Path) -> dict:
+async def settled(cache: Path) -> None:
+    """Once the trees of containers removed before are handed on or removed: the engine does
+    that in the background (``spares/`` of the cache: a tree still being looked at keeps
+    its ``ready`` stamp, one being removed is named ``.gone-*``), and a copy timed meanwhile
+    would share the machine with it."""
+    spares = cache / "spares"
+    while spares.is_dir() and any(
+        e.name.startswith(".") or (e / "ready").exists() for e in spares.iterdir()
+    ):
+        await asyncio.sleep(0.01)
+
+
+async def copy_round(
+    client: mpc.Client, pulled: Any, reference: str, tree: Path, cache: Path
+) -> dict:
     """One round on one cache: the rootfs copy and its removal, a session, the cp peers."""
+    await settled(cache)
     started = time.perf_counter()
     container = await client.engine.create(ContainerSpec(pulled, ("true",)))
     found = {"create": time.perf_counter() - started}
@@ -463,6 +478,7 @@ async def copy_round(client: mpc.Client, pulled: Any, reference: str, tree: Path
     found["session"] = time.perf_counter() - started
     found["session_rest"] = found["session"] - found["create"]  # paired: the same round
     found["stop"] = await seconds_of(client.stop("bench-round"))
+    await settled(cache)
     found["cp_al"], found["cp_a"] = cp_seconds("-al", tree), cp_seconds("-a", tree)
     return found
 
@@ -513,7 +529,7 @@ async def rootfs_copies(setup: Setup) -> Part:
         for _ in rounds(args.repeat):
             for key, client in clients.items():
                 for name, seconds in (
-                    await copy_round(client, pulled[key], reference, trees[key])
+                    await copy_round(client, pulled[key], reference, trees[key], setup.cache(key))
                 ).items():
                     found[key][name].append(seconds)
     stats = tree_stats(trees["ours"])
