@@ -122,7 +122,7 @@ class ContainerTrees:
         while spare := self._take(image_dir):
             try:
                 os.rename(spare, path)
-            except OSError:  # reaped meanwhile (its kernel seemed gone): try the next
+            except OSError:  # gone meanwhile (a reaper, a full disk): try the next
                 continue
             (path / "container.json").write_text(meta)
             return
