@@ -182,7 +182,7 @@ def rows(med: dict[str, float], load: float, pandas_s: float) -> list[Row]:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parser(__doc__)
     options.add_argument("--repeat", type=int, default=5, help="repetitions (median is shown)")
-    options.add_argument("--image", default=os.environ.get("MPC_DEMO_IMAGE", "alpine:3.16"))
+    options.add_argument("--image", default=os.environ.get("MPC_DEMO_IMAGE", "alpine:3.23"))
     args = parse(options, argv, quick={"repeat": 1})
     print(f"image {args.image}; {args.repeat} repetitions, medians; {machine()} at start")
     os.environ["MPC_ENGINE"] = "docker"  # what `docker run` is compared with

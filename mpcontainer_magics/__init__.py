@@ -1,14 +1,14 @@
 """mpcontainer_magics: run one notebook cell on many CPU architectures, side by side.
 
     %load_ext mpcontainer_magics
-    %%container --platform linux/amd64,linux/arm64,linux/s390x --image alpine:3.16
+    %%container --platform linux/amd64,linux/arm64,linux/s390x --image alpine:3.23
 
 From Python (or awaited directly in a notebook cell)::
 
     import mpcontainer_magics as mpc
     async with mpc.connect() as client:
         result = await client.run("uname -m", platforms="linux/amd64,linux/arm64")
-        arm = client.container(platform="linux/arm64").from_("alpine:3.16")
+        arm = client.container(platform="linux/arm64").from_("alpine:3.23")
         print(await arm.with_exec(["uname", "-m"]).stdout())
 
 Importing this package stays cheap: pandas, docker-py and httpx load on first use.

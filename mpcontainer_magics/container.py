@@ -1,6 +1,6 @@
 """Immutable, lazily evaluated containers, named after Dagger's Python SDK.
 
-    ctr = client.container(platform="linux/arm64").from_("alpine:3.16")
+    ctr = client.container(platform="linux/arm64").from_("alpine:3.23")
     out = await ctr.with_exec(["uname", "-m"]).stdout()
 
 Builder calls (``from_``, ``with_exec``, ``with_env_variable``…) only record what to do
@@ -47,7 +47,7 @@ class Container:
     def from_(self, address: str) -> Container:
         """Start from the image ``address`` (its variant for this container's platform)."""
         if not address or not address.strip():
-            raise InvalidArgument("from_() needs an image reference such as alpine:3.16")
+            raise InvalidArgument("from_() needs an image reference such as alpine:3.23")
         return self._rebased(FromImage(address.strip()))
 
     def with_rootfs(self, directory: Directory) -> Container:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .engines import binfmt
+from .engines.endpoints import LOCAL
 from .engines.fleet import Fleet
 from .errors import ExecUnsupported, InvalidArgument
 from .platforms import Platform, parse_platforms
@@ -167,11 +168,14 @@ async def resolve(
     if isinstance(spec, (list, tuple)) and spec and all(isinstance(t, Target) for t in spec):
         return list(spec)  # resolved by a caller that showed them first
     _, pins = split_pins(spec)
-    if (pins or node) and not isinstance(engine, Fleet):
-        raise InvalidArgument(
-            "no nodes to pin platforms to: add one first (%container node add NAME ENDPOINT, "
-            "or connect(nodes={...}))"
-        )
+    if not isinstance(engine, Fleet):
+        # The engine itself is always the node "local": pins to it pin nothing.
+        named = sorted({n for n in (*pins.values(), node) if n is not None and n != LOCAL})
+        if named:
+            raise InvalidArgument(
+                f"no node named {named[0]!r}: the only node is local (this machine's engine); "
+                "add one first (%container node add NAME ENDPOINT, or connect(nodes={...}))"
+            )
     platforms = await requested_platforms(engine, image, spec)
     native = await engine.native_platform()
     if cross:

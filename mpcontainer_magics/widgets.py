@@ -1,7 +1,7 @@
 """The widget app: pick an image and platforms, type a command, click Run, compare.
 
     import mpcontainer_magics as mpc
-    mpc.ui(image="alpine:3.16")
+    mpc.ui(image="alpine:3.23")
 
 Everything it does goes through the same async :class:`~.client.Client` API as the magics.
 It never blocks the kernel: button clicks only *start* coroutines on a private event loop

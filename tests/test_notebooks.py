@@ -74,6 +74,9 @@ def check_01(text: str) -> None:
     assert "I'm executing on architecture: aarch64" in text
     assert re.search(r"\[linux/s390x\] byte order: big-endian \(01020304\)", text)
     assert re.search(r"\[linux/arm64\] byte order: little-endian \(04030201\)", text)
+    for platform in ("linux/amd64", "linux/arm64", "linux/s390x"):
+        assert f"[{platform}] word size:  64" in text
+        assert f"[{platform}] page size:  4096 bytes" in text  # QEMU's, emulated or not
 
 
 def check_02(text: str) -> None:
@@ -216,6 +219,17 @@ def check_07(text: str) -> None:
     assert "stdout line 1 differs: 'x86_64' on linux/amd64; 'aarch64' on linux/arm64" in text
 
 
+def check_07_without_nodes(text: str) -> None:
+    # As on a fresh Binder: no node but the engine itself, which is the node "local".
+    registry = required_env("MPC_TEST_REGISTRY")
+    assert "linux/arm64 (emulated)" in text and "linux/amd64 (native)" in text
+    assert re.search(r"^\d\s+linux/arm64\s+aarch64\\n\s+local$", text, re.M)  # the @local pin
+    for platform, machine in [("linux/arm64", "aarch64"), ("linux/s390x", "s390x")]:
+        assert f"[{platform}] /tmp kept: built on {machine}" in text
+    assert re.search(rf"{re.escape(registry)}/mpc-nodes-demo-\w+@sha256:[0-9a-f]{{64}}", text)
+    assert "node gone is unreachable (connection refused: is the daemon running?): runs " in text
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "01-architectures.ipynb": check_01,
     "02-build-and-publish.ipynb": check_02,
@@ -301,9 +315,16 @@ def user_kernel() -> Iterator[Kernel]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.mark.parametrize("name", sorted(CHECKS))
+#: Only notebook 07 configures nodes (MPC_DEMO_NODES); it also runs with none, as on Binder.
+RUNS = [(name, True) for name in sorted(CHECKS)] + [("07-nodes.ipynb", False)]
+
+
+@pytest.mark.parametrize(
+    ("name", "with_nodes"), RUNS, ids=[f"{n}{'' if w else '-no-nodes'}" for n, w in RUNS]
+)
 def test_notebook_runs(
     name: str,
+    with_nodes: bool,
     engine_kind: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -315,7 +336,10 @@ def test_notebook_runs(
     monkeypatch.setenv("MPC_DEMO_IMAGE", required_env("MPC_TEST_IMAGE"))
     monkeypatch.setenv("MPC_GOLANG_IMAGE", required_env("MPC_TEST_GOLANG_IMAGE"))
     monkeypatch.setenv("MPC_REGISTRY", required_env("MPC_TEST_REGISTRY"))
-    monkeypatch.setenv("MPC_DEMO_NODES", json.dumps(demo_nodes(test_nodes)))
+    if with_nodes:
+        monkeypatch.setenv("MPC_DEMO_NODES", json.dumps(demo_nodes(test_nodes)))
+    else:
+        monkeypatch.delenv("MPC_DEMO_NODES", raising=False)
     # The venv's kernelspec (its own python) wins over any python3 kernelspec of the user's.
     kernel = Kernel("python3", str(Path(sys.prefix) / "share" / "jupyter"))
     if engine_kind == "embedded" and name in AS_A_USER:
@@ -337,7 +361,7 @@ def test_notebook_runs(
 
     assert errors_of(nb) == [], f"executed copy: {tmp_path / name}"
     text = text_outputs(nb)
-    CHECKS[name](text)
+    (CHECKS[name] if with_nodes else check_07_without_nodes)(text)
     if "race (bad address); retrying" in text:  # the proot race: shown, worth counting
         warnings.warn(f"{name}: a Go build hit proot's fork/exec race; retried", stacklevel=1)
 

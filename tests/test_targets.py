@@ -36,6 +36,15 @@ def test_a_request_means_platforms_and_how_each_runs() -> None:
     ]
 
 
+def test_local_pins_need_no_nodes() -> None:
+    # The engine is always the node "local", also when no node was ever added (Binder).
+    assert runs("linux/arm64@local,linux/amd64") == runs("linux/arm64,linux/amd64")
+    node = asyncio.run(resolve(IMAGE, "img", "linux/arm64", node="local"))  # type: ignore[arg-type]
+    assert [(str(t.platform), t.runs) for t in node] == [("linux/arm64", "emulated")]
+    with pytest.raises(InvalidArgument, match="no node named 'pi': the only node is local"):
+        runs("linux/arm64@pi")
+
+
 def test_platforms_that_cannot_run_say_so() -> None:
     with pytest.raises(ExecUnsupported, match="cannot run commands on windows/amd64"):
         runs("windows/amd64")

@@ -102,7 +102,7 @@ LABEL_ENGINE = "io.mpcontainer-magics.engine"
 class PulledImage:
     """An image made available for exactly one platform, pinned by an engine-local ID."""
 
-    reference: str  # as the user wrote it, e.g. "alpine:3.16"
+    reference: str  # as the user wrote it, e.g. "alpine:3.23"
     platform: Platform
     image_id: str  # what the engine runs; never the tag, which may be re-pointed
     digest: str | None  # the per-platform manifest digest, when known

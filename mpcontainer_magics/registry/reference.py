@@ -101,7 +101,7 @@ class Reference:
 
     @property
     def familiar(self) -> str:
-        """The name as ``docker images`` shows it: "alpine:3.16", "ghcr.io/o/r:1"."""
+        """The name as ``docker images`` shows it: "alpine:3.23", "ghcr.io/o/r:1"."""
         return self._familiar_name + self._suffix()
 
     @property
