@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from .engines import binfmt
 from .engines.base import EMULATION_CANDIDATES, Engine
 from .engines.binfmt import BINFMT_DIR
+from .engines.embedded import EmbeddedEngine
 from .engines.proot import find_qemu
-from .errors import MPCError
+from .errors import MPCError, PtraceDenied
 from .platforms import Platform
 from .registry.auth import HUB_AUTH_KEY
 from .registry.reference import DOMAIN
@@ -232,6 +233,37 @@ def check_qemu(platform: Platform, native: Platform) -> PlatformCheck:
     return PlatformCheck(platform, "emulated", f"proot -q {found}")
 
 
+async def check_proot(
+    engine: EmbeddedEngine, checks: list[PlatformCheck]
+) -> tuple[list[PlatformCheck], list[Problem]]:
+    """``checks`` after running a tiny program through proot on the native platform and on
+    one emulated platform, as a container's command runs: proot's version says nothing of
+    whether it can run anything here (a hub may forbid ptrace)."""
+    tried = [c for c in checks if c.runs == "native"][:1]
+    tried += [c for c in checks if c.runs == "emulated"][:1]
+    problems: list[Problem] = []
+    for check in tried:
+        try:
+            await engine.try_platform(check.platform)
+        except PtraceDenied as exc:
+            problem = Problem(
+                f"this environment forbids ptrace, so proot runs nothing here ({exc.said})",
+                "ask the hub's admin to allow the ptrace system call in the pods' seccomp "
+                "profile and to keep kernel.yama.ptrace_scope at 1 or below; or use a Docker "
+                "engine (a node)",
+            )
+            nothing = [PlatformCheck(c.platform, "no", "ptrace is forbidden here") for c in checks]
+            return nothing, [problem]
+        except MPCError as exc:
+            problems.append(
+                Problem(
+                    f"{check.platform}: a tiny program did not run under proot: {exc}",
+                    "try `PROOT_NO_SECCOMP=1`, or reinstall proot and qemu-user-static",
+                )
+            )
+    return checks, problems
+
+
 #: Shown for an "auths" key with no host in it: the key itself might be a secret.
 NO_HOST = "(a key that names no registry host)"
 
@@ -284,8 +316,8 @@ async def _platform_checks(
 ) -> tuple[list[PlatformCheck], list[Problem]]:
     """Each common platform on ``engine``, and the problems beyond one platform's."""
     candidates = _candidates(native)
-    if engine.name == "embedded":
-        return [check_qemu(p, native) for p in candidates], []
+    if isinstance(engine, EmbeddedEngine):
+        return await check_proot(engine, [check_qemu(p, native) for p in candidates])
     if engine.name != "docker":
         emulated = await engine.emulated_platforms()
         return [

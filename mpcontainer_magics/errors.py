@@ -12,6 +12,7 @@ traceback for a problem they can fix themselves.
     │   └── ExecUnsupported      commands cannot run on this platform (non-Linux): files only
     ├── EngineError              the container engine failed
     │   ├── EngineUnavailable    no engine reachable (Docker daemon down, bad DOCKER_HOST)
+    │   │   └── PtraceDenied     the environment forbids ptrace, which proot needs
     │   └── EmulationUnavailable a foreign platform cannot run: no QEMU/binfmt handler
     ├── ImageError               resolving or pulling an image failed
     │   ├── ImageNotFound        the registry (or local store) has no such image
@@ -75,6 +76,21 @@ class EngineError(MPCError):
 
 class EngineUnavailable(EngineError):
     """No container engine could be reached."""
+
+
+class PtraceDenied(EngineUnavailable):
+    """This environment forbids ptrace, without which the embedded engine (proot) runs
+    nothing: a hub's seccomp profile that denies the call, or ``kernel.yama.ptrace_scope``
+    above 1. ``said`` is proot's own error."""
+
+    def __init__(self, said: str) -> None:
+        self.said = said
+        super().__init__(
+            f"this environment forbids ptrace, which the embedded engine (proot) needs to run "
+            f"anything ({said}). Ask the hub's admin to allow the ptrace system call in the "
+            "pods' seccomp profile (Docker's default profile allows it) and to keep "
+            "kernel.yama.ptrace_scope at 1 or below; or use a Docker engine (a node)"
+        )
 
 
 class EmulationUnavailable(EngineError):

@@ -203,8 +203,8 @@ class Session:
             try:
                 await engine.start(container_id)
                 await shell.start()
-            except EmulationUnavailable:
-                raise
+            except (EmulationUnavailable, EngineUnavailable):
+                raise  # the platform or the engine, not the image: its own message says why
             except (EngineError, SessionError) as exc:
                 raise SessionError(
                     f"cannot start session {self.name!r} on {platform}: {self.image} needs a "

@@ -235,6 +235,5 @@ class Shell:
             self._process = None  # its output may outlive it (a job started with setsid)
         if failure:
             self._engine.note(
-                f"a cell's shell could not be stopped: {failure}; the next cell runs in a new "
-                "shell"
+                f"a cell's shell could not be stopped: {failure}; the next cell runs in a new shell"
             )

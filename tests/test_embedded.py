@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import Containers, alive, tracees
+from environment import required_env
 from tcp_proxy import TcpProxy
 
 import mpcontainer_magics as mpc
@@ -614,3 +615,61 @@ def test_an_unprivileged_user_exporting_into_roots_directory_is_told_why(user_ho
         "give a destination you can write, e.g. ./out"
     )
     assert os.listdir(roots) == []
+
+
+# -- a hub that forbids ptrace -----------------------------------------------------------------
+
+#: A seccomp profile that allows everything but ptrace (some hardened JupyterHubs deny it).
+DENY_PTRACE = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["ptrace"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+}
+
+IN_A_POD = """
+import asyncio, json, os
+import mpcontainer_magics as mpc
+
+async def main():
+    async with mpc.connect(engine="embedded") as client:
+        report = await client.doctor()
+        res = await client.run("true", image=os.environ["IMAGE"], platforms="linux/amd64")
+    print(json.dumps({"problems": [str(p) for p in report.problems],
+                      "runs": sorted({c.runs for c in report.platforms}),
+                      "row": res[0].error, "code": res[0].exit_code}))
+
+asyncio.run(main())
+"""
+
+
+def in_a_pod(tmp_path: Path, script: str, image: str, debian: str, **env: str) -> Any:
+    """Run ``script`` with Debian's python3 and our package in a container of the test
+    set-up's Docker that denies ptrace, as uid 1000 with no capabilities (a hub's pod)."""
+    profile = tmp_path / "deny-ptrace.json"
+    profile.write_text(json.dumps(DENY_PTRACE))
+    source = [str(Path(mpc.__file__).parent.parent)]
+    source += sorted({sysconfig.get_path(k) for k in ("purelib", "platlib")})
+    mounts = [arg for path in ["/usr", *source] for arg in ("-v", f"{path}:{path}:ro")]
+    settings = {"PYTHONPATH": os.pathsep.join(source), "HOME": "/tmp", "IMAGE": image, **env}
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", "--platform", "linux/amd64",
+         "--security-opt", f"seccomp={profile}", "--security-opt", "no-new-privileges",
+         "--cap-drop", "ALL", "--user", "1000:1000", *mounts,
+         *(a for k, v in settings.items() for a in ("-e", f"{k}={v}")),
+         debian, "/usr/bin/python3", "-c", script],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_hub_that_forbids_ptrace_is_told_so(test_image, tmp_path):
+    # proot then exited 1 for every command, with a hint about PROOT_NO_SECCOMP, and the
+    # doctor said "problems: none": it only ran `proot --version`.
+    debian = required_env("MPC_TEST_DEBIAN_IMAGE")
+    got = in_a_pod(tmp_path, IN_A_POD, test_image, debian)
+    (problem,) = got["problems"]
+    assert problem.startswith("this environment forbids ptrace, so proot runs nothing here")
+    assert "seccomp profile" in problem and "kernel.yama.ptrace_scope at 1 or below" in problem
+    assert got["runs"] == ["no"]
+    assert got["code"] is None and got["row"].startswith("this environment forbids ptrace")
+    assert "PROOT_NO_SECCOMP" not in got["row"]

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import EngineError, EngineUnavailable, InvalidArgument
+from ..errors import EngineError, EngineUnavailable, InvalidArgument, PtraceDenied
 from ..platforms import Platform
 from .base import OutputCallback, processes_naming
 
@@ -57,6 +57,8 @@ _MARKERS = (b"proot info: ", b"proot warning: ", b"proot error: ", b"fatal error
 _ENDED = re.compile(rb"proot info: pid (\d+): (exited with status|terminated with signal) (\d+)")
 _NOT_FOUND = re.compile(rb"proot error: '(.*)' not found")
 _NOT_EXECUTABLE = re.compile(rb"proot error: '(.*)' is not (?:a regular file|executable)")
+# proot cannot trace its command: the environment forbids ptrace (a seccomp profile, or Yama).
+_PTRACE_DENIED = re.compile(rb"proot error: (ptrace\(\w+\): Operation not permitted)")
 # Started once the command has ended, to let proot finish on its own before we kill the rest.
 _LINGER_S = 0.05
 # How long output may still arrive once proot is gone and its guests are killed: a process
@@ -170,6 +172,7 @@ class ProotProcess:
         # A command that cannot start: a shell's exit code and message (127 or 126).
         self._refused: tuple[int, str] | None = None
         self._errors: list[str] = []
+        self._ptrace_denied = ""  # proot's error, when it could not trace the command
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
         # Retrieved here too: nobody awaits a background process's failure to start.
@@ -267,6 +270,8 @@ class ProotProcess:
         return bytes(out)
 
     def _message(self, text: bytes) -> None:
+        if (denied := _PTRACE_DENIED.search(text)) is not None:
+            self._ptrace_denied = denied.group(1).decode()
         ended = _ENDED.search(text)
         if ended:
             code = int(ended.group(3))
@@ -280,6 +285,8 @@ class ProotProcess:
             self._continued = self._argv_newlines  # proot prints the argv as it is
         elif text.startswith(b"proot info: possible causes:"):
             self._causes = True  # "  * ..." lines follow, up to proot's "fatal error"
+        elif text.startswith(b"proot info: It seems your kernel contains this bug"):
+            self._continued = 1  # its hint follows (PROOT_NO_SECCOMP, wrong for no ptrace)
         elif text.startswith(b"fatal error: see `proot"):
             self._causes = False
         elif (missing := _NOT_FOUND.search(text)) is not None:
@@ -317,6 +324,9 @@ class ProotProcess:
 
     def _check_ended(self) -> None:
         if self._main is not None and self._main in self._statuses and not self.exited.done():
+            if self._ptrace_denied:  # the command never ran: its exit code would mislead
+                self.exited.set_exception(PtraceDenied(self._ptrace_denied))
+                return
             self.exited.set_result(self._statuses[self._main])
             if self._end_with_command:
                 asyncio.get_running_loop().create_task(self._end_leftovers())
@@ -342,7 +352,9 @@ class ProotProcess:
             self._decide_main()
         if self.exited.done():
             return
-        if self._refused is not None:
+        if self._ptrace_denied:
+            self.exited.set_exception(PtraceDenied(self._ptrace_denied))
+        elif self._refused is not None:
             refused_code, text = self._refused
             if self._on_output is not None:
                 self._on_output("stderr", f"{text}\n".encode())
