@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Where names resolve for every kernel of a hub: "registry" or "cache" (see Client.resolve).
+RESOLVE_ENV = "MPC_RESOLVE"
+
 
 #: What ``mounts=`` accepts: "HOST:CONTAINER[:ro]" strings or Mount objects.
 MountsSpec = Sequence[str | Mount]
@@ -96,6 +99,7 @@ class Client:
         node_timeout: float = CONNECT_TIMEOUT_S,
         network: str | None = None,
         cpu_models: Mapping[str, str | None] | None = None,
+        resolve: str | None = None,
     ) -> None:
         self.engine = engine  # the local one: always the node "local"
         self.cpu_models = cpu_models
@@ -105,6 +109,7 @@ class Client:
         self._ctx = BuildContext(engine, Evaluator(engine, Workspace()))
         self._sessions: dict[str, Session] = {}
         self.network = network
+        self.resolve = resolve
 
     @property
     def network(self) -> str | None:
@@ -116,6 +121,28 @@ class Client:
     @network.setter
     def network(self, network: str | None) -> None:
         self._ctx.evaluator.network = checked_network(network)
+
+    @property
+    def resolve(self) -> str:
+        """Where image names resolve: "registry" (asked once per client; what the cache
+        knows stands in when it is unreachable) or "cache" (what the cache knows is used
+        without asking the registry: images prefetched for a class cost it no request).
+        None reads ``$MPC_RESOLVE`` (default "registry")."""
+        return self.engine.resolve_from
+
+    @resolve.setter
+    def resolve(self, where: str | None) -> None:
+        where = where or os.environ.get(RESOLVE_ENV) or "registry"
+        if where not in ("registry", "cache"):
+            raise InvalidArgument(
+                f"resolve must be 'registry' or 'cache', not {where!r}"
+                + (f" (from ${RESOLVE_ENV})" if os.environ.get(RESOLVE_ENV) == where else "")
+            )
+        engines = [self.engine]
+        if self._fleet is not None:
+            engines += [m.engine for m in self._fleet.members if m.engine is not None]
+        for engine in engines:
+            engine.resolve_from = where
 
     @property
     def cpu_models(self) -> dict[Platform, str]:
@@ -639,7 +666,8 @@ class connect:
     (``{"docker.io": ["mirror.example:5000"]}``; default: ``$MPC_REGISTRY_MIRRORS``).
     ``network`` is what containers get when a call names none (see :attr:`Client.network`);
     ``cpu_models`` the CPU model QEMU emulates per platform (see :attr:`Client.cpu_models`;
-    default: ``$MPC_CPU_MODELS``, else the fastest faithful one).
+    default: ``$MPC_CPU_MODELS``, else the fastest faithful one); ``resolve`` where image
+    names resolve (see :attr:`Client.resolve`; default: ``$MPC_RESOLVE``, else "registry").
     """
 
     def __init__(
@@ -652,10 +680,12 @@ class connect:
         node_timeout: float = CONNECT_TIMEOUT_S,
         network: str | None = None,
         cpu_models: Mapping[str, str | None] | None = None,
+        resolve: str | None = None,
     ) -> None:
         self._kind = engine
         self._network = checked_network(network)
         self._cpu_models = cpu_models
+        self._resolve = resolve
         self._insecure = tuple(insecure_registries)
         self._mirrors = registry_mirrors
         self._nodes = nodes_from(nodes if nodes is not None else os.environ.get("MPC_NODES"))
@@ -671,6 +701,7 @@ class connect:
             node_timeout=self._node_timeout,
             network=self._network,
             cpu_models=self._cpu_models,
+            resolve=self._resolve,
         )
         try:
             await asyncio.gather(*(client.fleet.add(n) for n in self._nodes))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from .engines.base import EMULATION_CANDIDATES, Engine
 from .engines.binfmt import BINFMT_DIR
 from .engines.embedded import EmbeddedEngine
 from .engines.proot import find_qemu
+from .engines.tree import directory_size
 from .errors import MPCError, PtraceDenied
 from .platforms import Platform
 from .registry.auth import HUB_AUTH_KEY
@@ -172,32 +172,6 @@ def format_size(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def directory_size(root: Path) -> int | None:
-    """Bytes in the files under ``root`` (hard links counted once; symlinks not followed)."""
-    if not root.is_dir():
-        return None
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    stack = [str(root)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                    continue
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if (info.st_dev, info.st_ino) not in seen:
-                seen.add((info.st_dev, info.st_ino))
-                total += info.st_size
-    return total
 
 
 def _candidates(native: Platform) -> list[Platform]:

@@ -251,6 +251,13 @@ class ContainerMagics(Magics):
         "others get the fastest faithful model (arm64: max,pauth-impdef=on). Default: "
         "$MPC_CPU_MODELS (that as JSON), which a JupyterHub can set for every kernel.",
     ).tag(config=True)
+    resolve = Enum(
+        ["", "registry", "cache"],
+        default_value="",
+        help='Where image names resolve: "registry" (asked once per kernel; the cache stands '
+        'in when it is unreachable) or "cache" (what the cache knows, e.g. images a Binder '
+        'or hub image prefetched, is used without asking); "" reads $MPC_RESOLVE.',
+    ).tag(config=True)
     network = Unicode(
         "",
         help="The network cells' containers get when --network names none, as `docker run "
@@ -315,6 +322,7 @@ class ContainerMagics(Magics):
             registry.registry_mirrors = self.registry_mirrors or mirrors_from_env()
             self._client.network = self.network or None
             self._client.cpu_models = self.cpu_models or None
+            self._client.resolve = self.resolve or None
             await self._follow_nodes_config(self._client)
             return self._client
 

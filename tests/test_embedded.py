@@ -641,35 +641,39 @@ asyncio.run(main())
 """
 
 
-def in_a_pod(tmp_path: Path, script: str, image: str, debian: str, **env: str) -> Any:
-    """Run ``script`` with Debian's python3 and our package in a container of the test
+def in_a_pod(tmp_path: Path, python_args: list[str], image: str, debian: str) -> Any:
+    """Run Debian's python3 with ``python_args`` and our package in a container of the test
     set-up's Docker that denies ptrace, as uid 1000 with no capabilities (a hub's pod)."""
     profile = tmp_path / "deny-ptrace.json"
     profile.write_text(json.dumps(DENY_PTRACE))
     source = [str(Path(mpc.__file__).parent.parent)]
     source += sorted({sysconfig.get_path(k) for k in ("purelib", "platlib")})
     mounts = [arg for path in ["/usr", *source] for arg in ("-v", f"{path}:{path}:ro")]
-    settings = {"PYTHONPATH": os.pathsep.join(source), "HOME": "/tmp", "IMAGE": image, **env}
-    done = subprocess.run(
+    settings = {"PYTHONPATH": os.pathsep.join(source), "HOME": "/tmp", "IMAGE": image}
+    return subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "--platform", "linux/amd64",
          "--security-opt", f"seccomp={profile}", "--security-opt", "no-new-privileges",
          "--cap-drop", "ALL", "--user", "1000:1000", *mounts,
          *(a for k, v in settings.items() for a in ("-e", f"{k}={v}")),
-         debian, "/usr/bin/python3", "-c", script],
+         debian, "/usr/bin/python3", *python_args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_a_hub_that_forbids_ptrace_is_told_so(test_image, tmp_path):
     # proot then exited 1 for every command, with a hint about PROOT_NO_SECCOMP, and the
     # doctor said "problems: none": it only ran `proot --version`.
     debian = required_env("MPC_TEST_DEBIAN_IMAGE")
-    got = in_a_pod(tmp_path, IN_A_POD, test_image, debian)
+    done = in_a_pod(tmp_path, ["-c", IN_A_POD], test_image, debian)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
     (problem,) = got["problems"]
     assert problem.startswith("this environment forbids ptrace, so proot runs nothing here")
     assert "seccomp profile" in problem and "kernel.yama.ptrace_scope at 1 or below" in problem
     assert got["runs"] == ["no"]
     assert got["code"] is None and got["row"].startswith("this environment forbids ptrace")
     assert "PROOT_NO_SECCOMP" not in got["row"]
+    # The hub's admin, at a terminal of the pod.
+    doctor = in_a_pod(tmp_path, ["-m", "mpcontainer_magics", "doctor"], test_image, debian)
+    assert doctor.returncode == 1, doctor.stderr
+    assert "problems (1):\n  this environment forbids ptrace" in doctor.stdout

@@ -28,6 +28,7 @@ class NamedEngine:
     registry = None
     chosen = ""
     cpu_models = CpuModels()
+    resolve_from = "registry"
 
     async def version(self) -> str:
         return "Docker (a stand-in)"

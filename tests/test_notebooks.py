@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -29,6 +30,7 @@ import nbformat
 import pytest
 from conftest import Containers, required_env
 from nbclient import NotebookClient
+from registry_faults import FaultProxy
 
 import mpcontainer_magics as mpc
 from mpcontainer_magics.engines.base import LABEL_PID
@@ -315,6 +317,25 @@ def user_kernel() -> Iterator[Kernel]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def execute(name: str, kernel: Kernel, tmp_path: Path) -> tuple[nbformat.NotebookNode, list[int]]:
+    """Run notebook ``name`` in a new kernel (its copy is kept in ``tmp_path`` for a look
+    after a failure); the executed notebook, and the kernel's PID. Every cell must run."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)  # a copy in memory: the file stays
+    kernel_pids: list[int] = []
+    client = NotebookClient(
+        nb,
+        kernel_name=kernel.name,
+        timeout=CELL_TIMEOUT,
+        allow_errors=True,  # run every cell, then report every error at once
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    client.on_notebook_start = lambda **_: kernel_pids.append(client.km.provisioner.process.pid)
+    client.execute()  # shuts the kernel down at the end
+    nbformat.write(nb, tmp_path / name)
+    assert errors_of(nb) == [], f"executed copy: {tmp_path / name}"
+    return nb, kernel_pids
+
+
 #: Only notebook 07 configures nodes (MPC_DEMO_NODES); it also runs with none, as on Binder.
 RUNS = [(name, True) for name in sorted(CHECKS)] + [("07-nodes.ipynb", False)]
 
@@ -345,21 +366,7 @@ def test_notebook_runs(
     if engine_kind == "embedded" and name in AS_A_USER:
         kernel = request.getfixturevalue("user_kernel")
     monkeypatch.setenv("JUPYTER_PATH", kernel.jupyter_path)
-
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)  # a copy in memory: the file stays
-    kernel_pids: list[int] = []
-    client = NotebookClient(
-        nb,
-        kernel_name=kernel.name,
-        timeout=CELL_TIMEOUT,
-        allow_errors=True,  # run every cell, then report every error at once
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-    )
-    client.on_notebook_start = lambda **_: kernel_pids.append(client.km.provisioner.process.pid)
-    client.execute()  # shuts the kernel down at the end
-    nbformat.write(nb, tmp_path / name)  # for a look after a failure
-
-    assert errors_of(nb) == [], f"executed copy: {tmp_path / name}"
+    nb, kernel_pids = execute(name, kernel, tmp_path)
     text = text_outputs(nb)
     (CHECKS[name] if with_nodes else check_07_without_nodes)(text)
     if "race (bad address); retrying" in text:  # the proot race: shown, worth counting
@@ -369,3 +376,41 @@ def test_notebook_runs(
     containers = Containers(engine_kind, docker_api, kernel.cache or blob_cache)
     assert containers.managed(**{LABEL_PID: str(kernel_pids[0])}) == []
     assert containers.images_of(kernel_pids[0]) == []
+
+
+def test_a_prefetched_class_asks_no_registry(engine_kind, monkeypatch, tmp_path):
+    # Thirty students behind one address: what a Binder or hub image prefetched at build
+    # time (binder/postBuild) must cost the registry nothing at class time, not even a HEAD.
+    if engine_kind != "embedded":
+        pytest.skip("Binder has no Docker daemon: the prefetch fills the embedded engine's cache")
+    cache = tmp_path / "cache"
+    with FaultProxy() as registry:
+        image = f"{registry.address}/mpc/busybox:1.35"
+        pull = [sys.executable, "-m", "mpcontainer_magics", "--cache-dir", str(cache), "pull",
+                image, "--platform", ",".join(PLATFORMS), "--engine", "embedded"]  # fmt: skip
+        done = subprocess.run(pull, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        asked = len(registry.log)
+        registry.drop(".", times=None)  # unreachable from now on: every request refused
+        monkeypatch.setenv("MPC_DEMO_IMAGE", image)
+        monkeypatch.setenv("MPC_CACHE_DIR", str(cache))
+        monkeypatch.setenv("MPC_RESOLVE", "cache")
+        monkeypatch.setenv("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))
+        nb, _ = execute("01-architectures.ipynb", Kernel("python3", ""), tmp_path)
+        assert registry.log[asked:] == []
+    text = text_outputs(nb)
+    check_01(text)
+    assert "the registry was not asked (MPC_RESOLVE=cache)" in text
+
+
+def test_binder_prefetches_every_image_the_notebooks_default_to():
+    # A Binder class starts with them on disk, and asks no registry for them (binder/start).
+    binder = NOTEBOOKS.parent / "binder"
+    defaults = set()
+    for notebook in NOTEBOOKS.glob("*.ipynb"):
+        for cell in nbformat.read(notebook, as_version=4).cells:
+            defaults.update(re.findall(r'environ\.get\("MPC_\w+_IMAGE", "([^"]+)"\)', cell.source))
+    assert defaults == {"alpine:3.23", "golang:1.26-alpine"}
+    post_build = (binder / "postBuild").read_text()
+    assert {image for image in defaults if f"pull {image} --platform" not in post_build} == set()
+    assert "export MPC_RESOLVE=cache" in (binder / "start").read_text()

@@ -35,6 +35,7 @@ class FakeEngine(Runner):
 
     def __init__(self, script: Mapping[Platform, tuple[list[tuple[str, bytes]], int, float]]):
         self.cpu_models = CpuModels()  # what a client chooses for its engine
+        self.resolve_from = "registry"
         self.script = script
         self.cancelled: list[Platform] = []
         self.missing: set[Platform] = set()

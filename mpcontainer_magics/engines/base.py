@@ -448,6 +448,9 @@ class Engine(Runner, Sessions, ImageStore):
     registry: RegistryClient
     #: The CPU model QEMU emulates per platform (a client shares one with all its engines).
     cpu_models: CpuModels
+    #: Where names resolve: "registry" (the cache stands in when it is unreachable) or
+    #: "cache" (what the cache knows is used without asking: prefetched images).
+    resolve_from: str
 
     @abc.abstractmethod
     async def emulated_platforms(self) -> list[Platform]:

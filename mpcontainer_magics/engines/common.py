@@ -5,7 +5,8 @@
   cannot be reached, what it resolved to last stands in (``_lookup``), and a pull that then
   succeeds from what the engine holds says so in a note. The pull of a platform the engine
   does not hold fails with the registry's own error (``offline_failure``). A resolution a
-  mirror served says so in a note too.
+  mirror served says so in a note too. With ``resolve_from = "cache"`` (a classroom's
+  prefetched images) what the cache knows is used without asking the registry at all.
 - Pulls: one at a time per (reference, platform), shared by concurrent callers, each of whom
   sees its progress (:class:`PullProgress` passes it on, and replays where it is to a
   caller who joins late); a pull of what is already here reports ``(total, total)`` once.
@@ -96,6 +97,9 @@ class EngineBase(Engine, Generic[C]):
             self._try_cpu_model, where or f"the {self.name} engine", self.note
         )
         self.resolutions = Resolutions(cache_dir or default_cache_dir())
+        #: "registry": ask it, the cache standing in when it is unreachable; "cache": use
+        #: what the cache knows without asking (zero requests for prefetched images).
+        self.resolve_from = "registry"
         self._resolved: dict[str, ResolvedImage] = {}
         # Names resolved from the cache: the registry's error, and what a pull then says.
         self._offline: dict[str, tuple[RegistryError, str]] = {}
@@ -119,6 +123,11 @@ class EngineBase(Engine, Generic[C]):
         """What ``reference`` points to now, asked of its registry; when the registry cannot
         be reached (or refuses: a rate limit), what it pointed to last time, if the cache
         knows (as Docker runs a local image then)."""
+        if self.resolve_from == "cache":
+            recalled = self.resolutions.recall(reference)
+            if recalled is not None:
+                self.note(recalled.prefetched_note(reference))
+                return recalled.resolved
         try:
             resolved = await self.registry.resolve(reference)
         except RegistryError as failure:  # not ImageNotFound: a name gone is gone

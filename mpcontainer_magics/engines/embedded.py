@@ -68,6 +68,7 @@ from .base import (
     owner_is_gone,
     owner_labels,
 )
+from .cache_use import mark_used
 from .common import EngineBase
 from .container_trees import (
     ContainerTrees,
@@ -308,6 +309,7 @@ class EmbeddedEngine(EngineBase[_Container]):
         # its container may have written into the image, which is then unpacked again).
         await self._trees.settled(self._images.path(image))
         image_dir = await self._images.ensure(image)
+        mark_used(image_dir)
         defaults = ImageConfig.from_oci(self._images.meta(image_dir)["config"].get("config"))
         container_id = secrets.token_hex(32)
         path = self._containers_dir / container_id
@@ -339,9 +341,10 @@ class EmbeddedEngine(EngineBase[_Container]):
         return container_id
 
     async def _linked(self, image_dir: Path) -> LinkedFiles:
-        if image_dir not in self._linked_files:
-            self._linked_files[image_dir] = await in_thread(LinkedFiles.load, image_dir)
-        return self._linked_files[image_dir]
+        known = self._linked_files.get(image_dir)
+        if known is None or not known.of(image_dir):  # pruned and unpacked again meanwhile
+            known = self._linked_files[image_dir] = await in_thread(LinkedFiles.load, image_dir)
+        return known
 
     def _check_shared_files(self, container: _Container, rootfs: Path) -> None:
         """When a container goes: did it write into a file it shares with its image?

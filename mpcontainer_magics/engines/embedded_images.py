@@ -77,6 +77,9 @@ class ImageDirectories:
                 f"image {image.reference} is gone (it was removed); make it again, e.g. by "
                 "running the cell that built it"
             )
+        done = self._unpacking.get(image.image_id)
+        if done is not None and done.done():  # unpacked once, pruned since: again
+            del self._unpacking[image.image_id]
         return await once(
             self._unpacking, image.image_id, lambda: self._unpack(image, path, on_progress)
         )

@@ -268,6 +268,7 @@ class Fleet(Engine):
             remote=connection.tunnel is not None,
         )
         member.engine.cpu_models = self.cpu_models
+        member.engine.resolve_from = self.local.resolve_from
         member.error = None
         await self._learn(member)
         if member.reachable:

@@ -43,6 +43,14 @@ class Recalled:
             f"({self.resolved.digest}, from {when})"
         )
 
+    def prefetched_note(self, reference: str) -> str:
+        """What the user is told when the cache is asked first (``resolve_from="cache"``)."""
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.at))
+        return (
+            f"{reference}: the cache's resolution ({self.resolved.digest}, from {when}); "
+            "the registry was not asked (MPC_RESOLVE=cache)"
+        )
+
 
 class Resolutions:
     """The ``refs/`` part of the cache at ``cache_dir``, shared by the kernels using it."""

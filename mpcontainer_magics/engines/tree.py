@@ -98,8 +98,16 @@ class LinkedFiles:
 
     FILE = "linked.json"
 
-    def __init__(self, entries: dict[str, tuple[int, int, int]]) -> None:
+    def __init__(self, entries: dict[str, tuple[int, int, int]], image_inode: int = 0) -> None:
         self.entries = entries
+        self._image_inode = image_inode  # of the image directory they were read from
+
+    def of(self, image_dir: Path) -> bool:
+        """Whether these are still ``image_dir``'s (not an image unpacked again there)."""
+        try:
+            return os.stat(image_dir).st_ino == self._image_inode
+        except OSError:
+            return False
 
     @classmethod
     def scan(cls, root: Path) -> LinkedFiles:
@@ -113,7 +121,8 @@ class LinkedFiles:
     def load(cls, image_dir: Path) -> LinkedFiles:
         raw = json.loads((image_dir / cls.FILE).read_text())
         # An image unpacked before a directory joined COPIED lists its files: copied now.
-        return cls({rel: (e[0], e[1], e[2]) for rel, e in raw.items() if not is_copied(rel)})
+        entries = {rel: (e[0], e[1], e[2]) for rel, e in raw.items() if not is_copied(rel)}
+        return cls(entries, os.stat(image_dir).st_ino)
 
     def save(self, image_dir: Path) -> None:
         (image_dir / self.FILE).write_text(json.dumps(self.entries, separators=(",", ":")))
@@ -295,3 +304,29 @@ def _changed(
         return False
     # Same metadata: a whole-second mtime (as files from layers have) may hide an edit.
     return new.st_mtime_ns % 1_000_000_000 == 0 and not filecmp.cmp(old_path, new_path, False)
+
+
+def directory_size(root: Path) -> int | None:
+    """Bytes in the files under ``root`` (hard links counted once; symlinks not followed)."""
+    if not root.is_dir():
+        return None
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
