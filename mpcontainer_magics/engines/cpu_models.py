@@ -36,7 +36,6 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .._aio import once
 from ..errors import EngineError, InvalidArgument
@@ -149,31 +148,6 @@ class ModelCheck:
                 f"({refused}); its default CPU is used instead, which may be slower"
             )
         return ""
-
-
-async def run_with_model(qemu: str, program: Path, model: str) -> str | None:
-    """Run ``program`` with the qemu-user binary ``qemu`` and ``QEMU_CPU=model``: None when
-    it ran, else what QEMU said (how an engine without a daemon tries a model)."""
-    process = await asyncio.create_subprocess_exec(
-        qemu,
-        str(program),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, QEMU_CPU: model},
-    )
-    try:
-        _, err = await asyncio.wait_for(process.communicate(), 10)
-    except asyncio.TimeoutError:
-        return f"{qemu} did not end within 10 s"
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    if process.returncode == 0:
-        return None
-    said = err.decode("utf-8", "replace").strip().splitlines()
-    return said[-1][:200] if said else f"{qemu} exited {process.returncode}"
 
 
 def with_model(env: Mapping[str, str], model: str) -> dict[str, str]:

@@ -33,11 +33,9 @@ import posixpath
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,7 @@ from ..errors import (
 )
 from ..platforms import Platform, host_platform
 from ..registry import RegistryClient
+from . import tiny_run
 from .archives import write_layer
 from .base import (
     EMULATION_CANDIDATES,
@@ -78,11 +77,9 @@ from .container_trees import (
     make_points,
     stamp,
 )
-from .cpu_models import run_with_model
 from .embedded_images import ImageDirectories, snapshot_id, work_prefix
 from .host_network import NETWORK_FILES, hostname, write_network_files
 from .image_users import home_of, proot_user
-from .probe import program, program_for
 from .proot import (
     MOUNT_POINTS,
     QEMU_MOUNT_POINTS,
@@ -207,43 +204,13 @@ class EmbeddedEngine(EngineBase[_Container]):
         return _needs_qemu(platform)
 
     async def _try_cpu_model(self, platform: Platform, model: str) -> str | None:
-        qemu, name = find_qemu(platform), program_for(platform)
-        if qemu is None or name is None:
-            return None  # nothing to try it with: running the container will say why
-        probes = resources.files("mpcontainer_magics").joinpath("probes")
-        with resources.as_file(probes.joinpath(name)) as program:
-            return await run_with_model(qemu, program, model)
+        return await tiny_run.with_cpu_model(platform, model)
 
     async def try_platform(self, platform: Platform) -> None:
-        """Run a tiny program of ``platform`` (a probe, no libc) through proot, as a
-        container's command would run: the doctor's proof that runs work here. Raises what
-        a run would (PtraceDenied where the environment forbids ptrace)."""
-        name = program_for(platform)
-        if name is None:
-            raise EngineError(f"there is no probe program for {platform.architecture}")
-        qemu = None
-        if _needs_qemu(platform) and (qemu := find_qemu(platform)) is None:
-            raise EmulationUnavailable(platform, f"no qemu-{platform.qemu_arch}-static on PATH")
-        with tempfile.TemporaryDirectory(prefix="mpc-doctor-") as rootfs:
-            Path(rootfs, name).write_bytes(program(name))
-            os.chmod(Path(rootfs, name), 0o755)
-            command = proot_command(
-                self._proot, Path(rootfs), [f"/{name}"], workdir="/", qemu=qemu, binds=[],
-                user=None,
-            )  # fmt: skip
-            said = bytearray()
-            process = await ProotProcess.spawn(
-                command, [f"/{name}"], proot_env(), lambda _, chunk: said.extend(chunk)
-            )
-            try:
-                code = await asyncio.wait_for(process.wait(), 30)
-            except asyncio.TimeoutError:
-                raise EngineError(f"a tiny {platform} program did not end within 30 s") from None
-            finally:
-                await process.kill()
-        if code != 0:
-            detail = said.decode(errors="replace").strip()[-200:] or "no output"
-            raise EngineError(f"a tiny {platform} program exited {code} under proot ({detail})")
+        """Run a tiny program of ``platform`` through proot, as a container's command runs
+        (the doctor's proof that runs work here); raises what a run would."""
+        qemu = find_qemu(platform) if _needs_qemu(platform) else None
+        await tiny_run.under_proot(self._proot, platform, qemu, _needs_qemu(platform))
 
     async def emulated_platforms(self) -> list[Platform]:
         """Foreign platforms whose qemu-user binary is installed (proot runs it with -q)."""
